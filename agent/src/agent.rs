@@ -1,0 +1,310 @@
+//! The agent's operations, whatever asks for them (the control API, the
+//! `--join` flag at boot, a signal): init, join, leave, and reading the
+//! membership. It owns this node's cluster session, if any.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use mesh_membership::enrol::Enroller;
+use mesh_membership::pki::{ClusterCa, ClusterSecret, JoinToken, KeyRequest, NodeCredentials};
+use mesh_membership::transport::{enrol, Transport};
+use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{MemberBody, StatusBody};
+use crate::config::DEFAULT_PORT;
+use crate::datadir::{ClusterFiles, DataDir, State};
+
+/// How many peer addresses the data dir remembers for rejoining.
+const MAX_REMEMBERED_PEERS: usize = 256;
+
+/// Why an operation failed, in terms a client can act on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AgentError {
+    /// The request itself is wrong; nothing changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request does not fit this node's state; nothing changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// A peer could not be reached or refused; nothing changed here.
+    #[error("{0}")]
+    Peer(String),
+    /// Something failed on this host (disk, keys).
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+const NOT_IN_CLUSTER: &str =
+    "this agent is not in a cluster yet: run `mesh init` to start one, or `mesh join PEER --token TOKEN` to join one";
+
+/// This node's session in its cluster.
+struct Session {
+    membership: Membership,
+    token: JoinToken,
+}
+
+/// What the agent is and holds.
+pub(crate) struct Agent {
+    name: String,
+    node: NodeId,
+    advertise: SocketAddr,
+    datadir: DataDir,
+    state: Arc<Mutex<State>>,
+    endpoint: quinn::Endpoint,
+    session: RwLock<Option<Session>>,
+    /// Serialises init and join, which may take seconds (enrolment).
+    joining: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// An agent that resumes its cluster session if its data dir has one.
+    pub(crate) fn start(
+        name: String,
+        advertise: SocketAddr,
+        datadir: DataDir,
+        endpoint: quinn::Endpoint,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let agent = Arc::new(Self {
+            name,
+            node: datadir.node_id()?,
+            advertise,
+            state: Arc::new(Mutex::new(datadir.state()?)),
+            datadir,
+            endpoint,
+            session: RwLock::new(None),
+            joining: tokio::sync::Mutex::new(()),
+            shutdown,
+        });
+        if let Some(files) = agent.datadir.cluster()? {
+            agent.begin_session(files)?;
+            tracing::info!("resumed cluster membership from the data dir");
+        }
+        Ok(agent)
+    }
+
+    /// Makes this node a new, one-member cluster and returns its join token.
+    pub(crate) async fn init(&self) -> Result<JoinToken, AgentError> {
+        let _guard = self.joining.lock().await;
+        if self.membership().is_some() {
+            return Err(AgentError::Conflict(
+                "this agent is already in a cluster; `mesh token` prints its join token".into(),
+            ));
+        }
+        let ca = ClusterCa::generate().map_err(anyhow::Error::from)?;
+        let request = KeyRequest::generate(self.node).map_err(anyhow::Error::from)?;
+        let creds = NodeCredentials {
+            cert: ca.issue(self.node, &request.csr_der).map_err(anyhow::Error::from)?,
+            key: request.key.serialize_der().into(),
+            ca_cert: ca.cert_der().clone(),
+        };
+        let files = ClusterFiles { creds, ca, secret: ClusterSecret::random() };
+        self.datadir.save_cluster(&files)?;
+        let token = files.token();
+        self.begin_session(files)?;
+        tracing::info!("initialised a new cluster");
+        Ok(token)
+    }
+
+    /// Joins the cluster `token` is for through `peer` (`HOST[:PORT]`),
+    /// enrolling first if this node has no certificate yet.
+    pub(crate) async fn join(&self, peer: &str, token: &str) -> Result<(), AgentError> {
+        let token: JoinToken = token.parse().map_err(|e| AgentError::BadRequest(format!("bad join token: {e}")))?;
+        let addr = resolve(peer).await?;
+        let _guard = self.joining.lock().await;
+        let membership = match self.session_token() {
+            Some(ours) if ours.ca_fingerprint != token.ca_fingerprint => {
+                return Err(AgentError::Conflict(
+                    "this agent is already in another cluster (its token is for a different CA); a node belongs to one cluster".into(),
+                ))
+            }
+            Some(ours) if !ours.secret.matches(&token.secret) => {
+                return Err(AgentError::BadRequest("the join token is not valid for this cluster (wrong secret)".into()))
+            }
+            Some(_) => self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?,
+            None => {
+                let enrolled = enrol(&self.endpoint, addr, &token, self.node)
+                    .await
+                    .map_err(|e| AgentError::Peer(e.to_string()))?;
+                let files = ClusterFiles {
+                    creds: enrolled.creds,
+                    ca: enrolled.ca,
+                    secret: token.secret.clone(),
+                };
+                self.datadir.save_cluster(&files)?;
+                tracing::info!(%addr, "enrolled into the cluster");
+                self.begin_session(files)?
+            }
+        };
+        membership.join(addr).await.map_err(|e| AgentError::Peer(e.to_string()))?;
+        self.update_state(|state| state.left = false)?;
+        tracing::info!(%addr, "joined the cluster");
+        Ok(())
+    }
+
+    /// Keeps trying [`Agent::join`] through each of `peers` with backoff
+    /// until one succeeds (for `--join` at boot, when peers may be down).
+    pub(crate) async fn join_with_retry(self: Arc<Self>, peers: Vec<String>, token: String) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            for peer in &peers {
+                match self.join(peer, &token).await {
+                    Ok(()) => return,
+                    Err(error @ (AgentError::BadRequest(_) | AgentError::Conflict(_))) => {
+                        return tracing::error!(%peer, %error, "cannot join");
+                    }
+                    Err(error) => tracing::warn!(%peer, %error, "join attempt failed; will retry"),
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Leaves the cluster gracefully; the node will not rejoin by itself.
+    pub(crate) async fn leave(&self) -> Result<(), AgentError> {
+        let membership = self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?;
+        membership.leave().await.map_err(|e| AgentError::Internal(e.into()))?;
+        self.update_state(|state| state.left = true)?;
+        tracing::info!("left the cluster");
+        Ok(())
+    }
+
+    /// The join token of this node's cluster.
+    pub(crate) fn token(&self) -> Result<JoinToken, AgentError> {
+        self.session_token().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))
+    }
+
+    /// Every known member, this node first.
+    pub(crate) async fn members(&self) -> Result<Vec<MemberBody>, AgentError> {
+        let membership = self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?;
+        let members = membership.members().await.map_err(|e| AgentError::Internal(e.into()))?;
+        Ok(members
+            .into_iter()
+            .map(|m| MemberBody {
+                name: m.identity.name,
+                addr: m.identity.addr.to_string(),
+                status: serde_json::to_value(m.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                id: m.identity.id.to_string(),
+            })
+            .collect())
+    }
+
+    /// This node and the cluster at a glance.
+    pub(crate) async fn status(&self) -> Result<StatusBody, AgentError> {
+        let members = match self.members().await {
+            Ok(members) => members,
+            Err(AgentError::Conflict(_)) => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let left = self.state.lock().unwrap_or_else(PoisonError::into_inner).left;
+        let state = match (members.is_empty(), left) {
+            (true, _) => "uninitialized",
+            (false, true) => "left",
+            (false, false) => "member",
+        };
+        Ok(StatusBody {
+            name: self.name.clone(),
+            id: self.node.to_string(),
+            addr: self.advertise.to_string(),
+            state: state.into(),
+            cluster_size: members.iter().filter(|m| m.status == "alive" || m.status == "suspect").count(),
+            members,
+        })
+    }
+
+    /// Whether this node is in a cluster.
+    pub(crate) fn membership(&self) -> Option<Membership> {
+        let session = self.session.read().unwrap_or_else(PoisonError::into_inner);
+        session.as_ref().map(|s| s.membership.clone())
+    }
+
+    fn session_token(&self) -> Option<JoinToken> {
+        let session = self.session.read().unwrap_or_else(PoisonError::into_inner);
+        session.as_ref().map(|s| s.token.clone())
+    }
+
+    /// Starts the transport and the membership driver with a bumped identity.
+    fn begin_session(&self, files: ClusterFiles) -> Result<Membership, AgentError> {
+        let state = self.update_state(|state| state.bump = state.bump.wrapping_add(1))?;
+        let identity = NodeIdentity { id: self.node, bump: state.bump, name: self.name.clone(), addr: self.advertise };
+        let token = files.token();
+        let enroller = Enroller { ca: files.ca, secret: files.secret };
+        let (transport, inbound) =
+            Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
+                .map_err(anyhow::Error::from)?;
+        let known = if state.left { Vec::new() } else { state.peers };
+        let core = Core::new(identity, rand::random());
+        let (membership, _task) = Membership::spawn(core, transport, inbound, known, self.shutdown.child_token());
+        tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
+        *self.session.write().unwrap_or_else(PoisonError::into_inner) =
+            Some(Session { membership: membership.clone(), token });
+        Ok(membership)
+    }
+
+    fn update_state(&self, change: impl FnOnce(&mut State)) -> Result<State, AgentError> {
+        update_state(&self.datadir, &self.state, change).map_err(AgentError::Internal)
+    }
+}
+
+fn update_state(datadir: &DataDir, state: &Mutex<State>, change: impl FnOnce(&mut State)) -> anyhow::Result<State> {
+    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let before = state.clone();
+    change(&mut state);
+    if *state != before {
+        datadir.save_state(&state)?;
+    }
+    Ok(state.clone())
+}
+
+/// Persists what the data dir must know from membership events: peers to
+/// find the way back through, and the bump after a rejoin.
+async fn remember_peers(
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    datadir: DataDir,
+    state: Arc<Mutex<State>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let saved = update_state(&datadir, &state, |state| match event {
+            Event::MemberUp(id) | Event::MemberRenamed { new: id, .. } if !state.peers.contains(&id.addr) => {
+                state.peers.push(id.addr);
+                if state.peers.len() > MAX_REMEMBERED_PEERS {
+                    state.peers.remove(0);
+                }
+            }
+            Event::MemberLeft(id) => state.peers.retain(|addr| *addr != id.addr),
+            Event::Rejoined(id) => state.bump = id.bump,
+            _ => {}
+        });
+        if let Err(error) = saved {
+            tracing::warn!(error = format!("{error:#}"), "cannot save state");
+        }
+    }
+}
+
+/// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]).
+async fn resolve(peer: &str) -> Result<SocketAddr, AgentError> {
+    if let Ok(addr) = crate::config::parse_addr(peer, DEFAULT_PORT) {
+        return Ok(addr);
+    }
+    let with_port = if peer.contains(':') { peer.to_owned() } else { format!("{peer}:{DEFAULT_PORT}") };
+    let mut addrs = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| AgentError::BadRequest(format!("cannot resolve peer {peer:?}: {e}")))?;
+    addrs.next().ok_or_else(|| AgentError::BadRequest(format!("peer {peer:?} has no address")))
+}

@@ -1,0 +1,72 @@
+//! `mesh agent`: flags, layered over the config file, then the daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::{Config, LogFormat};
+
+/// Flags of `mesh agent`; each has a config-file key of the same name.
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's name [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the node keeps its identity and credentials [default: /var/lib/mesh].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The control socket [default: /run/mesh/mesh.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The address peers reach this node at, IP or IP:PORT; also its VTEP
+    /// address [default: the bind address, or the host's main IPv4 address].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// UDP address to listen on for peers [default: 0.0.0.0:7950].
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// A member to join through at start-up, retried until it works (repeatable).
+    #[arg(long, requires = "token")]
+    join: Vec<String>,
+    /// The join token for --join.
+    #[arg(long)]
+    token: Option<String>,
+    /// Leave the cluster on SIGTERM (for hosts being retired) instead of
+    /// just stopping.
+    #[arg(long)]
+    leave_on_terminate: bool,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log level or tracing filter, e.g. `debug` or `info,mesh_membership=debug`.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let flags = Config {
+        name: args.name,
+        data_dir: args.data_dir,
+        socket: args.socket,
+        advertise: args.advertise,
+        bind: args.bind,
+        join: args.join,
+        token: args.token,
+        leave_on_terminate: args.leave_on_terminate.then_some(true),
+        log_format: args.log_format,
+        log_level: args.log_level,
+    };
+    let settings = file.overlay(flags).resolve()?;
+    crate::logging::init(settings.log_format, &settings.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(crate::daemon::run(settings))
+}

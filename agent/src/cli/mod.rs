@@ -1,0 +1,101 @@
+//! The command line: one file per subcommand, the doc comments are the help.
+
+mod agent;
+mod init;
+mod join;
+mod leave;
+mod members;
+mod status;
+mod table;
+mod token;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::DEFAULT_SOCKET;
+use crate::control::client::Client;
+
+/// mesh: one overlay network for containers on many hosts, with no central store.
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (one per host, as root).
+    Agent(agent::AgentArgs),
+    /// Make this agent a new cluster; prints the join token (one line).
+    Init(ClientOpts),
+    /// Join a cluster through one of its members.
+    Join(join::JoinArgs),
+    /// Print the join token of this agent's cluster.
+    Token(ClientOpts),
+    /// Leave the cluster gracefully (peers show this node as left).
+    Leave(ClientOpts),
+    /// List the cluster's members and their status.
+    Members(OutputOpts),
+    /// Show this node and the cluster at a glance.
+    Status(OutputOpts),
+}
+
+/// How a client command reaches its agent.
+#[derive(Debug, Args)]
+struct ClientOpts {
+    /// The agent's control socket.
+    #[arg(long, env = "MESH_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+impl ClientOpts {
+    fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+}
+
+/// Output choice of listing commands.
+#[derive(Debug, Args)]
+struct OutputOpts {
+    #[command(flatten)]
+    client: ClientOpts,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns for a terminal.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// Parses the command line and runs the command.
+pub(crate) fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Agent(args) = cli.command {
+        return agent::run(args);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Agent(_) => unreachable!("handled above"),
+            Command::Init(opts) => init::run(&opts).await,
+            Command::Join(args) => join::run(&args).await,
+            Command::Token(opts) => token::run(&opts).await,
+            Command::Leave(opts) => leave::run(&opts).await,
+            Command::Members(opts) => members::run(&opts).await,
+            Command::Status(opts) => status::run(&opts).await,
+        }
+    })
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

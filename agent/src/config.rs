@@ -1,0 +1,201 @@
+//! The agent's configuration: a TOML file whose keys are the flags' names
+//! (with `_` for `-`), overridden by the flags themselves.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The UDP port agents talk to each other on, unless configured.
+pub(crate) const DEFAULT_PORT: u16 = 7950;
+/// Where the agent keeps its identity and what it owns.
+pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/mesh";
+/// The control socket clients talk to.
+pub(crate) const DEFAULT_SOCKET: &str = "/run/mesh/mesh.sock";
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// For people reading a terminal or the journal.
+    #[default]
+    Human,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
+/// Everything the agent can be configured with. Each field is optional so
+/// that the file and the flags can be layered; [`Config::resolve`] applies
+/// the defaults.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) name: Option<String>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
+    pub(crate) advertise: Option<String>,
+    pub(crate) bind: Option<SocketAddr>,
+    #[serde(default)]
+    pub(crate) join: Vec<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) leave_on_terminate: Option<bool>,
+    pub(crate) log_format: Option<LogFormat>,
+    pub(crate) log_level: Option<String>,
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("bad config file {}", path.display()))
+    }
+
+    /// Parses TOML config text.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Layers `flags` over `self`: every value set by a flag wins.
+    pub(crate) fn overlay(self, flags: Self) -> Self {
+        Self {
+            name: flags.name.or(self.name),
+            data_dir: flags.data_dir.or(self.data_dir),
+            socket: flags.socket.or(self.socket),
+            advertise: flags.advertise.or(self.advertise),
+            bind: flags.bind.or(self.bind),
+            join: if flags.join.is_empty() { self.join } else { flags.join },
+            token: flags.token.or(self.token),
+            leave_on_terminate: flags.leave_on_terminate.or(self.leave_on_terminate),
+            log_format: flags.log_format.or(self.log_format),
+            log_level: flags.log_level.or(self.log_level),
+        }
+    }
+
+    /// Applies defaults and checks what can be checked without the network.
+    pub(crate) fn resolve(self) -> anyhow::Result<Settings> {
+        let bind = self.bind.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT));
+        let advertise = match self.advertise.as_deref() {
+            None => None,
+            Some(text) => {
+                Some(parse_addr(text, bind.port()).with_context(|| format!("bad advertise address {text:?}"))?)
+            }
+        };
+        if advertise.is_some_and(|a| a.ip().is_unspecified()) {
+            bail!("the advertise address must be one peers can reach, not {}", bind.ip());
+        }
+        let token = match self.token {
+            Some(text) => Some(text.parse().context("bad join token")?),
+            None => None,
+        };
+        if !self.join.is_empty() && token.is_none() {
+            bail!("--join needs --token (print one with `mesh token` on a member)");
+        }
+        let name = match self.name {
+            Some(name) => name,
+            None => host_name()?,
+        };
+        if name.is_empty()
+            || name.len() > 63
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            bail!("bad node name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'");
+        }
+        Ok(Settings {
+            name,
+            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            socket: self.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            advertise,
+            bind,
+            join: self.join,
+            token,
+            leave_on_terminate: self.leave_on_terminate.unwrap_or(false),
+            log_format: self.log_format.unwrap_or_default(),
+            log_level: self.log_level.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+/// The configuration after defaults: what the daemon runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) name: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) socket: PathBuf,
+    /// `None`: found from the host's addresses at start.
+    pub(crate) advertise: Option<SocketAddr>,
+    pub(crate) bind: SocketAddr,
+    pub(crate) join: Vec<String>,
+    pub(crate) token: Option<mesh_membership::pki::JoinToken>,
+    pub(crate) leave_on_terminate: bool,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log_level: String,
+}
+
+/// Parses `IP` or `IP:PORT`, taking `default_port` when none is given.
+pub(crate) fn parse_addr(text: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip: IpAddr = text.parse().context("expected IP or IP:PORT")?;
+    Ok(SocketAddr::new(ip, default_port))
+}
+
+fn host_name() -> anyhow::Result<String> {
+    let name =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("cannot read the host name; pass --name")?;
+    Ok(name.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_parse_and_flags_win() -> anyhow::Result<()> {
+        let file = Config::parse(
+            r#"
+            name = "edge-1"
+            bind = "0.0.0.0:8000"
+            advertise = "198.18.0.1"
+            join = ["198.18.0.2"]
+            token = "mesh1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            leave_on_terminate = true
+            log_format = "json"
+            "#,
+        )?;
+        let flags = Config { name: Some("edge-2".into()), ..Config::default() };
+        let settings = file.overlay(flags).resolve()?;
+        assert_eq!(settings.name, "edge-2");
+        assert_eq!(settings.bind.port(), 8000);
+        assert_eq!(settings.advertise, Some("198.18.0.1:8000".parse()?));
+        assert_eq!(settings.join, ["198.18.0.2"]);
+        assert!(settings.leave_on_terminate);
+        assert_eq!(settings.log_format, LogFormat::Json);
+        Ok(())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() -> anyhow::Result<()> {
+        let settings = Config { name: Some("h".into()), ..Config::default() }.resolve()?;
+        assert_eq!(settings.bind, SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+        assert_eq!(settings.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(!settings.leave_on_terminate);
+        assert_eq!(settings.advertise, None);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        let err = |text: &str| Config::parse(text).and_then(Config::resolve).err().map(|e| format!("{e:#}"));
+        assert!(err("nmae = \"x\"").is_some_and(|e| e.contains("unknown field")));
+        assert!(err("bind = \"nowhere\"").is_some_and(|e| e.contains("bind")));
+        assert!(err("name = \"a b\"").is_some_and(|e| e.contains("bad node name")));
+        assert!(err("name = \"a\"\nadvertise = \"0.0.0.0\"").is_some_and(|e| e.contains("advertise")));
+        assert!(err("name = \"a\"\nadvertise = \"banana\"").is_some_and(|e| e.contains("advertise")));
+        assert!(err("name = \"a\"\njoin = [\"198.18.0.1\"]").is_some_and(|e| e.contains("--token")));
+        assert!(err("name = \"a\"\ntoken = \"mesh1.x.y\"").is_some_and(|e| e.contains("token")));
+        assert!(err("leave_on_terminate = \"yes\"").is_some());
+    }
+}

@@ -1,0 +1,113 @@
+//! The control API server: routes on the agent's owner-only unix socket,
+//! each a thin mapping from HTTP to an [`Agent`] operation.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentError};
+use crate::api::{self, ErrorBody, JoinBody, MemberBody, StatusBody, TokenBody};
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::Peer(_) => StatusCode::BAD_GATEWAY,
+            AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+    }
+}
+
+type Reply<T> = Result<Json<T>, AgentError>;
+
+async fn init(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
+    let token = agent.init().await?;
+    Ok(Json(TokenBody { token: token.to_string() }))
+}
+
+async fn join(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Json<JoinBody>, JsonRejection>,
+) -> Reply<serde_json::Value> {
+    let Json(body) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    agent.join(&body.peer, &body.token).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn token(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
+    Ok(Json(TokenBody { token: agent.token()?.to_string() }))
+}
+
+async fn leave(State(agent): State<Arc<Agent>>) -> Reply<serde_json::Value> {
+    agent.leave().await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn members(State(agent): State<Arc<Agent>>) -> Reply<Vec<MemberBody>> {
+    Ok(Json(agent.members().await?))
+}
+
+async fn status(State(agent): State<Arc<Agent>>) -> Reply<StatusBody> {
+    Ok(Json(agent.status().await?))
+}
+
+/// Binds the control socket, owner-only. A stale socket file left by a
+/// crashed agent is replaced; a live one is an error.
+pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("another agent is already serving {} (stop it, or pick another --socket)", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves the control API until `shutdown` fires.
+pub(crate) async fn serve(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let router = Router::new()
+        .route(api::INIT, post(init))
+        .route(api::JOIN, post(join))
+        .route(api::TOKEN, get(token))
+        .route(api::LEAVE, post(leave))
+        .route(api::MEMBERS, get(members))
+        .route(api::STATUS, get(status))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(ErrorBody { error: "no such API path (is the `mesh` client newer than the agent?)".into() }),
+            )
+        })
+        .with_state(agent);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("control API")
+}

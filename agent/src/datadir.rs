@@ -1,0 +1,212 @@
+//! The data dir: what this node must keep across restarts. Its identity
+//! (node id, bump), its cluster credentials, and the peers it knew (so a
+//! restarted agent finds its way back without `mesh join`). Everything else
+//! is rebuilt from peers. Files are written whole (temp file, then rename)
+//! so a crash never leaves one half-written.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use mesh_membership::pki::{pem_cert, pem_key, to_pem, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
+use mesh_membership::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// What changes while the agent runs.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct State {
+    /// The last bump this node used.
+    pub(crate) bump: u16,
+    /// Agent addresses of members seen, to re-announce to after a restart.
+    pub(crate) peers: Vec<SocketAddr>,
+    /// Whether the node left the cluster (and must not rejoin by itself).
+    pub(crate) left: bool,
+}
+
+/// A member's cluster credentials as stored.
+pub(crate) struct ClusterFiles {
+    pub(crate) creds: NodeCredentials,
+    pub(crate) ca: ClusterCa,
+    pub(crate) secret: ClusterSecret,
+}
+
+impl ClusterFiles {
+    /// The join token for this node's cluster.
+    pub(crate) fn token(&self) -> JoinToken {
+        JoinToken { ca_fingerprint: self.ca.fingerprint(), secret: self.secret.clone() }
+    }
+}
+
+/// The agent's data directory.
+#[derive(Debug, Clone)]
+pub(crate) struct DataDir {
+    path: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating if needed, owner-only) and checks that it is usable.
+    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path.join("pki"))
+            .with_context(|| format!("cannot create data dir {}", path.display()))?;
+        let dir = Self { path: path.to_owned() };
+        dir.write(".probe", b"", 0o600).with_context(|| format!("data dir {} is not writable", path.display()))?;
+        Ok(dir)
+    }
+
+    /// This node's id, made and saved on first use.
+    pub(crate) fn node_id(&self) -> anyhow::Result<NodeId> {
+        match self.read_optional("node-id")? {
+            Some(text) => {
+                text.trim().parse().with_context(|| format!("{} is damaged", self.path.join("node-id").display()))
+            }
+            None => {
+                let id = NodeId::random();
+                self.write("node-id", format!("{id}\n").as_bytes(), 0o600)?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// The saved state, or the default on first start.
+    pub(crate) fn state(&self) -> anyhow::Result<State> {
+        match self.read_optional("state.json")? {
+            Some(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is damaged", self.path.join("state.json").display())),
+            None => Ok(State::default()),
+        }
+    }
+
+    /// Saves the state.
+    pub(crate) fn save_state(&self, state: &State) -> anyhow::Result<()> {
+        self.write("state.json", &serde_json::to_vec_pretty(state)?, 0o600)
+    }
+
+    /// The cluster credentials, if this node was initialised or enrolled.
+    pub(crate) fn cluster(&self) -> anyhow::Result<Option<ClusterFiles>> {
+        let Some(node_pem) = self.read_optional("pki/node.pem")? else {
+            return Ok(None);
+        };
+        let read = |name: &str| -> anyhow::Result<String> {
+            self.read_optional(name)?.with_context(|| format!("{} is missing", self.path.join(name).display()))
+        };
+        let ca = ClusterCa::from_pem(&read("pki/ca.pem")?, &read("pki/ca-key.pem")?).context("bad cluster CA")?;
+        let secret_text = read("pki/cluster-secret")?;
+        let secret = mesh_membership::pki::JoinToken::from_parts(ca.fingerprint(), secret_text.trim())
+            .context("bad cluster secret")?
+            .secret;
+        let creds = NodeCredentials {
+            cert: pem_cert(&node_pem)?,
+            key: pem_key(&read("pki/node-key.pem")?)?,
+            ca_cert: ca.cert_der().clone(),
+        };
+        Ok(Some(ClusterFiles { creds, ca, secret }))
+    }
+
+    /// Saves the cluster credentials.
+    pub(crate) fn save_cluster(&self, files: &ClusterFiles) -> anyhow::Result<()> {
+        self.write("pki/ca.pem", files.ca.cert_pem().as_bytes(), 0o644)?;
+        self.write("pki/ca-key.pem", files.ca.key_pem().as_bytes(), 0o600)?;
+        self.write("pki/node-key.pem", to_pem("PRIVATE KEY", files.creds.key.secret_pkcs8_der()).as_bytes(), 0o600)?;
+        let secret = files.token().secret_text();
+        self.write("pki/cluster-secret", format!("{secret}\n").as_bytes(), 0o600)?;
+        // The certificate goes last: its presence marks the set complete.
+        self.write("pki/node.pem", to_pem("CERTIFICATE", &files.creds.cert).as_bytes(), 0o644)
+    }
+
+    fn read_optional(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let path = self.path.join(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+        let path = self.path.join(name);
+        let tmp = self.path.join(format!("{name}.tmp"));
+        let written = (|| {
+            let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(error) = written {
+            let _ = fs::remove_file(&tmp);
+            bail!("cannot write {}: {error}", path.display());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_membership::pki::KeyRequest;
+
+    #[test]
+    fn identity_and_state_survive_a_restart() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = DataDir::open(tmp.path())?;
+        let id = dir.node_id()?;
+        assert_eq!(DataDir::open(tmp.path())?.node_id()?, id, "the node id is stable");
+
+        assert_eq!(dir.state()?, State::default());
+        let state = State { bump: 7, peers: vec!["198.18.0.2:7950".parse()?], left: false };
+        dir.save_state(&state)?;
+        assert_eq!(DataDir::open(tmp.path())?.state()?, state);
+        Ok(())
+    }
+
+    #[test]
+    fn credentials_round_trip() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = DataDir::open(tmp.path())?;
+        assert!(dir.cluster()?.is_none());
+        let ca = ClusterCa::generate()?;
+        let node = dir.node_id()?;
+        let request = KeyRequest::generate(node)?;
+        let files = ClusterFiles {
+            creds: NodeCredentials {
+                cert: ca.issue(node, &request.csr_der)?,
+                key: request.key.serialize_der().into(),
+                ca_cert: ca.cert_der().clone(),
+            },
+            ca,
+            secret: ClusterSecret::random(),
+        };
+        dir.save_cluster(&files)?;
+        let loaded = dir.cluster()?.context("credentials were saved")?;
+        assert_eq!(loaded.token(), files.token());
+        assert_eq!(loaded.creds.cert, files.creds.cert);
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_files_are_reported_not_replaced() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = DataDir::open(tmp.path())?;
+        fs::write(tmp.path().join("node-id"), "garbage")?;
+        let err = dir.node_id().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("damaged"), "{err}");
+        fs::write(tmp.path().join("state.json"), "{")?;
+        assert!(dir.state().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn unusable_dir_is_a_clear_error() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let file = tmp.path().join("file");
+        fs::write(&file, "")?;
+        let err = DataDir::open(&file).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(err.contains("cannot create data dir"), "{err}");
+        Ok(())
+    }
+}

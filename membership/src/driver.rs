@@ -1,0 +1,230 @@
+//! The tokio driver: one task owns the [`Core`], feeds it datagrams,
+//! commands and timer deadlines, and hands what it produces to the
+//! transport and to event subscribers. `select!` only classifies what
+//! arrived; a plain `match` handles it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Core, Event, MemberInfo, Status};
+use crate::identity::{NodeId, NodeIdentity};
+use crate::transport::{Inbound, Transport, TransportError};
+
+/// While this node knows no live member, it re-announces to the peers it
+/// knows this often (after a restart, a heal, or with `--join` at boot).
+const REJOIN_EVERY: Duration = Duration::from_secs(2);
+/// How long `join` waits for the cluster to accept this node.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Command {
+    Announce(NodeIdentity),
+    Leave(oneshot::Sender<()>),
+    Members(oneshot::Sender<Vec<MemberInfo>>),
+}
+
+enum Input {
+    Datagram(Inbound),
+    Command(Command),
+    Timeout,
+    Rejoin,
+    Stop,
+}
+
+/// Joining through a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The peer could not be reached or is not a member of this cluster.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The peer was reached but did not take this node in.
+    #[error("{0} did not accept this node within {JOIN_TIMEOUT:?}")]
+    NotAccepted(SocketAddr),
+    /// The membership task has stopped.
+    #[error("the membership task has stopped")]
+    Stopped,
+}
+
+/// A handle on the running membership of this node.
+#[derive(Clone)]
+pub struct Membership {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    transport: Arc<Transport>,
+}
+
+impl Membership {
+    /// Starts the driver task for `core`, announcing to `known_peers`
+    /// until some member answers.
+    pub fn spawn(
+        core: Core,
+        transport: Arc<Transport>,
+        inbound: mpsc::Receiver<Inbound>,
+        known_peers: Vec<SocketAddr>,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(1024);
+        let handle = Self { commands: commands_tx, events: events.clone(), transport: Arc::clone(&transport) };
+        let mut known: BTreeSet<SocketAddr> = known_peers.into_iter().collect();
+        known.remove(&core.identity().addr);
+        let driver = Driver { core, transport, inbound, commands, events, known, handle: handle.clone() };
+        (handle, tokio::spawn(driver.run(shutdown)))
+    }
+
+    /// Joins the cluster through the member at `addr`.
+    pub async fn join(&self, addr: SocketAddr) -> Result<(), JoinError> {
+        let node = self.transport.connect(addr, None).await?;
+        self.announce(node, addr).await?;
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        while Instant::now() < deadline {
+            let members = self.members().await?;
+            if members.iter().skip(1).any(|m| m.identity.id == node && m.status == Status::Alive) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(JoinError::NotAccepted(addr))
+    }
+
+    /// Leaves the cluster gracefully; returns once peers have been told.
+    pub async fn leave(&self) -> Result<(), JoinError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Leave(tx)).await.map_err(|_| JoinError::Stopped)?;
+        rx.await.map_err(|_| JoinError::Stopped)
+    }
+
+    /// Every known member, this node first.
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, JoinError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Members(tx)).await.map_err(|_| JoinError::Stopped)?;
+        rx.await.map_err(|_| JoinError::Stopped)
+    }
+
+    /// Membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Closes all connections (peers are not told the node left).
+    pub async fn close(&self) {
+        self.transport.close().await;
+    }
+
+    async fn announce(&self, node: NodeId, addr: SocketAddr) -> Result<(), JoinError> {
+        let peer = NodeIdentity { id: node, bump: 0, name: String::new(), addr };
+        self.commands.send(Command::Announce(peer)).await.map_err(|_| JoinError::Stopped)
+    }
+}
+
+struct Driver {
+    core: Core,
+    transport: Arc<Transport>,
+    inbound: mpsc::Receiver<Inbound>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    /// Addresses of every member seen, to re-announce to when alone.
+    known: BTreeSet<SocketAddr>,
+    handle: Membership,
+}
+
+impl Driver {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut rejoin = tokio::time::interval(REJOIN_EVERY);
+        loop {
+            let deadline = self.core.poll_timeout();
+            let input = tokio::select! {
+                () = shutdown.cancelled() => Input::Stop,
+                Some(datagram) = self.inbound.recv() => Input::Datagram(datagram),
+                Some(command) = self.commands.recv() => Input::Command(command),
+                () = sleep_until(deadline) => Input::Timeout,
+                _ = rejoin.tick() => Input::Rejoin,
+            };
+            let now = Instant::now();
+            match input {
+                Input::Datagram(Inbound { from, payload }) => {
+                    if let Err(error) = self.core.handle_datagram(now, from, &payload) {
+                        tracing::debug!(peer = ?from, %error, "dropped a frame");
+                    }
+                }
+                Input::Command(Command::Announce(peer)) => {
+                    if let Err(error) = self.core.announce(now, peer) {
+                        tracing::warn!(%error, "announce failed");
+                    }
+                }
+                Input::Command(Command::Members(reply)) => {
+                    let _ = reply.send(self.core.members());
+                }
+                Input::Command(Command::Leave(reply)) => {
+                    if let Err(error) = self.core.leave(now) {
+                        tracing::warn!(%error, "leave");
+                    }
+                    let deliveries = self.flush();
+                    tokio::spawn(async move {
+                        for delivery in deliveries {
+                            let _ = delivery.await;
+                        }
+                        let _ = reply.send(());
+                    });
+                    continue;
+                }
+                Input::Timeout => self.core.handle_timeout(now),
+                Input::Rejoin => self.rejoin(),
+                Input::Stop => break,
+            }
+            self.flush();
+        }
+    }
+
+    /// Sends what the core produced and publishes its events. Returns the
+    /// pending reliable deliveries.
+    fn flush(&mut self) -> Vec<JoinHandle<()>> {
+        let mut deliveries = Vec::new();
+        while let Some(transmit) = self.core.poll_transmit() {
+            deliveries.extend(self.transport.send(&transmit.to, transmit.payload, transmit.reliable));
+        }
+        while let Some(event) = self.core.poll_event() {
+            match &event {
+                Event::MemberUp(id) => {
+                    self.known.insert(id.addr);
+                    tracing::info!(member = ?id, "member up");
+                }
+                Event::MemberDown(id) => tracing::info!(member = ?id, "member down"),
+                Event::MemberLeft(id) => tracing::info!(member = ?id, "member left"),
+                other => tracing::debug!(event = ?other, "membership"),
+            }
+            let _ = self.events.send(event);
+        }
+        deliveries
+    }
+
+    /// Re-announces to every known peer while no member is alive.
+    fn rejoin(&self) {
+        if self.core.active_members() > 0 || self.core.has_left() {
+            return;
+        }
+        for &addr in &self.known {
+            let handle = self.handle.clone();
+            tokio::spawn(async move {
+                match handle.transport.connect(addr, None).await {
+                    Ok(node) => {
+                        let _ = handle.announce(node, addr).await;
+                    }
+                    Err(error) => tracing::debug!(%addr, %error, "rejoin attempt"),
+                }
+            });
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,104 @@
+//! Enrolment: how a node with a join token but no certificate becomes a
+//! member. The joiner opens a QUIC connection without a client certificate,
+//! checks that the server's chain ends in the CA its token pins, and sends
+//! the token's secret with a signing request on one bidirectional stream.
+//! The member checks the secret and answers with a certificate, the CA
+//! certificate and the CA key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+use crate::pki::{ClusterCa, ClusterSecret};
+use crate::wire::PROTOCOL_VERSION;
+
+/// Largest enrolment message either side reads.
+pub const MAX_ENROL_MESSAGE: usize = 64 * 1024;
+
+/// What a joiner sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// The joiner's protocol version.
+    pub version: u8,
+    /// The cluster secret from the join token.
+    pub secret: [u8; 32],
+    /// The joiner's node id, which its certificate will name.
+    pub node: NodeId,
+    /// A certificate signing request for the joiner's key, DER.
+    pub csr_der: Vec<u8>,
+}
+
+/// What a member answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum EnrolResponse {
+    /// The joiner is in: its certificate and the cluster CA.
+    Admitted {
+        /// The joiner's new certificate, DER.
+        cert_der: Vec<u8>,
+        /// The cluster CA certificate, DER.
+        ca_cert_der: Vec<u8>,
+        /// The cluster CA key, PEM, so this node can enrol others.
+        ca_key_pem: String,
+    },
+    /// The joiner was refused, and why.
+    Refused(String),
+}
+
+/// The member side of enrolment: what it needs to admit joiners.
+pub struct Enroller {
+    /// The cluster CA, to sign joiners' certificates.
+    pub ca: ClusterCa,
+    /// The cluster secret joiners must present.
+    pub secret: ClusterSecret,
+}
+
+impl Enroller {
+    /// Decides on a request.
+    pub fn admit(&self, request: &EnrolRequest) -> EnrolResponse {
+        if request.version != PROTOCOL_VERSION {
+            return EnrolResponse::Refused(format!(
+                "protocol version {} is not supported (this member speaks {PROTOCOL_VERSION})",
+                request.version
+            ));
+        }
+        if !self.secret.matches(&ClusterSecret(request.secret)) {
+            return EnrolResponse::Refused("the join token is not valid for this cluster".into());
+        }
+        match self.ca.issue(request.node, &request.csr_der) {
+            Ok(cert) => EnrolResponse::Admitted {
+                cert_der: cert.to_vec(),
+                ca_cert_der: self.ca.cert_der().to_vec(),
+                ca_key_pem: self.ca.key_pem(),
+            },
+            Err(error) => EnrolResponse::Refused(format!("bad certificate request: {error}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{node_id_of, KeyRequest, PkiError};
+
+    fn request(secret: [u8; 32], node: NodeId) -> Result<EnrolRequest, PkiError> {
+        Ok(EnrolRequest { version: PROTOCOL_VERSION, secret, node, csr_der: KeyRequest::generate(node)?.csr_der })
+    }
+
+    #[test]
+    fn right_secret_is_admitted_wrong_one_refused() -> Result<(), PkiError> {
+        let secret = ClusterSecret::random();
+        let enroller = Enroller { ca: ClusterCa::generate()?, secret: secret.clone() };
+        let node = NodeId::random();
+        match enroller.admit(&request(secret.0, node)?) {
+            EnrolResponse::Admitted { cert_der, .. } => assert_eq!(node_id_of(&cert_der)?, node),
+            EnrolResponse::Refused(why) => panic!("refused: {why}"),
+        }
+        let EnrolResponse::Refused(why) = enroller.admit(&request([0; 32], node)?) else {
+            panic!("a wrong secret was admitted");
+        };
+        assert!(why.contains("not valid"), "{why}");
+        let mut old = request(secret.0, node)?;
+        old.version = 0;
+        assert!(matches!(enroller.admit(&old), EnrolResponse::Refused(_)));
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! Membership for mesh: who is in the cluster, and how agents talk.
+//!
+//! - [`core`]: the sans-io SWIM core (foca plus ordered timers, the
+//!   leave protocol and a cluster-size-aware configuration). It takes
+//!   `(now, input)` and yields datagrams, events and its next deadline, so
+//!   the agent's [`driver`] and the simulator run the very same code.
+//! - [`transport`]: QUIC (quinn) with mutual TLS between members.
+//! - [`pki`] and [`enrol`]: the cluster CA, node certificates, join tokens
+//!   and how a new node gets its certificate.
+//!
+//! # Why SWIM travels as QUIC datagrams
+//!
+//! The alternative was UDP packets sealed with a key derived from the
+//! cluster secret (memberlist's way). QUIC datagrams over mutually
+//! authenticated connections were chosen because:
+//!
+//! - every packet is tied to the certificate of the node that sent it, so a
+//!   member cannot speak for another (the core drops a SWIM packet whose
+//!   source is not the connection's node), whereas one shared key lets any
+//!   holder forge any node's messages;
+//! - one port and one handshake serve SWIM, reliable frames (streams) and
+//!   anti-entropy sync, with congestion control and path MTU handled by QUIC;
+//! - there is no second key to rotate beside the certificates.
+//!
+//! The cost is a handshake (one round trip on a LAN) before the first
+//! packet to a new peer, and a connection's state per peer; packets queued
+//! during the handshake are sent once it completes.
+
+pub mod core;
+pub mod driver;
+pub mod enrol;
+pub mod identity;
+pub mod pki;
+pub mod tls;
+pub mod transport;
+pub mod wire;
+
+mod timers;
+
+pub use crate::core::{Core, Event, MemberInfo, Status};
+pub use crate::driver::{JoinError, Membership};
+pub use crate::identity::{NodeId, NodeIdentity};

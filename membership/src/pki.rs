@@ -1,0 +1,330 @@
+//! Cluster identity: the cluster CA, node certificates, and the join token.
+//!
+//! `mesh init` makes a CA and a random cluster secret. Every node holds a
+//! certificate from that CA naming its [`NodeId`]; agents accept only peers
+//! presenting one (mutual TLS). The join token carries the SHA-256
+//! fingerprint of the CA, so a joiner can verify the peer it enrols through
+//! before it trusts anything, and the cluster secret, which proves to that
+//! peer that the joiner may enrol. An enrolled node receives the CA key too,
+//! so that any member can enrol the next joiner: there is no central
+//! authority to be down. (Removing a node for good therefore means rotating
+//! the CA; that is for a later change.)
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::identity::NodeId;
+
+/// The name every node certificate carries, and that clients verify.
+pub const SERVER_NAME: &str = "mesh";
+
+/// A certificate or key could not be made, parsed or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// rcgen refused to build or parse a certificate, key or request.
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// The PEM text held no certificate or key.
+    #[error("no {0} found in PEM text")]
+    MissingPem(&'static str),
+    /// A certificate did not name a node.
+    #[error("certificate does not name a mesh node")]
+    NoNodeName,
+}
+
+/// The bytes of a SHA-256 digest.
+pub type Fingerprint = [u8; 32];
+
+/// SHA-256 of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> Fingerprint {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The cluster's certificate authority: its certificate and signing key.
+pub struct ClusterCa {
+    cert_der: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+impl fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterCa({})", URL_SAFE_NO_PAD.encode(self.fingerprint()))
+    }
+}
+
+impl ClusterCa {
+    /// A new CA for a new cluster.
+    pub fn generate() -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "mesh cluster CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert_der: cert.der().clone(), key })
+    }
+
+    /// Loads a CA from its PEM certificate and PEM private key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        Ok(Self { cert_der: pem_cert(cert_pem)?, key: KeyPair::from_pem(key_pem)? })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        to_pem("CERTIFICATE", &self.cert_der)
+    }
+
+    /// The CA private key, PEM (PKCS#8).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The fingerprint a join token pins.
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.cert_der)
+    }
+
+    /// Issues a certificate for `node` for the public key in a PEM
+    /// certificate signing request. The request's own names are ignored:
+    /// the CA decides what the certificate says.
+    pub fn issue(&self, node: NodeId, csr_der: &[u8]) -> Result<CertificateDer<'static>, PkiError> {
+        let request = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
+        let signed =
+            CertificateSigningRequestParams { params: node_cert_params(node)?, public_key: request.public_key }
+                .signed_by(&issuer)?;
+        Ok(signed.der().clone())
+    }
+}
+
+fn node_cert_params(node: NodeId) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned(), node.cert_name()])?;
+    params.distinguished_name.push(DnType::CommonName, node.cert_name());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A node's own key and, once enrolled, its certificate and the CA's.
+pub struct NodeCredentials {
+    /// The node's certificate, issued by the cluster CA.
+    pub cert: CertificateDer<'static>,
+    /// The node's private key, PKCS#8 DER.
+    pub key: PrivatePkcs8KeyDer<'static>,
+    /// The cluster CA certificate.
+    pub ca_cert: CertificateDer<'static>,
+}
+
+impl NodeCredentials {
+    /// The private key in the form rustls takes.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+
+    /// The chain a node presents: its certificate, then the CA's (so an
+    /// enrolling peer can check the CA against its token's fingerprint).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert.clone(), self.ca_cert.clone()]
+    }
+}
+
+/// A fresh node key and a certificate signing request for it.
+pub struct KeyRequest {
+    /// The new private key.
+    pub key: KeyPair,
+    /// The signing request, DER.
+    pub csr_der: Vec<u8>,
+}
+
+impl KeyRequest {
+    /// Generates a key pair for `node` and a request to certify it.
+    pub fn generate(node: NodeId) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let csr_der = node_cert_params(node)?.serialize_request(&key)?.der().to_vec();
+        Ok(Self { key, csr_der })
+    }
+}
+
+/// The node named in a DER certificate (its `ID.node.mesh` name).
+pub fn node_id_of(cert: &[u8]) -> Result<NodeId, PkiError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|_| PkiError::NoNodeName)?;
+    let names = parsed.subject_alternative_name().ok().flatten().ok_or(PkiError::NoNodeName)?;
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => NodeId::from_cert_name(dns),
+            _ => None,
+        })
+        .ok_or(PkiError::NoNodeName)
+}
+
+/// Parses the first certificate in PEM text.
+pub fn pem_cert(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| PkiError::MissingPem("certificate"))
+}
+
+/// Parses a PKCS#8 private key in PEM text.
+pub fn pem_key(pem: &str) -> Result<PrivatePkcs8KeyDer<'static>, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| PkiError::MissingPem("private key"))
+}
+
+/// Encodes DER bytes as PEM with the given label.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The secret that admits new nodes, shared by every member.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub [u8; 32]);
+
+impl ClusterSecret {
+    /// A fresh random secret.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Compares with another secret in time independent of where they differ.
+    pub fn matches(&self, other: &Self) -> bool {
+        // Comparing digests leaks nothing useful about the secret itself.
+        fingerprint(&self.0) == fingerprint(&other.0)
+    }
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+/// What a joiner needs: the CA fingerprint to verify the cluster, and the
+/// cluster secret to prove it may enrol. Text form:
+/// `mesh1.<base64url CA SHA-256>.<base64url secret>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// SHA-256 of the cluster CA certificate.
+    pub ca_fingerprint: Fingerprint,
+    /// The cluster secret.
+    pub secret: ClusterSecret,
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinToken(ca {})", URL_SAFE_NO_PAD.encode(self.ca_fingerprint))
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mesh1.{}.{}", URL_SAFE_NO_PAD.encode(self.ca_fingerprint), self.secret_text())
+    }
+}
+
+/// Why a text is not a join token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Wrong prefix or number of parts.
+    #[error("a join token looks like mesh1.<43 characters>.<43 characters>; print one with `mesh token` on a member")]
+    Format,
+    /// A part is not base64url of 32 bytes.
+    #[error("the join token is damaged (a part is not 32 bytes of base64url); copy it again from `mesh token`")]
+    Damaged,
+}
+
+impl JoinToken {
+    /// The secret part of the token text.
+    pub fn secret_text(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.secret.0)
+    }
+
+    /// A token from a CA fingerprint and the secret part of a token's text.
+    pub fn from_parts(ca_fingerprint: Fingerprint, secret_text: &str) -> Result<Self, TokenError> {
+        Ok(Self { ca_fingerprint, secret: ClusterSecret(decode_part(secret_text)?) })
+    }
+}
+
+fn decode_part(part: &str) -> Result<[u8; 32], TokenError> {
+    URL_SAFE_NO_PAD.decode(part).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(TokenError::Damaged)
+}
+
+impl FromStr for JoinToken {
+    type Err = TokenError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.trim().split('.');
+        let (Some("mesh1"), Some(fp), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Format);
+        };
+        Self::from_parts(decode_part(fp)?, secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trips_and_rejects_damage() {
+        let token = JoinToken { ca_fingerprint: [3; 32], secret: ClusterSecret::random() };
+        let text = token.to_string();
+        assert!(text.starts_with("mesh1."));
+        assert_eq!(text.parse::<JoinToken>(), Ok(token.clone()));
+        assert_eq!(format!(" {text}\n").parse::<JoinToken>(), Ok(token.clone()));
+        assert_eq!("".parse::<JoinToken>(), Err(TokenError::Format));
+        assert_eq!("mesh2.a.b".parse::<JoinToken>(), Err(TokenError::Format));
+        assert_eq!(format!("{text}.x").parse::<JoinToken>(), Err(TokenError::Format));
+        assert_eq!("mesh1.AAAA.BBBB".parse::<JoinToken>(), Err(TokenError::Damaged));
+        let truncated = &text[..text.len() - 1];
+        assert_eq!(truncated.parse::<JoinToken>(), Err(TokenError::Damaged));
+        assert!(!format!("{token:?}").contains(&text[50..]), "Debug must not print the secret");
+    }
+
+    #[test]
+    fn ca_issues_certificates_naming_the_node() -> Result<(), PkiError> {
+        let ca = ClusterCa::generate()?;
+        let node = NodeId::random();
+        let request = KeyRequest::generate(node)?;
+        let cert = ca.issue(node, &request.csr_der)?;
+        assert_eq!(node_id_of(&cert)?, node);
+        assert!(node_id_of(ca.cert_der()).is_err());
+
+        let reloaded = ClusterCa::from_pem(&ca.cert_pem(), &ca.key_pem())?;
+        assert_eq!(reloaded.fingerprint(), ca.fingerprint());
+        assert!(ca.issue(node, b"not a request").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        let a = ClusterSecret([1; 32]);
+        assert!(a.matches(&ClusterSecret([1; 32])));
+        assert!(!a.matches(&ClusterSecret([2; 32])));
+    }
+}

@@ -1,0 +1,78 @@
+//! Everything mesh does to the kernel's network stack, through rtnetlink:
+//! per-network VXLAN devices and bridges, veth pairs into sandbox
+//! namespaces, FDB and neighbour entries for remote endpoints, and the
+//! reconciler that makes the kernel match a desired state by diffing
+//! against what it dumps (never by flushing).
+//!
+//! This crate does not know about membership or records: the agent maps
+//! its replicated view onto the plain desired-state types here. For now it
+//! answers the one question the agent asks at start-up: which address of
+//! this host to advertise to peers.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressScope};
+use netlink_packet_route::route::RouteAttribute;
+use rtnetlink::RouteMessageBuilder;
+
+/// A netlink conversation with the kernel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetdevError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The kernel refused or failed a request.
+    #[error("netlink {what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+}
+
+/// The IPv4 address this host would be reached at: the first global
+/// address on the interface of the IPv4 default route, or else the first
+/// global IPv4 address of any interface. `None` if the host has none.
+pub async fn default_ipv4() -> Result<Option<Ipv4Addr>, NetdevError> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let result = async {
+        let mut default_oif = None;
+        let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(route) =
+            routes.try_next().await.map_err(|source| NetdevError::Netlink { what: "route dump", source })?
+        {
+            if route.header.destination_prefix_length == 0 {
+                default_oif = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                });
+            }
+        }
+        let mut by_interface: HashMap<u32, Vec<Ipv4Addr>> = HashMap::new();
+        let mut addresses = handle.address().get().execute();
+        while let Some(message) =
+            addresses.try_next().await.map_err(|source| NetdevError::Netlink { what: "address dump", source })?
+        {
+            if message.header.scope != AddressScope::Universe {
+                continue;
+            }
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attribute {
+                    by_interface.entry(message.header.index).or_default().push(*ip);
+                }
+            }
+        }
+        let preferred = default_oif.and_then(|oif| by_interface.get(&oif)).and_then(|ips| ips.first());
+        let mut indexes: Vec<_> = by_interface.keys().copied().collect();
+        indexes.sort_unstable();
+        let any = indexes.first().and_then(|i| by_interface.get(i)).and_then(|ips| ips.first());
+        Ok(preferred.or(any).copied())
+    }
+    .await;
+    task.abort();
+    result
+}
