@@ -242,9 +242,11 @@ impl Agent {
         let (transport, inbound) =
             Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
                 .map_err(anyhow::Error::from)?;
-        let known = if state.left { Vec::new() } else { state.peers };
-        let core = Core::new(identity, rand::random());
-        let (membership, _task) = Membership::spawn(core, transport, inbound, known, self.shutdown.child_token());
+        let mut core = Core::new(identity, rand::random());
+        if state.left {
+            core.stay_out();
+        }
+        let (membership, _task) = Membership::spawn(core, transport, inbound, state.peers, self.shutdown.child_token());
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =
             Some(Session { membership: membership.clone(), token });

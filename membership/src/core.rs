@@ -5,7 +5,7 @@
 //! [`driver`](crate::driver) and the simulator drive this very same code.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use foca::{AccumulatingRuntime, Config, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
@@ -118,17 +118,30 @@ pub struct Core {
 }
 
 /// Foca's configuration for a cluster of `size` nodes: memberlist's LAN
-/// profile, a slightly shorter suspicion (3 probe periods per log10 of the
-/// size instead of 4), packets that fit a QUIC datagram, and periodic
-/// announces that heal partitions and bring back members once declared down.
+/// profile with these changes:
+/// - suspicion lasts 3 probe periods per log10 of the size, not 4: failures
+///   are declared sooner (a later change adds Lifeguard-style confirmation);
+/// - each update is retransmitted 6·log10(size+1) times, not 4·: joins are
+///   pushed eagerly, which spends transmissions fast, and a node that misses
+///   an update must not wait for a periodic announce to learn it;
+/// - every node announces to a random member every 2 s and gets its member
+///   list back: a pull that bounds how long any node can miss a member
+///   (memberlist's push/pull runs every 30 s);
+/// - down members are re-announced to every 3 s, which heals partitions;
+/// - packets fit one QUIC datagram.
 pub fn config_for(size: usize) -> Config {
     let size = u32::try_from(size.max(1)).unwrap_or(u32::MAX);
     let mut config = Config::new_lan(NonZeroU32::new(size).unwrap_or(NonZeroU32::MIN));
-    let periods = f64::from(size).log10().max(1.0) * 3.0;
-    config.suspect_to_down_after = config.probe_period.mul_f64(periods);
+    let log_size = f64::from(size).log10();
+    config.suspect_to_down_after = config.probe_period.mul_f64(log_size.max(1.0) * 3.0);
+    let transmissions = (f64::from(size.saturating_add(1)).log10() * 6.0).clamp(1.0, 255.0);
+    // Clamped to 1..=255 above, so the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let transmissions = transmissions as u8;
+    config.max_transmissions = NonZeroU8::new(transmissions).unwrap_or(NonZeroU8::MIN);
     config.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
     config.periodic_announce =
-        Some(foca::PeriodicParams { frequency: Duration::from_secs(10), num_members: NonZeroUsize::MIN });
+        Some(foca::PeriodicParams { frequency: Duration::from_secs(2), num_members: NonZeroUsize::MIN });
     config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
         frequency: Duration::from_secs(3),
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
@@ -155,6 +168,12 @@ impl Core {
     /// This node's current identity.
     pub fn identity(&self) -> &NodeIdentity {
         self.swim.identity()
+    }
+
+    /// Records that this node left the cluster before a restart: it stays
+    /// out, answering nobody, until [`Core::announce`] takes it back in.
+    pub fn stay_out(&mut self) {
+        self.has_left = true;
     }
 
     /// Whether this node has left the cluster (and not rejoined since).
@@ -186,6 +205,9 @@ impl Core {
     /// certificate names.
     pub fn handle_datagram(&mut self, now: Instant, from: NodeId, data: &[u8]) -> Result<(), CoreError> {
         match wire::decode(data)? {
+            // A node that left must not be pulled back in by members that
+            // announce to it (they do so to every member they saw go down).
+            Frame::Swim(_) if self.has_left => {}
             Frame::Swim(packet) => {
                 let header: foca::Header<NodeIdentity> =
                     postcard::take_from_bytes(&packet).map_err(WireError::Malformed)?.0;
@@ -246,15 +268,20 @@ impl Core {
             identity: self.identity().clone(),
             status: if self.has_left { Status::Left } else { Status::Alive },
         };
-        let others = self.swim.iter_membership_state().map(|member| MemberInfo {
-            identity: member.id().clone(),
-            status: match member.state() {
-                State::Alive => Status::Alive,
-                State::Suspect => Status::Suspect,
-                State::Down if self.left_with(member.id()) => Status::Left,
-                State::Down => Status::Down,
-            },
-        });
+        let mut others: Vec<MemberInfo> = self
+            .swim
+            .iter_membership_state()
+            .map(|member| MemberInfo {
+                identity: member.id().clone(),
+                status: match member.state() {
+                    State::Alive => Status::Alive,
+                    State::Suspect => Status::Suspect,
+                    State::Down if self.left_with(member.id()) => Status::Left,
+                    State::Down => Status::Down,
+                },
+            })
+            .collect();
+        others.sort_by(|a, b| a.identity.name.cmp(&b.identity.name).then(a.identity.id.cmp(&b.identity.id)));
         std::iter::once(me).chain(others).collect()
     }
 
@@ -279,9 +306,7 @@ impl Core {
 
     /// Moves everything foca produced into the core's queues.
     fn drain(&mut self, now: Instant) {
-        while let Some((to, data)) = self.runtime.to_send() {
-            self.outbox.push_back(Transmit { to, payload: wire::encode(&Frame::Swim(data.to_vec())), reliable: false });
-        }
+        self.take_packets();
         while let Some((after, timer)) = self.runtime.to_schedule() {
             self.timers.insert(now + after, timer);
         }
@@ -294,6 +319,19 @@ impl Core {
         }
         if size_changed {
             self.resize();
+            // Push membership changes now rather than at the next gossip
+            // tick: a join or failure reaches the cluster in one round trip.
+            if let Err(error) = self.swim.gossip(&mut self.runtime) {
+                tracing::debug!(%error, "eager gossip");
+            }
+            self.take_packets();
+        }
+    }
+
+    /// Moves the packets foca wants sent into the outbox, framed.
+    fn take_packets(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            self.outbox.push_back(Transmit { to, payload: wire::encode(&Frame::Swim(data.to_vec())), reliable: false });
         }
     }
 

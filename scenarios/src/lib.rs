@@ -1,1 +1,19 @@
-//! placeholder
+//! The mesh lab: N hosts on one machine, each a network namespace joined by
+//! veth to an underlay bridge in a namespace of its own, each running the
+//! real `mesh` binary. Scenario tests and benchmarks build on it; the
+//! `mesh-lab` binary runs the demo and cleans up after crashed runs.
+//!
+//! Every lab has a unique name prefix (`mlab-PID-N-`), so labs can run in
+//! parallel, and removes its namespaces and processes when dropped, pass or
+//! fail. Agents also die with the process that started them
+//! (`setpriv --pdeathsig KILL`), and `mesh-lab clean` removes what a killed
+//! run left behind.
+
+pub mod bench;
+pub mod demo;
+mod lab;
+mod process;
+pub mod procfs;
+
+pub use lab::{clean_leftovers, host_ip, members_at, Lab, Leftovers, Member, AGENT_PORT};
+pub use process::{require_root, run, Output};

@@ -1,0 +1,282 @@
+//! The membership benchmark: mesh beside HashiCorp Serf on the same lab, in
+//! the same run. Figures, not assertions: the machine is shared and noisy.
+//!
+//! Every host is watched by its own thread, polling its own view, so a
+//! figure is "the moment the last host saw it", not the polling loop's pace.
+//! mesh is watched through its control socket, Serf through its CLI (the
+//! only way into its RPC inside a namespace), which costs Serf some CPU
+//! while it converges; the report says so.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::lab::{host_ip, Lab};
+use crate::procfs;
+use crate::run;
+
+/// A membership system under test.
+trait System: Sync {
+    fn name(&self) -> &'static str;
+    /// Starts one agent per host, the first forming the cluster.
+    fn start(&self, lab: &mut Lab) -> anyhow::Result<()>;
+    /// Joins host `i` to host 1 (blocking until the command returns).
+    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()>;
+    /// Names and statuses host `i` lists.
+    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>>;
+    /// Stops every agent.
+    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()>;
+    /// The pid of host `i`'s agent.
+    fn pid(&self, lab: &Lab, i: usize) -> Option<u32>;
+    /// The status word for a failed member.
+    fn down_word(&self) -> &'static str;
+}
+
+struct Mesh;
+
+impl System for Mesh {
+    fn name(&self) -> &'static str {
+        "mesh"
+    }
+
+    fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        for i in 1..=lab.len() {
+            lab.start_agent(i, &[])?;
+        }
+        lab.mesh_ok(1, &["init"])?;
+        Ok(())
+    }
+
+    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
+        let token = lab.mesh_ok(1, &["token"])?;
+        lab.mesh_ok(i, &["join", &lab.agent_addr(1), "--token", token.trim()])?;
+        Ok(())
+    }
+
+    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(lab.members_api(i)?.into_iter().map(|m| (m.name, m.status)).collect())
+    }
+
+    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        for i in 1..=lab.len() {
+            lab.kill(i)?;
+        }
+        Ok(())
+    }
+
+    fn pid(&self, lab: &Lab, i: usize) -> Option<u32> {
+        lab.agent_pid(i)
+    }
+
+    fn down_word(&self) -> &'static str {
+        "down"
+    }
+}
+
+struct Serf;
+
+const SERF_RPC: &str = "-rpc-addr=127.0.0.1:7373";
+
+impl System for Serf {
+    fn name(&self) -> &'static str {
+        "serf"
+    }
+
+    fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        for i in 1..=lab.len() {
+            let (node, bind) = (format!("-node=h{i}"), format!("-bind={}:7946", host_ip(i)));
+            lab.spawn(i, "serf", "serf", &["agent", &node, &bind, SERF_RPC, "-log-level=err"])?;
+        }
+        lab.wait_for("serf agents to answer", Duration::from_secs(10), |lab| {
+            (1..=lab.len()).try_fold(true, |ok, i| Ok(ok && self.view(lab, i).is_ok()))
+        })?;
+        Ok(())
+    }
+
+    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
+        let out = lab.exec(i, "serf", &["join", SERF_RPC, &format!("{}:7946", host_ip(1))])?;
+        if !out.success {
+            bail!("serf join on h{i}: {}", out.stderr.trim());
+        }
+        Ok(())
+    }
+
+    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let out = lab.exec(i, "serf", &["members", SERF_RPC])?;
+        if !out.success {
+            bail!("serf members on h{i}: {}", out.stderr.trim());
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                Some((words.next()?.to_owned(), words.nth(1)?.to_owned()))
+            })
+            .collect())
+    }
+
+    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        lab.kill_spawned();
+        Ok(())
+    }
+
+    fn pid(&self, lab: &Lab, i: usize) -> Option<u32> {
+        lab.spawned_pids(i).first().copied()
+    }
+
+    fn down_word(&self) -> &'static str {
+        "failed"
+    }
+}
+
+/// What one system measured.
+#[derive(Debug, Default)]
+struct Figures {
+    join_convergence: Duration,
+    cut_detection: Duration,
+    rss_mib: f64,
+    idle_cpu_percent: f64,
+}
+
+/// Runs the membership benchmark on `hosts` hosts and prints mesh's figures
+/// beside Serf's (when `with_serf` and `serf` is installed).
+pub fn membership(hosts: usize, with_serf: bool) -> anyhow::Result<()> {
+    if hosts < 3 {
+        bail!("the benchmark needs at least 3 hosts");
+    }
+    let mut lab = Lab::new(hosts)?;
+    println!("membership benchmark on {hosts} lab hosts");
+    let mesh = measure(&Mesh, &mut lab)?;
+    let serf = if with_serf {
+        if run("serf", ["version"]).is_ok_and(|o| o.success) {
+            Some(measure(&Serf, &mut lab)?)
+        } else {
+            println!("serf is not installed (apt-get install serf): no baseline");
+            None
+        }
+    } else {
+        None
+    };
+    print_table(hosts, &mesh, serf.as_ref());
+    Ok(())
+}
+
+fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
+    let n = lab.len();
+    println!("-- {}: starting {n} agents", system.name());
+    system.start(lab)?;
+    let lab_ref: &Lab = lab;
+    // Join every host concurrently, as VM images booting together would.
+    let joined = std::thread::scope(|scope| {
+        let joins: Vec<_> = (2..=n).map(|i| scope.spawn(move || system.join(lab_ref, i))).collect();
+        joins.into_iter().try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("join thread panicked"))?)
+    });
+    joined?;
+    let join_convergence = last_seen(lab_ref, 1..=n, Duration::from_secs(60), |lab, i| {
+        Ok(system.view(lab, i)?.iter().filter(|(_, s)| s == "alive").count() == n)
+    })
+    .context("join convergence")?;
+    println!("   every host lists {n} alive {} ms after the last join returned", join_convergence.as_millis());
+
+    std::thread::sleep(Duration::from_secs(2));
+    let pids: Vec<u32> = (1..=n).filter_map(|i| system.pid(lab_ref, i)).collect();
+    let cpu_before: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
+    let idle = Duration::from_secs(10);
+    std::thread::sleep(idle);
+    let cpu_after: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
+    let mut cpu: Vec<f64> =
+        cpu_before.iter().zip(&cpu_after).map(|(b, a)| (*a - *b).as_secs_f64() / idle.as_secs_f64() * 100.0).collect();
+    let mut rss: Vec<f64> =
+        pids.iter().map(|&p| procfs::rss_kib(p).map(|k| k as f64 / 1024.0)).collect::<Result<_, _>>()?;
+    let (idle_cpu_percent, rss_mib) = (median(&mut cpu), median(&mut rss));
+    println!("   idle: {idle_cpu_percent:.2} % CPU, {rss_mib:.1} MiB resident per agent (median)");
+
+    let victim = format!("h{n}");
+    lab_ref.cut(n, true)?;
+    let detected = last_seen(lab_ref, 1..=n - 1, Duration::from_secs(60), |lab, i| {
+        Ok(system.view(lab, i)?.iter().any(|(name, s)| *name == victim && s == system.down_word()))
+    });
+    lab_ref.cut(n, false)?;
+    let cut_detection = detected.context("failure detection")?;
+    println!(
+        "   cut host declared {} on every other host after {:.2} s",
+        system.down_word(),
+        cut_detection.as_secs_f64()
+    );
+    system.stop(lab)?;
+    Ok(Figures { join_convergence, cut_detection, rss_mib, idle_cpu_percent })
+}
+
+/// How often a watcher looks at its host's view. The same for every system,
+/// so both figures carry the same granularity.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
+/// Watches each host in `hosts` on its own thread until `check` holds
+/// there; returns when the last one saw it, measured from the call.
+fn last_seen(
+    lab: &Lab,
+    hosts: std::ops::RangeInclusive<usize>,
+    timeout: Duration,
+    check: impl Fn(&Lab, usize) -> anyhow::Result<bool> + Sync,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let watchers: Vec<_> = hosts
+            .map(|i| {
+                let check = &check;
+                scope.spawn(move || {
+                    while start.elapsed() < timeout {
+                        if check(lab, i).unwrap_or(false) {
+                            return Ok(start.elapsed());
+                        }
+                        std::thread::sleep(POLL_EVERY);
+                    }
+                    bail!("h{i} did not get there within {timeout:?}")
+                })
+            })
+            .collect();
+        let mut latest = Duration::ZERO;
+        for watcher in watchers {
+            let seen = watcher.join().map_err(|_| anyhow::anyhow!("watcher panicked"))??;
+            latest = latest.max(seen);
+        }
+        Ok(latest)
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+impl Figures {
+    /// Each figure with its label, in report order.
+    fn rows(&self) -> [(&'static str, f64); 4] {
+        [
+            ("join convergence after last join (ms)", self.join_convergence.as_secs_f64() * 1000.0),
+            ("cut host declared down everywhere (s)", self.cut_detection.as_secs_f64()),
+            ("resident memory per agent (MiB)", self.rss_mib),
+            ("idle CPU per agent (%)", self.idle_cpu_percent),
+        ]
+    }
+}
+
+fn print_table(hosts: usize, mesh: &Figures, serf: Option<&Figures>) {
+    println!();
+    println!("| figure, {hosts} hosts | mesh | serf (same run) | mesh / serf |");
+    println!("|---|---|---|---|");
+    match serf {
+        Some(serf) => {
+            for ((label, m), (_, s)) in mesh.rows().into_iter().zip(serf.rows()) {
+                println!("| {label} | {m:.2} | {s:.2} | {:.2} |", m / s);
+            }
+        }
+        None => {
+            for (label, m) in mesh.rows() {
+                println!("| {label} | {m:.2} | - | - |");
+            }
+        }
+    }
+    println!("(serf is watched through its CLI, mesh through its control socket: see the module docs)");
+}

@@ -1,0 +1,73 @@
+//! `mesh-lab`: the demo, the membership benchmark, and clean-up of labs a
+//! crashed run left behind. Run as root.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mesh_scenarios::{bench, clean_leftovers, demo, Leftovers};
+
+/// The mesh lab: several hosts on one machine, in network namespaces.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a 3-host lab, form a cluster, show it, and tear it down.
+    Demo,
+    /// Measure membership (join convergence, failure detection, memory,
+    /// idle CPU) on N hosts, beside HashiCorp Serf on the same lab.
+    BenchMembership {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Skip the Serf baseline.
+        #[arg(long)]
+        no_serf: bool,
+    },
+    /// Remove namespaces and agents left by lab runs that crashed.
+    Clean,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = clean_up_on_signal() {
+        eprintln!("error: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Demo => demo::run(),
+        Command::BenchMembership { hosts, no_serf } => bench::membership(hosts, !no_serf),
+        Command::Clean => clean_leftovers(Leftovers::OfDeadRuns).map(|removed| {
+            for name in &removed {
+                println!("removed {name}");
+            }
+            println!("{} namespaces removed", removed.len());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes this run's labs (their agents die
+/// with this process) and exits, so an interrupted demo leaves nothing behind.
+fn clean_up_on_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("interrupted: removing the lab");
+            let _ = clean_leftovers(Leftovers::AlsoOurs);
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! The lab itself: namespaces, the underlay, agents, and faults.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::process::{must, require_root, run, Output};
+
+/// The port agents listen on in the lab.
+pub const AGENT_PORT: u16 = 7950;
+/// Prefix of every lab's namespaces; `mesh-lab clean` looks for it.
+pub(crate) const PREFIX: &str = "mlab-";
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// One member as `mesh members --format json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Agent address.
+    pub addr: String,
+    /// `alive`, `suspect`, `down` or `left`.
+    pub status: String,
+}
+
+struct Host {
+    netns: String,
+    dir: PathBuf,
+    agent: Option<Child>,
+    /// Other processes started in this host (baselines such as serf).
+    others: Vec<Child>,
+}
+
+/// N hosts on an underlay bridge. Host numbers start at 1 (`h1`).
+pub struct Lab {
+    prefix: String,
+    underlay: String,
+    hosts: Vec<Host>,
+    mesh: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// The underlay address of host `i` (1-based): 198.18.0.1, 198.18.0.2, ...
+pub fn host_ip(i: usize) -> Ipv4Addr {
+    let n = u32::try_from(i.saturating_sub(1)).unwrap_or(u32::MAX);
+    Ipv4Addr::new(198, 18, u8::try_from(n / 250).unwrap_or(u8::MAX), u8::try_from(n % 250 + 1).unwrap_or(u8::MAX))
+}
+
+impl Lab {
+    /// Builds a lab of `n` hosts (no agents yet).
+    pub fn new(n: usize) -> anyhow::Result<Self> {
+        require_root()?;
+        let mesh = mesh_binary()?;
+        clean_leftovers(Leftovers::OfDeadRuns)?;
+        let prefix = format!("{PREFIX}{}-{}-", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
+        let underlay = format!("{prefix}ul");
+        let dir = tempfile::Builder::new().prefix("mesh-lab-").tempdir()?;
+        let mut lab = Self { prefix, underlay, hosts: Vec::new(), mesh, dir };
+        must("ip", ["netns", "add", &lab.underlay])?;
+        must("ip", ["-n", &lab.underlay, "link", "add", "br0", "type", "bridge"])?;
+        must("ip", ["-n", &lab.underlay, "link", "set", "br0", "up"])?;
+        for i in 1..=n {
+            lab.add_host(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_host(&mut self, i: usize) -> anyhow::Result<()> {
+        let netns = format!("{}h{i}", self.prefix);
+        let dir = self.dir.path().join(format!("h{i}"));
+        std::fs::create_dir_all(&dir)?;
+        must("ip", ["netns", "add", &netns])?;
+        self.hosts.push(Host { netns: netns.clone(), dir, agent: None, others: Vec::new() });
+        let port = format!("u{i}");
+        must("ip", ["-n", &netns, "link", "set", "lo", "up"])?;
+        must(
+            "ip",
+            ["link", "add", &port, "netns", &self.underlay, "type", "veth", "peer", "name", "eth0", "netns", &netns],
+        )?;
+        must("ip", ["-n", &self.underlay, "link", "set", &port, "master", "br0", "up"])?;
+        must("ip", ["-n", &netns, "addr", "add", &format!("{}/15", host_ip(i)), "dev", "eth0"])?;
+        must("ip", ["-n", &netns, "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Number of hosts.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Whether the lab has no hosts.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The network namespace of host `i`.
+    pub fn netns(&self, i: usize) -> &str {
+        &self.host(i).netns
+    }
+
+    /// The control socket of host `i`'s agent.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.host(i).dir.join("mesh.sock")
+    }
+
+    /// The agent address of host `i`.
+    pub fn agent_addr(&self, i: usize) -> String {
+        format!("{}:{AGENT_PORT}", host_ip(i))
+    }
+
+    fn host(&self, i: usize) -> &Host {
+        &self.hosts[i - 1]
+    }
+
+    fn host_mut(&mut self, i: usize) -> &mut Host {
+        &mut self.hosts[i - 1]
+    }
+
+    /// Starts host `i`'s agent with extra flags and waits for its control
+    /// socket. Its data dir survives restarts.
+    pub fn start_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let host = self.host(i);
+        let log = File::options().create(true).append(true).open(host.dir.join("agent.log"))?;
+        let socket = self.socket(i);
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns)])
+            .arg(&self.mesh)
+            .args(["agent", "--name", &format!("h{i}"), "--data-dir"])
+            .arg(host.dir.join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("MESH_LAB_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start the agent")?;
+        self.host_mut(i).agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(status) = self.host_mut(i).agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("agent h{i} exited at start ({status}): {}", self.log_tail(i, 20));
+            }
+            if Instant::now() > deadline {
+                bail!("agent h{i} did not open its control socket in 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Starts every agent, runs `mesh init` on host 1 and `mesh join` on the
+    /// others, and returns the join token.
+    pub fn form_cluster(&mut self) -> anyhow::Result<String> {
+        for i in 1..=self.len() {
+            self.start_agent(i, &[])?;
+        }
+        let token = self.mesh_ok(1, &["init"])?.trim().to_owned();
+        let peer = self.agent_addr(1);
+        for i in 2..=self.len() {
+            self.mesh_ok(i, &["join", &peer, "--token", &token])?;
+        }
+        Ok(token)
+    }
+
+    /// Runs a `mesh` client command against host `i`'s agent.
+    pub fn mesh(&self, i: usize, args: &[&str]) -> anyhow::Result<Output> {
+        let socket = self.socket(i);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", socket.to_str().context("socket path is not UTF-8")?]);
+        run(self.mesh.to_str().context("mesh path is not UTF-8")?, all)
+    }
+
+    /// Runs a `mesh` client command that must succeed; returns its stdout.
+    pub fn mesh_ok(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.mesh(i, args)?;
+        if !out.success {
+            bail!("`mesh {}` on h{i} failed: {}", args.join(" "), out.stderr.trim());
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs a command inside host `i`'s network namespace.
+    pub fn exec(&self, i: usize, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all = vec!["netns", "exec", self.netns(i), program];
+        all.extend(args);
+        run("ip", all)
+    }
+
+    /// Starts a long-running process in host `i`'s namespace; it is killed
+    /// with the lab. Its output goes to `NAME.log` in the host's directory.
+    pub fn spawn(&mut self, i: usize, name: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let host = self.host(i);
+        let log = File::create(host.dir.join(format!("{name}.log")))?;
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns), program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        self.host_mut(i).others.push(child);
+        Ok(())
+    }
+
+    /// Kills every process started with [`Lab::spawn`].
+    pub fn kill_spawned(&mut self) {
+        for host in &mut self.hosts {
+            for mut child in host.others.drain(..) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// `mesh members --format json` as host `i` sees it.
+    pub fn members(&self, i: usize) -> anyhow::Result<Vec<Member>> {
+        let out = self.mesh_ok(i, &["members", "--format", "json"])?;
+        serde_json::from_str(&out).with_context(|| format!("bad members JSON: {out}"))
+    }
+
+    /// The members host `i` sees, read straight from its control API: the
+    /// same data as [`Lab::members`] without starting a process, for
+    /// watchers that poll many hosts at once.
+    pub fn members_api(&self, i: usize) -> anyhow::Result<Vec<Member>> {
+        members_at(&self.socket(i))
+    }
+
+    /// The status host `observer` gives the member named `name`, if listed.
+    pub fn status_of(&self, observer: usize, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.members(observer)?.into_iter().find(|m| m.name == name).map(|m| m.status))
+    }
+
+    /// Kills host `i`'s agent with SIGKILL.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.host_mut(i).agent.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM to host `i`'s agent and waits for it to exit.
+    pub fn terminate(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.host_mut(i).agent.take() {
+            must("kill", ["-TERM", &child.id().to_string()])?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    bail!("agent h{i} did not stop within 10 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) host `i`'s agent.
+    pub fn freeze(&self, i: usize, frozen: bool) -> anyhow::Result<()> {
+        let pid = self.host(i).agent.as_ref().context("no agent running")?.id().to_string();
+        must("kill", [if frozen { "-STOP" } else { "-CONT" }, &pid])?;
+        Ok(())
+    }
+
+    /// Cuts host `i` off the underlay (its port leaves the bridge; its own
+    /// link stays up, as when a switch port or cable fails), or reconnects it.
+    pub fn cut(&self, i: usize, cut: bool) -> anyhow::Result<()> {
+        let port = format!("u{i}");
+        let how: &[&str] = if cut { &["nomaster"] } else { &["master", "br0"] };
+        let mut args = vec!["-n", &self.underlay, "link", "set", &port];
+        args.extend(how);
+        must("ip", args)?;
+        Ok(())
+    }
+
+    /// The process id of host `i`'s agent, if running.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.host(i).agent.as_ref().map(Child::id)
+    }
+
+    /// The process ids of what [`Lab::spawn`] started in host `i`.
+    pub fn spawned_pids(&self, i: usize) -> Vec<u32> {
+        self.host(i).others.iter().map(Child::id).collect()
+    }
+
+    /// The last `lines` lines of host `i`'s agent log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.host(i).dir.join("agent.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Polls `check` every 50 ms until it returns true, for at most
+    /// `timeout`; returns how long it took. An error from `check` is retried.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mut last_error = None;
+        while start.elapsed() < timeout {
+            match check(self) {
+                Ok(true) => return Ok(start.elapsed()),
+                Ok(false) => last_error = None,
+                Err(error) => last_error = Some(error),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match last_error {
+            Some(error) => bail!("timed out after {timeout:?} waiting for {what}: {error:#}"),
+            None => bail!("timed out after {timeout:?} waiting for {what}"),
+        }
+    }
+
+    /// The directory holding host `i`'s data dir, socket and log.
+    pub fn host_dir(&self, i: usize) -> &Path {
+        &self.host(i).dir
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 1..=self.len() {
+                eprintln!("---- agent log h{i} (last 30 lines) ----\n{}", self.log_tail(i, 30));
+            }
+        }
+        self.kill_spawned();
+        if let Some(keep) = std::env::var_os("MESH_LAB_KEEP_LOGS") {
+            let dest = Path::new(&keep).join(&self.prefix);
+            let _ = std::fs::create_dir_all(&dest);
+            for i in 1..=self.len() {
+                let _ = std::fs::copy(self.host(i).dir.join("agent.log"), dest.join(format!("h{i}.log")));
+            }
+        }
+        for i in 1..=self.len() {
+            let _ = self.kill(i);
+        }
+        for host in &self.hosts {
+            let _ = run("ip", ["netns", "del", &host.netns]);
+        }
+        let _ = run("ip", ["netns", "del", &self.underlay]);
+    }
+}
+
+/// Whose labs [`clean_leftovers`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Labs whose process is gone.
+    OfDeadRuns,
+    /// Those, and this process's own labs (when it is being interrupted).
+    AlsoOurs,
+}
+
+/// Removes namespaces and agents left by labs, as `which` says.
+/// Returns the namespaces removed.
+pub fn clean_leftovers(which: Leftovers) -> anyhow::Result<Vec<String>> {
+    let me = std::process::id().to_string();
+    let listing = must("ip", ["netns", "list"])?;
+    let mut removed = Vec::new();
+    for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let owner = rest.split('-').next().unwrap_or_default();
+        let ours = owner == me;
+        let alive = Path::new(&format!("/proc/{owner}")).exists();
+        if (ours && which == Leftovers::OfDeadRuns) || (alive && !ours) {
+            continue;
+        }
+        for pid in run("ip", ["netns", "pids", name])?.stdout.split_whitespace() {
+            let _ = run("kill", ["-KILL", pid]);
+        }
+        must("ip", ["netns", "del", name])?;
+        removed.push(name.to_owned());
+    }
+    Ok(removed)
+}
+
+/// The members the agent at control socket `socket` sees (see [`Lab::members_api`]).
+pub fn members_at(socket: &Path) -> anyhow::Result<Vec<Member>> {
+    let body = http_get(socket, "/v1/members")?;
+    serde_json::from_str(&body).with_context(|| format!("bad members JSON: {body}"))
+}
+
+/// A minimal HTTP/1.1 GET over a unix socket.
+fn http_get(socket: &Path, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: mesh\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{}: {body}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_owned())
+}
+
+/// Finds the `mesh` binary: `$MESH_BIN`, or next to the running executable
+/// (cargo puts test binaries in `target/*/deps/`, binaries one level up).
+fn mesh_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MESH_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("mesh");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("cannot find the mesh binary next to {}: build it first (cargo build --bins) or set MESH_BIN", exe.display())
+}

@@ -1,0 +1,214 @@
+//! Membership scenarios: the real `mesh` binary on lab hosts, checked the
+//! way an operator would, through `mesh members`. Needs root.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use mesh_scenarios::{host_ip, members_at, Lab, AGENT_PORT};
+
+/// Generous bound for convergence waits: a bound on the test, not a
+/// performance claim (figures come from `mesh-lab bench-membership`).
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Whether every host in `observers` lists `name` with `status`.
+fn all_see(lab: &Lab, observers: &[usize], name: &str, status: &str) -> anyhow::Result<bool> {
+    for &i in observers {
+        if lab.status_of(i, name)?.as_deref() != Some(status) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether every host lists every host alive.
+fn all_alive(lab: &Lab) -> anyhow::Result<bool> {
+    for i in 1..=lab.len() {
+        let members = lab.members_api(i)?;
+        if members.len() != lab.len() || members.iter().any(|m| m.status != "alive") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn others(lab: &Lab, except: usize) -> Vec<usize> {
+    (1..=lab.len()).filter(|&i| i != except).collect()
+}
+
+#[test]
+fn five_hosts_init_and_join_and_every_host_lists_five_alive() -> anyhow::Result<()> {
+    let mut lab = Lab::new(5)?;
+    let token = lab.form_cluster()?;
+    ensure!(
+        token.starts_with("mesh1.") && !token.contains(char::is_whitespace),
+        "init prints one token line: {token:?}"
+    );
+    lab.wait_for("all 5 alive everywhere", CONVERGE, all_alive)?;
+
+    let members = lab.members(3)?;
+    let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    ensure!(names == ["h1", "h2", "h3", "h4", "h5"], "members: {members:?}");
+    ensure!(members.iter().any(|m| m.addr == format!("{}:{AGENT_PORT}", host_ip(4))), "addresses: {members:?}");
+
+    let table = lab.mesh_ok(2, &["members"])?;
+    ensure!(table.starts_with("NAME") && table.lines().count() == 6, "table:\n{table}");
+    let status = lab.mesh_ok(2, &["status", "--format", "json"])?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    ensure!(status["cluster_size"] == 5 && status["state"] == "member" && status["name"] == "h2", "{status}");
+    ensure!(lab.mesh_ok(4, &["token"])?.trim() == token, "every member prints the same token");
+    Ok(())
+}
+
+#[test]
+fn killed_agent_is_down_everywhere_and_restarting_it_brings_it_back() -> anyhow::Result<()> {
+    let mut lab = Lab::new(4)?;
+    lab.form_cluster()?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+
+    lab.kill(4)?;
+    let survivors = others(&lab, 4);
+    lab.wait_for("h4 down on h1-h3", CONVERGE, |lab| all_see(lab, &survivors, "h4", "down"))?;
+
+    lab.start_agent(4, &[])?;
+    lab.wait_for("all alive after restart", CONVERGE, all_alive)?;
+    Ok(())
+}
+
+#[test]
+fn cut_host_is_down_everywhere_and_comes_back_when_reconnected() -> anyhow::Result<()> {
+    let mut lab = Lab::new(4)?;
+    lab.form_cluster()?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+
+    lab.cut(4, true)?;
+    let survivors = others(&lab, 4);
+    lab.wait_for("h4 down on h1-h3", CONVERGE, |lab| all_see(lab, &survivors, "h4", "down"))?;
+    lab.wait_for("h4 sees the others down", CONVERGE, |lab| {
+        Ok(lab.members_api(4)?.iter().filter(|m| m.name != "h4").all(|m| m.status == "down"))
+    })?;
+
+    lab.cut(4, false)?;
+    lab.wait_for("all alive after the link heals", CONVERGE, all_alive)?;
+    Ok(())
+}
+
+#[test]
+fn mesh_leave_and_sigterm_with_leave_on_terminate_show_left_not_down() -> anyhow::Result<()> {
+    let mut lab = Lab::new(4)?;
+    lab.form_cluster()?;
+    lab.terminate(4)?;
+    lab.start_agent(4, &["--leave-on-terminate"])?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+
+    lab.mesh_ok(3, &["leave"])?;
+    lab.wait_for("h3 left on h1, h2, h4", CONVERGE, |lab| all_see(lab, &[1, 2, 4], "h3", "left"))?;
+    let status: serde_json::Value = serde_json::from_str(&lab.mesh_ok(3, &["status", "--format", "json"])?)?;
+    ensure!(status["state"] == "left", "h3 status after leave: {status}");
+
+    lab.terminate(4)?;
+    lab.wait_for("h4 left on h1, h2", CONVERGE, |lab| all_see(lab, &[1, 2], "h4", "left"))?;
+
+    // A node that left does not come back by itself on restart.
+    lab.start_agent(4, &[])?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(lab.status_of(1, "h4")?.as_deref() == Some("left"), "h4 rejoined by itself after leaving");
+    // It comes back when asked.
+    let token = lab.mesh_ok(1, &["token"])?;
+    lab.mesh_ok(4, &["join", &lab.agent_addr(1), "--token", token.trim()])?;
+    lab.wait_for("h4 alive again", CONVERGE, |lab| all_see(lab, &[1, 2, 4], "h4", "alive"))?;
+    ensure!(all_see(&lab, &[1, 2, 4], "h3", "left")?, "h3 must stay left: members re-announce to the departed");
+    Ok(())
+}
+
+#[test]
+fn sigterm_then_restart_within_two_seconds_is_never_seen_down() -> anyhow::Result<()> {
+    let mut lab = Lab::new(4)?;
+    lab.form_cluster()?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+
+    // Watch h4's status on h1-h3 every 20 ms through the whole restart.
+    let sockets: Vec<PathBuf> = (1..=3).map(|i| lab.socket(i)).collect();
+    let done = AtomicBool::new(false);
+    let seen = Mutex::new(Vec::new());
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for socket in &sockets {
+            let (done, seen) = (&done, &seen);
+            scope.spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let status = members_at(socket).ok().and_then(|m| m.into_iter().find(|m| m.name == "h4"));
+                    if let Some(member) = status {
+                        seen.lock().unwrap_or_else(PoisonError::into_inner).push(member.status);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        let result = (|| {
+            lab.terminate(4)?;
+            lab.start_agent(4, &[])?;
+            lab.wait_for("h4 back in its own view", CONVERGE, |lab| {
+                Ok(lab.members_api(4)?.iter().filter(|m| m.status == "alive").count() == 4)
+            })?;
+            // Outlast the failure detector (suspicion is about 4 s here).
+            std::thread::sleep(Duration::from_secs(8));
+            lab.wait_for("all alive", CONVERGE, all_alive)
+        })();
+        done.store(true, Ordering::Relaxed);
+        result.map(|_| ())
+    })?;
+    let seen = seen.into_inner().unwrap_or_else(PoisonError::into_inner);
+    ensure!(seen.len() > 100, "the watchers saw too little: {}", seen.len());
+    let bad: Vec<&String> = seen.iter().filter(|s| *s == "down" || *s == "left").collect();
+    ensure!(bad.is_empty(), "h4 was seen {bad:?} during a quick restart");
+    Ok(())
+}
+
+#[test]
+fn wrong_tokens_are_refused_clearly_and_garbage_packets_change_nothing() -> anyhow::Result<()> {
+    let mut lab = Lab::new(3)?;
+    for i in 1..=3 {
+        lab.start_agent(i, &[])?;
+    }
+    let token = lab.mesh_ok(1, &["init"])?.trim().to_owned();
+    let peer = lab.agent_addr(1);
+    lab.mesh_ok(2, &["join", &peer, "--token", &token])?;
+
+    // Right cluster, wrong secret.
+    let (fingerprint, _) = token.rsplit_once('.').context("token has parts")?;
+    let wrong_secret = format!("{fingerprint}.{}", "A".repeat(43));
+    let out = lab.mesh(3, &["join", &peer, "--token", &wrong_secret])?;
+    ensure!(!out.success && out.stderr.contains("not valid for this cluster"), "wrong secret: {out:?}");
+    // A token of another cluster: the joiner refuses the peer.
+    let other_ca = format!("mesh1.{}.{}", "A".repeat(43), "A".repeat(43));
+    let out = lab.mesh(3, &["join", &peer, "--token", &other_ca])?;
+    ensure!(!out.success && out.stderr.contains("not a member of the cluster this token is for"), "other CA: {out:?}");
+    // Not a token at all.
+    let out = lab.mesh(3, &["join", &peer, "--token", "hunter2"])?;
+    ensure!(!out.success && out.stderr.contains("mesh1."), "garbage token: {out:?}");
+    let out = lab.mesh(3, &["members"])?;
+    ensure!(!out.success && out.stderr.contains("not in a cluster"), "h3 must not be a member: {out:?}");
+
+    // Random bytes at the agent's port, some shaped like QUIC long headers.
+    let flood = format!(
+        "for i in $(seq 1 300); do head -c $((RANDOM % 1400 + 1)) /dev/urandom > /dev/udp/{ip}/{AGENT_PORT}; \
+         (printf '\\xc0\\x00\\x00\\x00\\x01'; head -c 1200 /dev/urandom) > /dev/udp/{ip}/{AGENT_PORT}; done",
+        ip = host_ip(1)
+    );
+    let out = lab.exec(3, "bash", &["-c", &flood])?;
+    ensure!(out.success, "flood: {out:?}");
+
+    lab.wait_for("h1 and h2 alive, h3 absent", CONVERGE, |lab| {
+        [1, 2].into_iter().try_fold(true, |ok, i| {
+            let members = lab.members_api(i)?;
+            Ok(ok && members.len() == 2 && members.iter().all(|m| m.status == "alive"))
+        })
+    })?;
+    // After all that, the right token works.
+    lab.mesh_ok(3, &["join", &peer, "--token", &token])?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    Ok(())
+}
