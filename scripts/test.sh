@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and the multi-host scenario tests with the
+# real `mesh` binary in network namespaces. Needs root; installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+need_root "the test suite"
+ensure_packages "${LAB_PACKAGES[@]}" gcc
+ensure_rust
+
+echo "== building"
+cargo build --bins --locked
+echo "== testing"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
