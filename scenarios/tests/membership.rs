@@ -114,13 +114,14 @@ fn mesh_leave_and_sigterm_with_leave_on_terminate_show_left_not_down() -> anyhow
 
     // A node that left does not come back by itself on restart.
     lab.start_agent(4, &[])?;
-    std::thread::sleep(Duration::from_secs(3));
+    // Longer than the 3 s period at which members announce to departed ones.
+    std::thread::sleep(Duration::from_secs(4));
     ensure!(lab.status_of(1, "h4")?.as_deref() == Some("left"), "h4 rejoined by itself after leaving");
     // It comes back when asked.
     let token = lab.mesh_ok(1, &["token"])?;
     lab.mesh_ok(4, &["join", &lab.agent_addr(1), "--token", token.trim()])?;
     lab.wait_for("h4 alive again", CONVERGE, |lab| all_see(lab, &[1, 2, 4], "h4", "alive"))?;
-    ensure!(all_see(&lab, &[1, 2, 4], "h3", "left")?, "h3 must stay left: members re-announce to the departed");
+    ensure!(all_see(&lab, &[1, 2], "h3", "left")?, "h3 must stay left: members re-announce to the departed");
     Ok(())
 }
 
@@ -210,5 +211,38 @@ fn wrong_tokens_are_refused_clearly_and_garbage_packets_change_nothing() -> anyh
     // After all that, the right token works.
     lab.mesh_ok(3, &["join", &peer, "--token", &token])?;
     lab.wait_for("all alive", CONVERGE, all_alive)?;
+    Ok(())
+}
+
+#[test]
+fn agents_booting_with_join_retry_until_the_peer_is_up() -> anyhow::Result<()> {
+    let mut lab = Lab::new(3)?;
+    lab.start_agent(1, &[])?;
+    let token = lab.mesh_ok(1, &["init"])?.trim().to_owned();
+    lab.terminate(1)?;
+
+    // h2 and h3 boot while h1 is down, pointed at h1 and at each other.
+    let (h1, h2, h3) = (lab.agent_addr(1), lab.agent_addr(2), lab.agent_addr(3));
+    lab.start_agent(2, &["--join", &h1, "--join", &h3, "--token", &token])?;
+    lab.start_agent(3, &["--join", &h1, "--join", &h2, "--token", &token])?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(lab.mesh(2, &["members"])?.stderr.contains("not in a cluster"), "h2 cannot have joined yet");
+
+    lab.start_agent(1, &[])?;
+    lab.wait_for("all three alive", CONVERGE, all_alive)?;
+    Ok(())
+}
+
+#[test]
+fn frozen_agent_is_declared_down_and_rejoins_by_itself_when_thawed() -> anyhow::Result<()> {
+    let mut lab = Lab::new(3)?;
+    lab.form_cluster()?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+
+    lab.freeze(3, true)?;
+    lab.wait_for("h3 down on h1, h2", CONVERGE, |lab| all_see(lab, &[1, 2], "h3", "down"))?;
+    lab.freeze(3, false)?;
+    // h3 learns it was declared down and comes back with a new incarnation.
+    lab.wait_for("all alive after the thaw", CONVERGE, all_alive)?;
     Ok(())
 }

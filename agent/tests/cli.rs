@@ -1,0 +1,133 @@
+//! The `mesh` binary's answers to bad input, and its clean shutdown: every
+//! mistake gets a clear message and a non-zero exit, and nothing is changed.
+//! These run on loopback only and need no root.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+
+fn mesh(args: &[&str]) -> Output {
+    Command::new(MESH).args(args).output().expect("run mesh")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Starts an agent on loopback with its own data dir and socket.
+fn agent(dir: &Path, extra: &[&str]) -> Child {
+    Command::new(MESH)
+        .args(["agent", "--name", "t", "--bind", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent")
+}
+
+fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "agent did not open {}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn bad_flags_and_bad_config_fail_with_a_reason() {
+    let out = mesh(&["agent", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--bogus"), "{}", stderr(&out));
+
+    let out = mesh(&["agent", "--bind", "not-an-address"]);
+    assert!(!out.status.success() && stderr(&out).contains("--bind"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(&config, "name = \"a\"\nbind = 7950\n").expect("write");
+    let out = mesh(&["agent", "--config", config.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad config file") && stderr(&out).contains("bind"), "{}", stderr(&out));
+
+    let out = mesh(&["agent", "--config", "/nonexistent/mesh.toml"]);
+    assert!(!out.status.success() && stderr(&out).contains("cannot read config file"), "{}", stderr(&out));
+
+    let out = mesh(&["agent", "--name", "x", "--join", "198.18.0.1"]);
+    assert!(!out.status.success() && stderr(&out).contains("--token"), "{}", stderr(&out));
+}
+
+#[test]
+fn busy_port_busy_socket_and_unusable_data_dir_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let data = dir.path().join("data");
+    let out = mesh(&["agent", "--name", "t", "--bind", &port, "--data-dir", data.to_str().expect("utf-8")]);
+    assert!(!out.status.success() && stderr(&out).contains("cannot listen on"), "{}", stderr(&out));
+
+    let out = mesh(&["agent", "--name", "t", "--bind", "127.0.0.1:0", "--data-dir", "/proc/version/data"]);
+    assert!(!out.status.success() && stderr(&out).contains("data dir"), "{}", stderr(&out));
+
+    let mut first = agent(dir.path(), &[]);
+    wait_for_socket(&dir.path().join("sock"));
+    let second = agent(dir.path(), &[]).wait_with_output().expect("second agent");
+    assert!(!second.status.success() && stderr(&second).contains("already serving"), "{}", stderr(&second));
+    first.kill().expect("kill");
+    let _ = first.wait();
+}
+
+#[test]
+fn client_commands_explain_what_is_wrong() {
+    let out = mesh(&["members", "--socket", "/nonexistent/mesh.sock"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach the mesh agent"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = agent(dir.path(), &[]);
+    let socket = dir.path().join("sock");
+    wait_for_socket(&socket);
+    let sock = socket.to_str().expect("utf-8");
+    for command in ["members", "token", "leave"] {
+        let out = mesh(&[command, "--socket", sock]);
+        assert!(!out.status.success() && stderr(&out).contains("mesh init"), "{command}: {}", stderr(&out));
+    }
+    let out = mesh(&["join", "nowhere.invalid", "--token", "x", "--socket", sock]);
+    assert!(!out.status.success() && stderr(&out).contains("bad join token"), "{}", stderr(&out));
+    let status = mesh(&["status", "--socket", sock, "--format", "json"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\"uninitialized\""));
+
+    // init works once, then says why it will not run again.
+    let token = mesh(&["init", "--socket", sock]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    assert!(String::from_utf8_lossy(&token.stdout).starts_with("mesh1."));
+    let again = mesh(&["init", "--socket", sock]);
+    assert!(!again.status.success() && stderr(&again).contains("already in a cluster"), "{}", stderr(&again));
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_json_logs_are_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = agent(dir.path(), &["--log-format", "json"]);
+    let socket = dir.path().join("sock");
+    wait_for_socket(&socket);
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("agent output");
+    assert!(out.status.success(), "exit: {:?}\n{}", out.status, stderr(&out));
+    assert!(!socket.exists(), "the control socket is removed on shutdown");
+    let logs = stderr(&out);
+    assert!(logs.lines().count() >= 2, "{logs}");
+    for line in logs.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("each log line is JSON");
+        assert!(value.get("level").is_some(), "{line}");
+    }
+}
