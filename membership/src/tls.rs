@@ -42,13 +42,15 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 /// Transport settings shared by both ends: datagrams for SWIM, a keep-alive
-/// well inside the idle timeout so a quiet link is not mistaken for a dead
-/// one, and an idle timeout that lets a vanished peer's connection go.
+/// well inside the idle timeout so that the connection to a member this node
+/// rarely probes (each is probed about once per cluster-size seconds) stays
+/// up instead of costing a handshake each time, and an idle timeout that
+/// lets a vanished peer's connection go.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))))
-        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))))
+        .keep_alive_interval(Some(Duration::from_secs(10)))
         .datagram_receive_buffer_size(Some(256 * 1024))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(64))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));

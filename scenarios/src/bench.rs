@@ -182,7 +182,7 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
     std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<u32> = (1..=n).filter_map(|i| system.pid(lab_ref, i)).collect();
     let cpu_before: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
-    let idle = Duration::from_secs(10);
+    let idle = Duration::from_secs(20);
     std::thread::sleep(idle);
     let cpu_after: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
     let mut cpu: Vec<f64> =
