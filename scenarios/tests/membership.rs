@@ -34,6 +34,15 @@ fn all_alive(lab: &Lab) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// A lab of `n` hosts, `mesh init` on h1, `mesh join` on the others, and
+/// every host listing every host alive.
+fn converged_cluster(n: usize) -> anyhow::Result<Lab> {
+    let mut lab = Lab::new(n)?;
+    lab.form_cluster()?;
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    Ok(lab)
+}
+
 fn others(lab: &Lab, except: usize) -> Vec<usize> {
     (1..=lab.len()).filter(|&i| i != except).collect()
 }
@@ -65,9 +74,7 @@ fn five_hosts_init_and_join_and_every_host_lists_five_alive() -> anyhow::Result<
 
 #[test]
 fn killed_agent_is_down_everywhere_and_restarting_it_brings_it_back() -> anyhow::Result<()> {
-    let mut lab = Lab::new(4)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    let mut lab = converged_cluster(4)?;
 
     lab.kill(4)?;
     let survivors = others(&lab, 4);
@@ -80,9 +87,7 @@ fn killed_agent_is_down_everywhere_and_restarting_it_brings_it_back() -> anyhow:
 
 #[test]
 fn cut_host_is_down_everywhere_and_comes_back_when_reconnected() -> anyhow::Result<()> {
-    let mut lab = Lab::new(4)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    let lab = converged_cluster(4)?;
 
     lab.cut(4, true)?;
     let survivors = others(&lab, 4);
@@ -127,9 +132,7 @@ fn mesh_leave_and_sigterm_with_leave_on_terminate_show_left_not_down() -> anyhow
 
 #[test]
 fn sigterm_then_restart_within_two_seconds_is_never_seen_down() -> anyhow::Result<()> {
-    let mut lab = Lab::new(4)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    let mut lab = converged_cluster(4)?;
 
     // Watch h4's status on h1-h3 every 20 ms through the whole restart.
     let sockets: Vec<PathBuf> = (1..=3).map(|i| lab.socket(i)).collect();
@@ -235,9 +238,7 @@ fn agents_booting_with_join_retry_until_the_peer_is_up() -> anyhow::Result<()> {
 
 #[test]
 fn frozen_agent_is_declared_down_and_rejoins_by_itself_when_thawed() -> anyhow::Result<()> {
-    let mut lab = Lab::new(3)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    let lab = converged_cluster(3)?;
 
     lab.freeze(3, true)?;
     lab.wait_for("h3 down on h1, h2", CONVERGE, |lab| all_see(lab, &[1, 2], "h3", "down"))?;
