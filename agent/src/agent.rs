@@ -190,10 +190,7 @@ impl Agent {
             .map(|m| MemberBody {
                 name: m.identity.name,
                 addr: m.identity.addr.to_string(),
-                status: serde_json::to_value(m.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                status: m.status.as_str().to_owned(),
                 id: m.identity.id.to_string(),
             })
             .collect())

@@ -22,12 +22,7 @@ use crate::datadir::DataDir;
 /// Runs the agent until a termination signal.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let datadir = DataDir::open(&settings.data_dir)?;
-    let socket = UdpSocket::bind(settings.bind).map_err(|e| {
-        anyhow!(
-            "cannot listen on {} for peers: {e} (is another agent running? pick another with --bind)",
-            settings.bind
-        )
-    })?;
+    let socket = bind_peer_socket(settings.bind)?;
     let advertise = advertise_addr(&settings).await?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
         .context("cannot start the QUIC endpoint")?;
@@ -63,6 +58,28 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&settings.socket);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Socket buffers asked of the kernel (it caps them at `net.core.rmem_max`
+/// and `wmem_max`): a burst of joins or probes must not overflow the
+/// default ~200 KiB and lose handshakes and SWIM packets.
+const PEER_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the UDP socket peers talk to, with room for bursts.
+fn bind_peer_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let socket = UdpSocket::bind(addr).map_err(|e| {
+        anyhow!("cannot listen on {addr} for peers: {e} (is another agent running? pick another with --bind)")
+    })?;
+    let tuned = socket2::SockRef::from(&socket);
+    for (what, result) in [
+        ("receive", tuned.set_recv_buffer_size(PEER_SOCKET_BUFFER)),
+        ("send", tuned.set_send_buffer_size(PEER_SOCKET_BUFFER)),
+    ] {
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot enlarge the peer socket's {what} buffer");
+        }
+    }
+    Ok(socket)
 }
 
 /// The address peers reach this node at: the configured one, else the bind

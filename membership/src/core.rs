@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use foca::{AccumulatingRuntime, Config, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
 
 use crate::identity::{NodeId, NodeIdentity};
 use crate::timers::TimerQueue;
@@ -22,9 +21,11 @@ use crate::wire::{self, Frame, WireError};
 /// payload) with room for the QUIC and framing overhead.
 pub const MAX_SWIM_PACKET: usize = 1100;
 
+/// Most members sent or taken in one member list (about 1 MiB on the wire).
+const MAX_MEMBERS_FRAME: usize = 20_000;
+
 /// How a member looks from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Answering probes.
     Alive,
@@ -34,6 +35,18 @@ pub enum Status {
     Down,
     /// Left the cluster on purpose.
     Left,
+}
+
+impl Status {
+    /// The status as `mesh members` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+            Self::Left => "left",
+        }
+    }
 }
 
 /// One member and its status, as reported by [`Core::members`].
@@ -204,6 +217,15 @@ impl Core {
         Ok(result?)
     }
 
+    /// Asks `peer` for its whole member list. A SWIM feed fits one packet
+    /// (about 30 members), so a node that joins after the others' joins
+    /// were disseminated would otherwise learn the rest only from later
+    /// feeds; this is memberlist's push/pull on join, over a QUIC stream.
+    pub fn request_members(&mut self, peer: NodeIdentity) {
+        let request = Frame::MembersRequest(self.identity().clone());
+        self.outbox.push_back(Transmit { to: peer, payload: wire::encode(&request), reliable: true });
+    }
+
     /// Handles a datagram from `from`, the node the connection's
     /// certificate names.
     pub fn handle_datagram(&mut self, now: Instant, from: NodeId, data: &[u8]) -> Result<(), CoreError> {
@@ -222,6 +244,18 @@ impl Core {
                 result?;
             }
             Frame::Leave => self.handle_leave(now, from)?,
+            Frame::MembersRequest(_) | Frame::Members(_) if self.has_left => {}
+            Frame::MembersRequest(requester) if requester.id != from => {
+                return Err(CoreError::Spoofed { claimed: requester.id, actual: from });
+            }
+            Frame::MembersRequest(requester) => self.send_members(requester),
+            Frame::Members(members) => {
+                let me = self.identity().id;
+                let known = members.into_iter().take(MAX_MEMBERS_FRAME).filter(|m| m.id().id != me);
+                let result = self.swim.apply_many(known, true, &mut self.runtime);
+                self.drain(now);
+                result?;
+            }
         }
         Ok(())
     }
@@ -286,6 +320,15 @@ impl Core {
             .collect();
         others.sort_by(|a, b| a.identity.name.cmp(&b.identity.name).then(a.identity.id.cmp(&b.identity.id)));
         std::iter::once(me).chain(others).collect()
+    }
+
+    fn send_members(&mut self, requester: NodeIdentity) {
+        let members: Vec<_> = self.swim.iter_membership_state().take(MAX_MEMBERS_FRAME).cloned().collect();
+        self.outbox.push_back(Transmit {
+            to: requester,
+            payload: wire::encode(&Frame::Members(members)),
+            reliable: true,
+        });
     }
 
     fn left_with(&self, identity: &NodeIdentity) -> bool {

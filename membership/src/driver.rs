@@ -19,10 +19,15 @@ use crate::transport::{Inbound, Transport, TransportError};
 /// While this node knows no live member, it re-announces to the peers it
 /// knows this often (after a restart, a heal, or with `--join` at boot).
 const REJOIN_EVERY: Duration = Duration::from_secs(2);
+/// How many known peers each re-announce round tries.
+const REJOIN_FANOUT: usize = 3;
 /// How long `join` waits for the cluster to accept this node.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `join` repeats its announce while waiting for an answer.
+const REANNOUNCE_EVERY: Duration = Duration::from_millis(500);
 
 enum Command {
+    /// Announce to a member and ask for its member list.
     Announce(NodeIdentity),
     Leave(oneshot::Sender<()>),
     Members(oneshot::Sender<Vec<MemberInfo>>),
@@ -77,17 +82,21 @@ impl Membership {
         (handle, tokio::spawn(driver.run(shutdown)))
     }
 
-    /// Joins the cluster through the member at `addr`.
+    /// Joins the cluster through the member at `addr`. The announce is a
+    /// datagram, so it is repeated until the member answers.
     pub async fn join(&self, addr: SocketAddr) -> Result<(), JoinError> {
         let node = self.transport.connect(addr, None).await?;
-        self.announce(node, addr).await?;
         let deadline = Instant::now() + JOIN_TIMEOUT;
         while Instant::now() < deadline {
-            let members = self.members().await?;
-            if members.iter().skip(1).any(|m| m.identity.id == node && m.status == Status::Alive) {
-                return Ok(());
+            self.announce(node, addr).await?;
+            let round = Instant::now() + REANNOUNCE_EVERY;
+            while Instant::now() < round {
+                let members = self.members().await?;
+                if members.iter().skip(1).any(|m| m.identity.id == node && m.status == Status::Alive) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(JoinError::NotAccepted(addr))
     }
@@ -153,9 +162,10 @@ impl Driver {
                     }
                 }
                 Input::Command(Command::Announce(peer)) => {
-                    if let Err(error) = self.core.announce(now, peer) {
+                    if let Err(error) = self.core.announce(now, peer.clone()) {
                         tracing::warn!(%error, "announce failed");
                     }
+                    self.core.request_members(peer);
                 }
                 Input::Command(Command::Members(reply)) => {
                     let _ = reply.send(self.core.members());
@@ -203,12 +213,13 @@ impl Driver {
         deliveries
     }
 
-    /// Re-announces to every known peer while no member is alive.
+    /// Re-announces to a few known peers while no member is alive.
     fn rejoin(&self) {
         if self.core.active_members() > 0 || self.core.has_left() {
             return;
         }
-        for &addr in &self.known {
+        let peers = rand::seq::IteratorRandom::sample(self.known.iter().copied(), &mut rand::rng(), REJOIN_FANOUT);
+        for addr in peers {
             let handle = self.handle.clone();
             tokio::spawn(async move {
                 match handle.transport.connect(addr, None).await {

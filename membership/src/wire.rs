@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::NodeIdentity;
+
 /// Version of the agent-to-agent protocol. A peer speaking another version is
 /// refused with [`WireError::Version`], never misread.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -15,6 +17,10 @@ pub enum Frame {
     Swim(Vec<u8>),
     /// The sender is leaving the cluster on purpose (not failing).
     Leave,
+    /// The sender (this identity) asks for the receiver's whole member list.
+    MembersRequest(NodeIdentity),
+    /// The sender's whole member list (the answer to `MembersRequest`).
+    Members(Vec<foca::Member<NodeIdentity>>),
 }
 
 /// Why bytes from a peer were not a frame.
@@ -54,7 +60,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        for frame in [Frame::Swim(vec![1, 2, 3]), Frame::Leave] {
+        for frame in [Frame::Swim(vec![1, 2, 3]), Frame::Leave, Frame::Members(Vec::new())] {
             assert_eq!(decode(&encode(&frame)).ok(), Some(frame));
         }
     }

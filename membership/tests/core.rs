@@ -155,3 +155,21 @@ fn a_packet_naming_another_sender_is_refused() {
     assert_eq!(net.status(0, 1), None, "the spoofed announce added nobody");
     assert!(net.node(0).handle_datagram(now, identity(1, 0).id, b"\x01garbage").is_err());
 }
+
+#[test]
+fn a_late_joiner_learns_every_member_even_past_one_feed_packet() {
+    // 40 members do not fit one SWIM feed (about 30 do): the member list a
+    // joiner asks for fills in the rest at once.
+    let mut net = Net::new(41);
+    for i in 1..40 {
+        let now = net.now;
+        net.node(i).announce(now, identity(0, 0)).expect("announce");
+    }
+    net.run_for(Duration::from_secs(5));
+    let now = net.now;
+    net.node(40).announce(now, identity(0, 0)).expect("announce");
+    net.node(40).request_members(identity(0, 0));
+    net.run_for(Duration::from_millis(20));
+    let known = (0..40).filter(|&of| net.status(40, of) == Some(Status::Alive)).count();
+    assert_eq!(known, 40, "the late joiner knows everyone within a few round trips");
+}

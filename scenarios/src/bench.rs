@@ -208,9 +208,12 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
     Ok(Figures { join_convergence, cut_detection, rss_mib, idle_cpu_percent })
 }
 
-/// How often a watcher looks at its host's view. The same for every system,
-/// so both figures carry the same granularity.
-const POLL_EVERY: Duration = Duration::from_millis(25);
+/// How often a watcher looks at its host's view: the same for every system,
+/// so both figures carry the same granularity, and slower on bigger labs so
+/// that the watching (N watchers on 2 cores) does not starve the agents.
+fn poll_every(hosts: usize) -> Duration {
+    Duration::from_micros(2500 * u64::try_from(hosts).unwrap_or(u64::MAX)).max(Duration::from_millis(25))
+}
 
 /// Watches each host in `hosts` on its own thread until `check` holds
 /// there; returns when the last one saw it, measured from the call.
@@ -221,6 +224,7 @@ fn last_seen(
     check: impl Fn(&Lab, usize) -> anyhow::Result<bool> + Sync,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let pause = poll_every(lab.len());
     std::thread::scope(|scope| {
         let watchers: Vec<_> = hosts
             .map(|i| {
@@ -230,7 +234,7 @@ fn last_seen(
                         if check(lab, i).unwrap_or(false) {
                             return Ok(start.elapsed());
                         }
-                        std::thread::sleep(POLL_EVERY);
+                        std::thread::sleep(pause);
                     }
                     bail!("h{i} did not get there within {timeout:?}")
                 })

@@ -59,6 +59,7 @@ impl Lab {
         require_root()?;
         let mesh = mesh_binary()?;
         clean_leftovers(Leftovers::OfDeadRuns)?;
+        ensure_neighbour_capacity(n)?;
         let prefix = format!("{PREFIX}{}-{}-", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
         let underlay = format!("{prefix}ul");
         let dir = tempfile::Builder::new().prefix("mesh-lab-").tempdir()?;
@@ -392,6 +393,24 @@ pub fn clean_leftovers(which: Leftovers) -> anyhow::Result<Vec<String>> {
 pub fn members_at(socket: &Path) -> anyhow::Result<Vec<Member>> {
     let body = http_get(socket, "/v1/members")?;
     serde_json::from_str(&body).with_context(|| format!("bad members JSON: {body}"))
+}
+
+/// The kernel's ARP table is shared by every namespace and holds 1024
+/// entries by default (`gc_thresh3`); a lab of N hosts needs about N² of
+/// them (every host resolves every other), and past the limit sends fail
+/// with ENOBUFS. Raises the limits (never lowers them) to fit `hosts`.
+fn ensure_neighbour_capacity(hosts: usize) -> anyhow::Result<()> {
+    const DIR: &str = "/proc/sys/net/ipv4/neigh/default";
+    let needed = 4 * hosts * hosts + 1024;
+    let current: usize = std::fs::read_to_string(format!("{DIR}/gc_thresh3"))?.trim().parse().unwrap_or(0);
+    if current >= needed {
+        return Ok(());
+    }
+    for (name, value) in [("gc_thresh3", needed), ("gc_thresh2", needed / 2), ("gc_thresh1", needed / 4)] {
+        std::fs::write(format!("{DIR}/{name}"), value.to_string())
+            .with_context(|| format!("cannot raise {DIR}/{name} for a {hosts}-host lab"))?;
+    }
+    Ok(())
 }
 
 /// A minimal HTTP/1.1 GET over a unix socket.
