@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::lab::{host_ip, Lab};
 use crate::procfs;
@@ -133,8 +133,10 @@ impl System for Serf {
 /// What one system measured.
 #[derive(Debug, Default)]
 struct Figures {
-    join_convergence: Duration,
-    cut_detection: Duration,
+    /// `None`: not every host got there within [`WAIT_LIMIT`].
+    join_convergence: Option<Duration>,
+    /// `None`: not every host got there within [`WAIT_LIMIT`].
+    cut_detection: Option<Duration>,
     rss_mib: f64,
     idle_cpu_percent: f64,
 }
@@ -173,11 +175,12 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
         joins.into_iter().try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("join thread panicked"))?)
     });
     joined?;
-    let join_convergence = last_seen(lab_ref, 1..=n, Duration::from_secs(60), |lab, i| {
-        Ok(system.view(lab, i)?.iter().filter(|(_, s)| s == "alive").count() == n)
-    })
-    .context("join convergence")?;
-    println!("   every host lists {n} alive {} ms after the last join returned", join_convergence.as_millis());
+    let join_convergence = reported(
+        &format!("every host lists {n} alive, after the last join returned"),
+        last_seen(lab_ref, 1..=n, WAIT_LIMIT, |lab, i| {
+            Ok(system.view(lab, i)?.iter().filter(|(_, s)| s == "alive").count() == n)
+        }),
+    );
 
     std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<u32> = (1..=n).filter_map(|i| system.pid(lab_ref, i)).collect();
@@ -194,18 +197,30 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
 
     let victim = format!("h{n}");
     lab_ref.cut(n, true)?;
-    let detected = last_seen(lab_ref, 1..=n - 1, Duration::from_secs(60), |lab, i| {
+    let detected = last_seen(lab_ref, 1..=n - 1, WAIT_LIMIT, |lab, i| {
         Ok(system.view(lab, i)?.iter().any(|(name, s)| *name == victim && s == system.down_word()))
     });
     lab_ref.cut(n, false)?;
-    let cut_detection = detected.context("failure detection")?;
-    println!(
-        "   cut host declared {} on every other host after {:.2} s",
-        system.down_word(),
-        cut_detection.as_secs_f64()
-    );
+    let cut_detection = reported(&format!("cut host declared {} on every other host", system.down_word()), detected);
     system.stop(lab)?;
     Ok(Figures { join_convergence, cut_detection, rss_mib, idle_cpu_percent })
+}
+
+/// How long a figure is waited for before it is reported as not reached.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Prints a timed figure, or why it was not reached, and returns it.
+fn reported(what: &str, measured: anyhow::Result<Duration>) -> Option<Duration> {
+    match measured {
+        Ok(took) => {
+            println!("   {what}: {:.3} s", took.as_secs_f64());
+            Some(took)
+        }
+        Err(error) => {
+            println!("   {what}: not reached ({error:#})");
+            None
+        }
+    }
 }
 
 /// How often a watcher looks at its host's view: the same for every system,
@@ -255,32 +270,32 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 impl Figures {
-    /// Each figure with its label, in report order.
-    fn rows(&self) -> [(&'static str, f64); 4] {
+    /// Each figure with its label, in report order; `None` if not reached.
+    fn rows(&self) -> [(&'static str, Option<f64>); 4] {
         [
-            ("join convergence after last join (ms)", self.join_convergence.as_secs_f64() * 1000.0),
-            ("cut host declared down everywhere (s)", self.cut_detection.as_secs_f64()),
-            ("resident memory per agent (MiB)", self.rss_mib),
-            ("idle CPU per agent (%)", self.idle_cpu_percent),
+            ("join convergence after last join (ms)", self.join_convergence.map(|d| d.as_secs_f64() * 1000.0)),
+            ("cut host declared down everywhere (s)", self.cut_detection.map(|d| d.as_secs_f64())),
+            ("resident memory per agent (MiB)", Some(self.rss_mib)),
+            ("idle CPU per agent (%)", Some(self.idle_cpu_percent)),
         ]
     }
 }
 
 fn print_table(hosts: usize, mesh: &Figures, serf: Option<&Figures>) {
+    let cell =
+        |value: Option<f64>| value.map_or_else(|| format!("> {} s", WAIT_LIMIT.as_secs()), |v| format!("{v:.2}"));
     println!();
     println!("| figure, {hosts} hosts | mesh | serf (same run) | mesh / serf |");
     println!("|---|---|---|---|");
-    match serf {
-        Some(serf) => {
-            for ((label, m), (_, s)) in mesh.rows().into_iter().zip(serf.rows()) {
-                println!("| {label} | {m:.2} | {s:.2} | {:.2} |", m / s);
-            }
-        }
-        None => {
-            for (label, m) in mesh.rows() {
-                println!("| {label} | {m:.2} | - | - |");
-            }
-        }
+    let serf_rows = serf.map(Figures::rows);
+    for (row, (label, m)) in mesh.rows().into_iter().enumerate() {
+        let s = serf_rows.map(|rows| rows[row].1);
+        let ratio = match (m, s.flatten()) {
+            (Some(m), Some(s)) => format!("{:.2}", m / s),
+            _ => "-".into(),
+        };
+        let serf_cell = if serf.is_some() { cell(s.flatten()) } else { "-".into() };
+        println!("| {label} | {} | {serf_cell} | {ratio} |", cell(m));
     }
     println!("(serf is watched through its CLI, mesh through its control socket: see the module docs)");
 }
