@@ -45,6 +45,9 @@ pub struct Lab {
     hosts: Vec<Host>,
     mesh: PathBuf,
     dir: tempfile::TempDir,
+    /// Set when a wait timed out, so the logs are shown even when the test
+    /// returns its error instead of panicking.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// The underlay address of host `i` (1-based): 198.18.0.1, 198.18.0.2, ...
@@ -63,7 +66,8 @@ impl Lab {
         let prefix = format!("{PREFIX}{}-{}-", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
         let underlay = format!("{prefix}ul");
         let dir = tempfile::Builder::new().prefix("mesh-lab-").tempdir()?;
-        let mut lab = Self { prefix, underlay, hosts: Vec::new(), mesh, dir };
+        let mut lab =
+            Self { prefix, underlay, hosts: Vec::new(), mesh, dir, failed: std::sync::atomic::AtomicBool::new(false) };
         must("ip", ["netns", "add", &lab.underlay])?;
         must("ip", ["-n", &lab.underlay, "link", "add", "br0", "type", "bridge"])?;
         must("ip", ["-n", &lab.underlay, "link", "set", "br0", "up"])?;
@@ -320,6 +324,7 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.failed.store(true, Ordering::Relaxed);
         match last_error {
             Some(error) => bail!("timed out after {timeout:?} waiting for {what}: {error:#}"),
             None => bail!("timed out after {timeout:?} waiting for {what}"),
@@ -334,7 +339,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.failed.load(Ordering::Relaxed) {
             for i in 1..=self.len() {
                 eprintln!("---- agent log h{i} (last 30 lines) ----\n{}", self.log_tail(i, 30));
             }
