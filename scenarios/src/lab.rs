@@ -330,11 +330,6 @@ impl Lab {
             None => bail!("timed out after {timeout:?} waiting for {what}"),
         }
     }
-
-    /// The directory holding host `i`'s data dir, socket and log.
-    pub fn host_dir(&self, i: usize) -> &Path {
-        &self.host(i).dir
-    }
 }
 
 impl Drop for Lab {
