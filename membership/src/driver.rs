@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Event, MemberInfo, Status};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::records::view::View;
 use crate::transport::{Inbound, Transport, TransportError};
 
 /// While this node knows no live member, it re-announces to the peers it
@@ -31,7 +32,12 @@ enum Command {
     Announce(NodeIdentity),
     Leave(oneshot::Sender<()>),
     Members(oneshot::Sender<Vec<MemberInfo>>),
+    /// Run a closure on the core (record changes and reads).
+    Run(CoreTask),
 }
+
+/// A closure the driver runs on its core.
+type CoreTask = Box<dyn FnOnce(&mut Core, Instant) + Send>;
 
 enum Input {
     Datagram(Inbound),
@@ -60,6 +66,7 @@ pub enum JoinError {
 pub struct Membership {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    view: watch::Receiver<Arc<View>>,
     transport: Arc<Transport>,
 }
 
@@ -75,10 +82,12 @@ impl Membership {
     ) -> (Self, JoinHandle<()>) {
         let (commands_tx, commands) = mpsc::channel(64);
         let (events, _) = broadcast::channel(1024);
-        let handle = Self { commands: commands_tx, events: events.clone(), transport: Arc::clone(&transport) };
+        let (view_tx, view) = watch::channel(Arc::new(core.view()));
+        let handle = Self { commands: commands_tx, events: events.clone(), view, transport: Arc::clone(&transport) };
         let mut known: BTreeSet<SocketAddr> = known_peers.into_iter().collect();
         known.remove(&core.identity().addr);
-        let driver = Driver { core, transport, inbound, commands, events, known, handle: handle.clone() };
+        let driver =
+            Driver { core, transport, inbound, commands, events, view: view_tx, known, handle: handle.clone() };
         (handle, tokio::spawn(driver.run(shutdown)))
     }
 
@@ -115,6 +124,26 @@ impl Membership {
         rx.await.map_err(|_| JoinError::Stopped)
     }
 
+    /// Runs `f` on the core, in the driver's task, and returns its result:
+    /// record changes and reads go through here, in order with everything
+    /// else the core handles.
+    pub async fn with_core<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core, Instant) -> R + Send + 'static,
+    ) -> Result<R, JoinError> {
+        let (tx, rx) = oneshot::channel();
+        let run = Box::new(move |core: &mut Core, now: Instant| {
+            let _ = tx.send(f(core, now));
+        });
+        self.commands.send(Command::Run(run)).await.map_err(|_| JoinError::Stopped)?;
+        rx.await.map_err(|_| JoinError::Stopped)
+    }
+
+    /// The merged view, kept up to date as records and members change.
+    pub fn watch_view(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+
     /// Membership events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -137,6 +166,7 @@ struct Driver {
     inbound: mpsc::Receiver<Inbound>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
+    view: watch::Sender<Arc<View>>,
     /// Addresses of every member seen, to re-announce to when alone.
     known: BTreeSet<SocketAddr>,
     handle: Membership,
@@ -170,6 +200,7 @@ impl Driver {
                 Input::Command(Command::Members(reply)) => {
                     let _ = reply.send(self.core.members());
                 }
+                Input::Command(Command::Run(run)) => run(&mut self.core, now),
                 Input::Command(Command::Leave(reply)) => {
                     if let Err(error) = self.core.leave(now) {
                         tracing::warn!(%error, "leave");
@@ -198,7 +229,9 @@ impl Driver {
         while let Some(transmit) = self.core.poll_transmit() {
             deliveries.extend(self.transport.send(&transmit.to, transmit.payload, transmit.reliable));
         }
+        let mut view_changed = false;
         while let Some(event) = self.core.poll_event() {
+            view_changed |= matches!(event, Event::RecordsChanged);
             match &event {
                 Event::MemberUp(id) => {
                     self.known.insert(id.addr);
@@ -206,9 +239,13 @@ impl Driver {
                 }
                 Event::MemberDown(id) => tracing::info!(member = ?id, "member down"),
                 Event::MemberLeft(id) => tracing::info!(member = ?id, "member left"),
+                Event::RecordsChanged => {}
                 other => tracing::debug!(event = ?other, "membership"),
             }
             let _ = self.events.send(event);
+        }
+        if view_changed {
+            self.view.send_replace(Arc::new(self.core.view()));
         }
         deliveries
     }

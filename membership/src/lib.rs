@@ -4,6 +4,8 @@
 //!   leave protocol and a cluster-size-aware configuration). It takes
 //!   `(now, input)` and yields datagrams, events and its next deadline, so
 //!   the agent's [`driver`] and the simulator run the very same code.
+//! - [`records`]: the replicated networks and endpoints, their merge rules
+//!   and the view derived from them; the core disseminates and syncs them.
 //! - [`transport`]: QUIC (quinn) with mutual TLS between members.
 //! - [`pki`] and [`enrol`]: the cluster CA, node certificates, join tokens
 //!   and how a new node gets its certificate.
@@ -31,12 +33,13 @@ pub mod driver;
 pub mod enrol;
 pub mod identity;
 pub mod pki;
+pub mod records;
 pub mod tls;
 pub mod transport;
 pub mod wire;
 
 mod timers;
 
-pub use crate::core::{Core, Event, MemberInfo, Status};
+pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, Status};
 pub use crate::driver::{JoinError, Membership};
 pub use crate::identity::{NodeId, NodeIdentity};

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeIdentity;
+use crate::records::store::Bucket;
+use crate::records::Record;
 
 /// Version of the agent-to-agent protocol. A peer speaking another version is
 /// refused with [`WireError::Version`], never misread.
@@ -21,6 +23,22 @@ pub enum Frame {
     MembersRequest(NodeIdentity),
     /// The sender's whole member list (the answer to `MembersRequest`).
     Members(Vec<foca::Member<NodeIdentity>>),
+    /// Records pushed as they change, by their origin or by a relay.
+    Records(Vec<Record>),
+    /// Anti-entropy, step 1: the roots of the sender's records and members.
+    SyncHello {
+        /// The sender's record store root.
+        records: u64,
+        /// A hash of the members the sender sees active.
+        members: u64,
+    },
+    /// Step 2 (roots differ): the receiver's per-bucket hashes.
+    SyncDigest(Vec<u64>),
+    /// Step 3: "send me your records of these buckets" (the sender has
+    /// just sent its own).
+    SyncPull(Vec<Bucket>),
+    /// A page of records answering a sync; merged, not re-gossiped.
+    SyncRecords(Vec<Record>),
 }
 
 /// Why bytes from a peer were not a frame.

@@ -14,6 +14,7 @@ pub mod demo;
 mod lab;
 mod process;
 pub mod procfs;
+pub mod sim;
 
 pub use lab::{clean_leftovers, host_ip, members_at, Lab, Leftovers, Member, AGENT_PORT};
 pub use process::{require_root, run, Output};

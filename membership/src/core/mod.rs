@@ -1,18 +1,25 @@
 //! The sans-io membership core: foca plus an ordered timer queue, the
-//! cluster-size-aware configuration and the leave protocol. It never reads
-//! the clock, opens a socket or spawns a task: callers pass `now` in and pull
-//! datagrams to send, events and the next deadline out. The tokio
+//! cluster-size-aware configuration, the leave protocol, and the replicated
+//! records with their dissemination and anti-entropy ([`records`]). It never
+//! reads the clock, opens a socket or spawns a task: callers pass `now` in
+//! and pull datagrams to send, events and the next deadline out. The tokio
 //! [`driver`](crate::driver) and the simulator drive this very same code.
 
-use std::collections::{HashMap, VecDeque};
-use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
-use std::time::{Duration, Instant};
+mod config;
+mod records;
 
-use foca::{AccumulatingRuntime, Config, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+pub use self::config::config_for;
+pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, PUSH_FANOUT, SYNC_EVERY};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::records::gossip::{RecordGossip, SharedStore};
+use crate::records::Record;
 use crate::timers::TimerQueue;
 use crate::wire::{self, Frame, WireError};
 
@@ -92,6 +99,8 @@ pub enum Event {
     /// This node was declared down and rejoined with a bumped identity,
     /// which the caller should persist.
     Rejoined(NodeIdentity),
+    /// The records changed (here or elsewhere): the view may have changed.
+    RecordsChanged,
 }
 
 /// Why an input was rejected. The core's state is unchanged by it.
@@ -114,13 +123,24 @@ pub enum CoreError {
     Swim(#[from] foca::Error),
 }
 
-type Swim = Foca<NodeIdentity, PostcardCodec, StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<NodeIdentity, PostcardCodec, StdRng, RecordGossip>;
 
-/// The membership state machine of one node.
+/// What the core's timer queue holds.
+#[derive(Debug)]
+enum CoreTimer {
+    /// One of foca's.
+    Swim(Timer<NodeIdentity>),
+    /// Time for an anti-entropy round with a random member.
+    Sync,
+    /// Time to reap expired tombstones.
+    Reap,
+}
+
+/// The membership and record state machine of one node.
 pub struct Core {
     swim: Swim,
     runtime: AccumulatingRuntime<NodeIdentity>,
-    timers: TimerQueue<Timer<NodeIdentity>>,
+    timers: TimerQueue<CoreTimer>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Nodes that announced their leave, with the bump that left.
@@ -128,47 +148,33 @@ pub struct Core {
     /// Cluster size the current foca config was derived for.
     configured_size: usize,
     has_left: bool,
-}
-
-/// Foca's configuration for a cluster of `size` nodes: memberlist's LAN
-/// profile with these changes:
-/// - suspicion lasts 3 probe periods per log10 of the size, not 4: failures
-///   are declared sooner (a later change adds Lifeguard-style confirmation);
-/// - each update is retransmitted 10·log10(size+1) times, not 4·: joins are
-///   pushed eagerly, which spends transmissions fast, and with 6· one node
-///   in a few missed one of 19 simultaneous joins until the next announce
-///   (measured on 20 lab hosts); a member update is ~40 bytes, so this
-///   costs little;
-/// - every node announces to a random member every 5 s and gets its member
-///   list back: a pull that bounds how long any node can miss a member
-///   (memberlist's push/pull runs every 30 s); 2 s cost a measurable share
-///   of idle CPU on 20 hosts;
-/// - down members are re-announced to every 3 s, which heals partitions;
-/// - packets fit one QUIC datagram.
-pub fn config_for(size: usize) -> Config {
-    let size = u32::try_from(size.max(1)).unwrap_or(u32::MAX);
-    let mut config = Config::new_lan(NonZeroU32::new(size).unwrap_or(NonZeroU32::MIN));
-    let log_size = f64::from(size).log10();
-    config.suspect_to_down_after = config.probe_period.mul_f64(log_size.max(1.0) * 3.0);
-    let transmissions = (f64::from(size.saturating_add(1)).log10() * 10.0).clamp(1.0, 255.0);
-    // Clamped to 1..=255 above, so the conversion is exact.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let transmissions = transmissions as u8;
-    config.max_transmissions = NonZeroU8::new(transmissions).unwrap_or(NonZeroU8::MIN);
-    config.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
-    config.periodic_announce =
-        Some(foca::PeriodicParams { frequency: Duration::from_secs(5), num_members: NonZeroUsize::MIN });
-    config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-        frequency: Duration::from_secs(3),
-        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
-    });
-    config
+    /// The record store, shared with foca's broadcast handler.
+    shared: SharedStore,
+    /// This node's live endpoints, as it last published them: the truth
+    /// it restores if a peer holds something else under its name.
+    own: BTreeMap<String, Record>,
+    /// The next version this node gives a record; it only grows.
+    next_version: u64,
+    /// A wall-clock reading and the instant it was taken, to timestamp
+    /// tombstones; `None` until [`Core::set_wall_clock`].
+    epoch: Option<(Instant, u64)>,
+    /// Chooses sync partners and push targets.
+    rng: StdRng,
+    /// Whether a [`Event::RecordsChanged`] is owed.
+    records_changed: bool,
+    /// Whether the periodic timers have been started.
+    timers_started: bool,
+    /// When a member coming up last triggered a sync.
+    last_triggered_sync: Option<Instant>,
 }
 
 impl Core {
     /// A core for `identity`, seeded so that runs are reproducible.
     pub fn new(identity: NodeIdentity, seed: u64) -> Self {
-        let swim = Foca::new(identity, config_for(1), StdRng::seed_from_u64(seed), PostcardCodec);
+        let shared = SharedStore::default();
+        let gossip = RecordGossip::new(shared.clone());
+        let swim =
+            Foca::with_custom_broadcast(identity, config_for(1), StdRng::seed_from_u64(seed), PostcardCodec, gossip);
         Self {
             swim,
             runtime: AccumulatingRuntime::new(),
@@ -178,6 +184,14 @@ impl Core {
             left: HashMap::new(),
             configured_size: 1,
             has_left: false,
+            shared,
+            own: BTreeMap::new(),
+            next_version: 1,
+            epoch: None,
+            rng: StdRng::seed_from_u64(seed.wrapping_add(1)),
+            records_changed: false,
+            timers_started: false,
+            last_triggered_sync: None,
         }
     }
 
@@ -229,6 +243,7 @@ impl Core {
     /// Handles a datagram from `from`, the node the connection's
     /// certificate names.
     pub fn handle_datagram(&mut self, now: Instant, from: NodeId, data: &[u8]) -> Result<(), CoreError> {
+        self.tick(now);
         match wire::decode(data)? {
             // A node that left must not be pulled back in by members that
             // announce to it (they do so to every member they saw go down).
@@ -256,15 +271,24 @@ impl Core {
                 self.drain(now);
                 result?;
             }
+            _ if self.has_left => {}
+            record_frame => self.handle_record_frame(now, from, record_frame),
         }
         Ok(())
     }
 
     /// Fires every timer due at `now`, in order.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
         while let Some(timer) = self.timers.pop_due(now) {
-            if let Err(error) = self.swim.handle_timer(timer, &mut self.runtime) {
-                tracing::debug!(%error, "swim timer");
+            match timer {
+                CoreTimer::Swim(timer) => {
+                    if let Err(error) = self.swim.handle_timer(timer, &mut self.runtime) {
+                        tracing::debug!(%error, "swim timer");
+                    }
+                }
+                CoreTimer::Sync => self.start_sync(now),
+                CoreTimer::Reap => self.reap(now),
             }
             self.drain(now);
         }
@@ -341,6 +365,7 @@ impl Core {
         };
         self.left.insert(from, member.id().bump);
         if member.state() == State::Down {
+            self.records_changed = true;
             self.events.push_back(Event::MemberLeft(member.id().clone()));
             return Ok(());
         }
@@ -354,12 +379,12 @@ impl Core {
     fn drain(&mut self, now: Instant) {
         self.take_packets();
         while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.timers.insert(now + after, timer);
+            self.timers.insert(now + after, CoreTimer::Swim(timer));
         }
         let mut size_changed = false;
         while let Some(notification) = self.runtime.to_notify() {
             size_changed |= matches!(notification, OwnedNotification::MemberUp(_) | OwnedNotification::MemberDown(_));
-            if let Some(event) = self.event_for(notification) {
+            if let Some(event) = self.event_for(now, notification) {
                 self.events.push_back(event);
             }
         }
@@ -372,6 +397,7 @@ impl Core {
             }
             self.take_packets();
         }
+        self.settle_records(now);
     }
 
     /// Moves the packets foca wants sent into the outbox, framed.
@@ -381,15 +407,28 @@ impl Core {
         }
     }
 
-    fn event_for(&mut self, notification: OwnedNotification<NodeIdentity>) -> Option<Event> {
+    fn event_for(&mut self, now: Instant, notification: OwnedNotification<NodeIdentity>) -> Option<Event> {
         Some(match notification {
             OwnedNotification::MemberUp(id) => {
                 self.left.remove(&id.id);
+                // A member that comes (back) up may hold records this node
+                // missed, and miss this node's: sync with it at once.
+                self.sync_soon(now, id.clone());
+                self.records_changed = true;
                 Event::MemberUp(id)
             }
-            OwnedNotification::MemberDown(id) if self.left_with(&id) => Event::MemberLeft(id),
-            OwnedNotification::MemberDown(id) => Event::MemberDown(id),
-            OwnedNotification::Rename(old, new) => Event::MemberRenamed { old, new },
+            OwnedNotification::MemberDown(id) if self.left_with(&id) => {
+                self.records_changed = true;
+                Event::MemberLeft(id)
+            }
+            OwnedNotification::MemberDown(id) => {
+                self.records_changed = true;
+                Event::MemberDown(id)
+            }
+            OwnedNotification::Rename(old, new) => {
+                self.sync_soon(now, new.clone());
+                Event::MemberRenamed { old, new }
+            }
             OwnedNotification::Active => Event::Active,
             OwnedNotification::Idle => Event::Idle,
             OwnedNotification::Rejoin(id) => Event::Rejoined(id),

@@ -1,0 +1,421 @@
+//! The core's record half: publishing this node's changes, pushing them at
+//! once, merging what peers send, and anti-entropy.
+//!
+//! A change travels three ways, so a host that misses one still converges:
+//! 1. **push**: the origin sends it at once to every active member (to a
+//!    few random ones in clusters above [`DIRECT_PUSH_LIMIT`], where each
+//!    receiver that finds it new relays it to a few more);
+//! 2. **gossip**: it rides on SWIM packets as a foca custom broadcast,
+//!    retransmitted like membership updates;
+//! 3. **sync**: every [`SYNC_EVERY`], and whenever a member comes (back)
+//!    up, this node compares store roots with a member; if they differ the
+//!    two exchange the records of the digest buckets that differ, in pages.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use foca::State;
+use rand::seq::IteratorRandom;
+use serde::{Deserialize, Serialize};
+
+use super::{Core, CoreTimer, Transmit, MAX_SWIM_PACKET};
+use crate::core::Status;
+use crate::identity::{NodeId, NodeIdentity};
+use crate::records::store::{Bucket, BUCKETS};
+use crate::records::view::View;
+use crate::records::{
+    encode, stable_hash, EndpointSpec, InvalidRecord, NetworkId, NetworkSpec, Record, RecordKey, Value,
+};
+use crate::wire::{self, Frame};
+
+/// Up to this many active members, a change is pushed to every one.
+pub const DIRECT_PUSH_LIMIT: usize = 64;
+/// Above [`DIRECT_PUSH_LIMIT`], how many random members a change is pushed
+/// or relayed to.
+pub const PUSH_FANOUT: usize = 4;
+/// How often a node starts an anti-entropy round.
+pub const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// Least time between two syncs triggered by members coming up.
+const TRIGGERED_SYNC_GAP: Duration = Duration::from_secs(1);
+/// How often expired tombstones are reaped.
+const REAP_EVERY: Duration = Duration::from_secs(60);
+/// Largest encoded size of one page of records.
+const MAX_PAGE_BYTES: usize = 64 * 1024;
+/// Most records taken from one frame.
+const MAX_RECORDS_FRAME: usize = 8192;
+
+/// What a node persists to come back unchanged after a restart: its own
+/// endpoints, its version counter, and the networks it knows (a lone node
+/// has nobody to learn them from again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    /// The next version the node gives a record.
+    pub next_version: u64,
+    /// The node's live endpoints.
+    pub endpoints: Vec<Record>,
+    /// Every network record held, tombstones included.
+    pub networks: Vec<Record>,
+}
+
+/// Why a change was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The record breaks the rules.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRecord),
+    /// There is no such live record to delete.
+    #[error("no such record")]
+    NotFound,
+}
+
+impl Core {
+    /// Lets the core timestamp tombstones: `unix_ms` is the wall clock
+    /// (milliseconds since the Unix epoch) at `now`.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.epoch = Some((now, unix_ms));
+    }
+
+    /// Takes back what [`Core::owned`] returned before a restart.
+    pub fn restore(&mut self, owned: Owned) {
+        let now_ms = self.shared.lock().now_ms;
+        self.next_version = self.next_version.max(owned.next_version);
+        for record in owned.networks.into_iter().chain(owned.endpoints) {
+            let mine = matches!(&record.key, RecordKey::Endpoint { owner, .. } if *owner == self.identity().id);
+            self.next_version = self.next_version.max(record.version.saturating_add(1));
+            match self.shared.lock().store.apply(record.clone(), now_ms) {
+                Ok(true) if mine && !record.is_deleted() => {
+                    if let RecordKey::Endpoint { name, .. } = &record.key {
+                        self.own.insert(name.clone(), record.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "ignored an invalid persisted record"),
+            }
+        }
+        self.records_changed = true;
+    }
+
+    /// What this node must persist (see [`Owned`]).
+    pub fn owned(&self) -> Owned {
+        let shared = self.shared.lock();
+        let networks = shared.store.iter().filter(|r| matches!(r.key, RecordKey::Network(_))).cloned().collect();
+        Owned { next_version: self.next_version, endpoints: self.own.values().cloned().collect(), networks }
+    }
+
+    /// The merged view of every record, as this node sees its members now.
+    pub fn view(&self) -> View {
+        let mut status: HashMap<NodeId, Status> =
+            self.members().into_iter().map(|m| (m.identity.id, m.status)).collect();
+        status.insert(self.identity().id, Status::Alive);
+        View::derive(&self.shared.lock().store, &status)
+    }
+
+    /// Every record held, tombstones included.
+    pub fn records(&self) -> Vec<Record> {
+        self.shared.lock().store.iter().cloned().collect()
+    }
+
+    /// The record held for `key`, tombstones included.
+    pub fn record(&self, key: &RecordKey) -> Option<Record> {
+        self.shared.lock().store.get(key).cloned()
+    }
+
+    /// A number equal on two nodes holding the same records.
+    pub fn records_root(&self) -> u64 {
+        self.shared.lock().store.root()
+    }
+
+    /// Creates a network; returns its id.
+    pub fn create_network(&mut self, now: Instant, spec: NetworkSpec) -> Result<NetworkId, PublishError> {
+        self.tick(now);
+        let id = NetworkId { creator: self.identity().id, serial: self.next_version };
+        self.publish(now, Record { key: RecordKey::Network(id), version: 1, value: Value::Network(spec) })?;
+        self.next_version += 1;
+        Ok(id)
+    }
+
+    /// Deletes a network (any member may).
+    pub fn delete_network(&mut self, now: Instant, id: NetworkId) -> Result<(), PublishError> {
+        self.tick(now);
+        let key = RecordKey::Network(id);
+        let version = match self.shared.lock().store.get(&key) {
+            Some(record) if !record.is_deleted() => record.version + 1,
+            _ => return Err(PublishError::NotFound),
+        };
+        let at_ms = self.wall_ms(now);
+        self.publish(now, Record { key, version, value: Value::Deleted { at_ms } })
+    }
+
+    /// Creates or replaces this node's endpoint `name`.
+    pub fn put_endpoint(&mut self, now: Instant, name: &str, spec: EndpointSpec) -> Result<Record, PublishError> {
+        self.tick(now);
+        let key = RecordKey::Endpoint { owner: self.identity().id, name: name.to_owned() };
+        let record = Record { key, version: self.next_version, value: Value::Endpoint(spec) };
+        self.publish(now, record.clone())?;
+        self.next_version += 1;
+        self.own.insert(name.to_owned(), record.clone());
+        Ok(record)
+    }
+
+    /// Deletes this node's endpoint `name`.
+    pub fn delete_endpoint(&mut self, now: Instant, name: &str) -> Result<(), PublishError> {
+        self.tick(now);
+        let Some(existing) = self.own.get(name) else { return Err(PublishError::NotFound) };
+        let version = self.next_version.max(existing.version + 1);
+        let at_ms = self.wall_ms(now);
+        self.publish(now, Record { key: existing.key.clone(), version, value: Value::Deleted { at_ms } })?;
+        self.next_version = version + 1;
+        self.own.remove(name);
+        Ok(())
+    }
+
+    /// Updates the wall clock the store sees and starts the periodic
+    /// timers on the first call.
+    pub(super) fn tick(&mut self, now: Instant) {
+        let now_ms = self.wall_ms(now);
+        self.shared.lock().now_ms = now_ms;
+        if !self.timers_started {
+            self.timers_started = true;
+            // Spread the nodes' rounds over the period.
+            let offset = SYNC_EVERY.mul_f64(rand::RngExt::random::<f64>(&mut self.rng));
+            self.timers.insert(now + offset, CoreTimer::Sync);
+            self.timers.insert(now + REAP_EVERY, CoreTimer::Reap);
+        }
+    }
+
+    /// Handles a record or sync frame from `from`.
+    pub(super) fn handle_record_frame(&mut self, now: Instant, from: NodeId, frame: Frame) {
+        match frame {
+            Frame::Records(records) => {
+                let fresh = self.merge(records);
+                self.spread(&fresh, Some(from));
+            }
+            Frame::SyncRecords(records) => {
+                self.merge(records);
+            }
+            Frame::SyncHello { records, members } => {
+                let Some(peer) = self.active_member(from) else { return };
+                let ours = self.shared.lock().store.root();
+                if records != ours {
+                    let digest = self.shared.lock().store.buckets().to_vec();
+                    self.send(&peer, &Frame::SyncDigest(digest));
+                }
+                if members != self.members_root() {
+                    self.request_members(peer);
+                }
+            }
+            Frame::SyncDigest(theirs) if theirs.len() == BUCKETS => {
+                let Some(peer) = self.active_member(from) else { return };
+                let differing = self.shared.lock().store.differing(&theirs);
+                self.send_buckets(&peer, &differing);
+                self.send(&peer, &Frame::SyncPull(differing.into_iter().collect()));
+            }
+            Frame::SyncPull(buckets) => {
+                let Some(peer) = self.active_member(from) else { return };
+                let wanted: BTreeSet<Bucket> =
+                    buckets.into_iter().take(BUCKETS).filter(|&b| usize::from(b) < BUCKETS).collect();
+                self.send_buckets(&peer, &wanted);
+            }
+            _ => tracing::debug!(peer = ?from, "ignored a malformed sync frame"),
+        }
+        self.drain(now);
+    }
+
+    /// Starts an anti-entropy round with a random active member.
+    pub(super) fn start_sync(&mut self, now: Instant) {
+        self.timers.insert(now + SYNC_EVERY, CoreTimer::Sync);
+        let peer = self.swim.iter_members().map(|m| m.id().clone()).choose(&mut self.rng);
+        if let Some(peer) = peer {
+            self.sync_with(peer);
+        }
+    }
+
+    /// Syncs with a member that came (back) up, unless another did so
+    /// within [`TRIGGERED_SYNC_GAP`]: one round with any member of a healed
+    /// side brings all of that side's records, and a joiner that learns
+    /// hundreds of members at once must not sync with each.
+    pub(super) fn sync_soon(&mut self, now: Instant, peer: NodeIdentity) {
+        if self.last_triggered_sync.is_some_and(|last| now < last + TRIGGERED_SYNC_GAP) {
+            return;
+        }
+        self.last_triggered_sync = Some(now);
+        self.sync_with(peer);
+    }
+
+    /// Sends `peer` the roots that start a sync round.
+    pub(super) fn sync_with(&mut self, peer: NodeIdentity) {
+        if self.has_left {
+            return;
+        }
+        let hello = Frame::SyncHello { records: self.shared.lock().store.root(), members: self.members_root() };
+        self.send(&peer, &hello);
+    }
+
+    /// Drops expired tombstones.
+    pub(super) fn reap(&mut self, now: Instant) {
+        self.timers.insert(now + REAP_EVERY, CoreTimer::Reap);
+        let now_ms = self.wall_ms(now);
+        let reaped = self.shared.lock().store.reap(now_ms);
+        if reaped > 0 {
+            tracing::debug!(reaped, "reaped tombstones");
+        }
+    }
+
+    /// Acts on records that gossip merged since the last call: restores
+    /// this node's own records if a peer holds something else under its
+    /// name, and owes a [`super::Event::RecordsChanged`].
+    pub(super) fn settle_records(&mut self, now: Instant) {
+        let fresh = std::mem::take(&mut self.shared.lock().fresh);
+        if !fresh.is_empty() {
+            self.records_changed = true;
+            self.assert_ownership(now, &fresh);
+        }
+        if std::mem::take(&mut self.records_changed) {
+            self.events.push_back(super::Event::RecordsChanged);
+        }
+    }
+
+    /// Merges records from a peer; returns those that were news.
+    fn merge(&mut self, records: Vec<Record>) -> Vec<Record> {
+        let mut shared = self.shared.lock();
+        let now_ms = shared.now_ms;
+        let mut fresh = Vec::new();
+        for record in records.into_iter().take(MAX_RECORDS_FRAME) {
+            match shared.store.apply(record.clone(), now_ms) {
+                Ok(true) => fresh.push(record),
+                Ok(false) => {}
+                Err(error) => tracing::debug!(%error, "refused a record"),
+            }
+        }
+        shared.fresh.extend(fresh.iter().cloned());
+        fresh
+    }
+
+    /// Puts news into foca's gossip and, in large clusters, relays it to
+    /// a few members (the origin already pushed to everyone in small ones).
+    fn spread(&mut self, fresh: &[Record], from: Option<NodeId>) {
+        for record in fresh {
+            if let Err(error) = self.swim.add_broadcast(&encode(record)) {
+                tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
+            }
+        }
+        if fresh.is_empty() || self.swim.num_members() <= DIRECT_PUSH_LIMIT {
+            return;
+        }
+        let targets: Vec<NodeIdentity> = self
+            .swim
+            .iter_members()
+            .map(|m| m.id().clone())
+            .filter(|id| Some(id.id) != from)
+            .sample(&mut self.rng, PUSH_FANOUT);
+        let frame = Frame::Records(fresh.to_vec());
+        for target in targets {
+            self.send_unreliable(&target, &frame);
+        }
+    }
+
+    /// Merges a change made here and sends it on its three ways.
+    fn publish(&mut self, now: Instant, record: Record) -> Result<(), PublishError> {
+        let now_ms = self.wall_ms(now);
+        self.shared.lock().store.apply(record.clone(), now_ms)?;
+        if let Err(error) = self.swim.add_broadcast(&encode(&record)) {
+            tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
+        }
+        let members: Vec<NodeIdentity> = self.swim.iter_members().map(|m| m.id().clone()).collect();
+        let targets = if members.len() <= DIRECT_PUSH_LIMIT {
+            members
+        } else {
+            members.into_iter().sample(&mut self.rng, PUSH_FANOUT)
+        };
+        let frame = Frame::Records(vec![record]);
+        for target in targets {
+            self.send(&target, &frame);
+        }
+        self.records_changed = true;
+        self.drain(now);
+        Ok(())
+    }
+
+    /// Re-publishes this node's truth over any record a peer holds under
+    /// this node's name that it did not publish (one from before a lost
+    /// state, or a stale one that outlived its tombstone).
+    fn assert_ownership(&mut self, now: Instant, fresh: &[Record]) {
+        let me = self.identity().id;
+        for record in fresh {
+            let RecordKey::Endpoint { owner, name } = &record.key else { continue };
+            if *owner != me || self.own.get(name) == Some(record) {
+                continue;
+            }
+            self.next_version = self.next_version.max(record.version + 1);
+            let truth = match self.own.get(name) {
+                Some(own) => own.value.clone(),
+                None if record.is_deleted() => continue,
+                None => Value::Deleted { at_ms: self.wall_ms(now) },
+            };
+            tracing::info!(endpoint = %name, version = record.version, "a peer held a stale record of this node's; restoring ours");
+            let restored = Record { key: record.key.clone(), version: self.next_version, value: truth };
+            self.next_version += 1;
+            if !restored.is_deleted() {
+                self.own.insert(name.clone(), restored.clone());
+            }
+            if let Err(error) = self.publish(now, restored) {
+                tracing::warn!(%error, "could not restore an own record");
+            }
+        }
+    }
+
+    /// Sends `peer` this node's records of `buckets`, in pages.
+    fn send_buckets(&mut self, peer: &NodeIdentity, buckets: &BTreeSet<Bucket>) {
+        if buckets.is_empty() {
+            return;
+        }
+        let records = self.shared.lock().store.in_buckets(buckets);
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            let size = encode(&record).len();
+            if bytes + size > MAX_PAGE_BYTES && !page.is_empty() {
+                self.send(peer, &Frame::SyncRecords(std::mem::take(&mut page)));
+                bytes = 0;
+            }
+            bytes += size;
+            page.push(record);
+        }
+        if !page.is_empty() {
+            self.send(peer, &Frame::SyncRecords(page));
+        }
+    }
+
+    /// A hash of the members this node sees active, itself included.
+    fn members_root(&self) -> u64 {
+        let mut ids: Vec<(NodeId, u16)> = self
+            .swim
+            .iter_members()
+            .map(|m| (m.id().id, m.id().bump))
+            .chain([(self.identity().id, self.identity().bump)])
+            .collect();
+        ids.sort_unstable();
+        stable_hash(&postcard::to_allocvec(&ids).unwrap_or_default())
+    }
+
+    fn active_member(&self, id: NodeId) -> Option<NodeIdentity> {
+        self.swim.iter_membership_state().find(|m| m.id().id == id && m.state() != State::Down).map(|m| m.id().clone())
+    }
+
+    fn send(&mut self, to: &NodeIdentity, frame: &Frame) {
+        self.outbox.push_back(Transmit { to: to.clone(), payload: wire::encode(frame), reliable: true });
+    }
+
+    fn send_unreliable(&mut self, to: &NodeIdentity, frame: &Frame) {
+        let payload = wire::encode(frame);
+        let reliable = payload.len() > MAX_SWIM_PACKET;
+        self.outbox.push_back(Transmit { to: to.clone(), payload, reliable });
+    }
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        self.epoch.map_or(0, |(at, ms)| {
+            let elapsed = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
+            ms.saturating_add(elapsed)
+        })
+    }
+}

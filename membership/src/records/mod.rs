@@ -1,0 +1,408 @@
+//! The replicated records: networks (cluster-scoped) and endpoints (owned by
+//! the host they live on), how two versions of one record are ordered, and
+//! what a well-formed record is.
+//!
+//! - [`store`]: every record this node holds, with the digest anti-entropy
+//!   compares.
+//! - [`view`]: what the records mean once merged: the winning network for
+//!   each name, the endpoints of each, and the conflicts.
+//! - [`gossip`]: how records ride on SWIM packets (foca custom broadcasts).
+//!
+//! # Ordering
+//!
+//! Each record carries a version. A record replaces another with the same
+//! key only if its version is greater, or, at equal versions, if it is a
+//! delete (deletes win ties) or its encoding is greater: every host orders
+//! any two records the same way, so merging is commutative and a late
+//! delete can never remove a newer add. An endpoint's versions come from
+//! its owner's counter, which only grows (it is persisted), so the owner's
+//! latest word always wins.
+
+pub mod gossip;
+pub mod store;
+pub mod view;
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+
+/// Longest name of a network, endpoint or alias: one DNS label.
+pub const MAX_NAME: usize = 63;
+/// Most aliases one endpoint may publish.
+pub const MAX_ALIASES: usize = 8;
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// Smallest and largest MTU a network may be given.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9216;
+
+/// A network's unique id: the node that created it and that node's
+/// version counter at the time. Two networks created with the same name
+/// have different ids.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkId {
+    /// The node that created the network.
+    pub creator: NodeId,
+    /// The creator's version counter when it created it.
+    pub serial: u64,
+}
+
+impl fmt::Display for NetworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.creator, self.serial)
+    }
+}
+
+impl fmt::Debug for NetworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}-{}", self.creator, self.serial)
+    }
+}
+
+/// How a network's endpoints reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Driver {
+    /// One VXLAN segment spanning every host.
+    Overlay,
+    /// No connectivity: a sandbox with only loopback.
+    Null,
+}
+
+impl Driver {
+    /// The driver's name as the CLI spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Overlay => "overlay",
+            Self::Null => "null",
+        }
+    }
+}
+
+/// A network as its creator defined it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// The name users and DNS know it by.
+    pub name: String,
+    /// Its driver.
+    pub driver: Driver,
+    /// VXLAN network identifier (0 for the null driver).
+    pub vni: u32,
+    /// Its IPv4 subnet (`None` for the null driver).
+    pub subnet: Option<Ipv4Net>,
+    /// The address kept for the network's gateway, never given to an endpoint.
+    pub gateway: Option<Ipv4Addr>,
+    /// MTU of its interfaces; `None` means the underlay's minus the VXLAN overhead.
+    pub mtu: Option<u16>,
+    /// When it was created, in milliseconds since the Unix epoch (creator's clock).
+    pub created_ms: u64,
+}
+
+/// An endpoint as its owner defined it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    /// Name of the network it is on.
+    pub network: String,
+    /// Service names it publishes besides its own name.
+    pub aliases: Vec<String>,
+    /// Its address (`None` on a network without a subnet).
+    pub ip: Option<Ipv4Addr>,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Whether the user chose the address (`--ip`); such an address is
+    /// never changed by mesh, and wins a conflict over an allocated one.
+    pub static_ip: bool,
+    /// When it was created, in milliseconds since the Unix epoch (owner's clock).
+    pub created_ms: u64,
+    /// The address it had before mesh moved it to resolve a conflict.
+    pub readdressed_from: Option<Ipv4Addr>,
+}
+
+/// What a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// A network.
+    Network(NetworkId),
+    /// An endpoint, named uniquely on its owner.
+    Endpoint {
+        /// The host it lives on, the only node that may change it.
+        owner: NodeId,
+        /// Its name (the sandbox's name).
+        name: String,
+    },
+}
+
+impl RecordKey {
+    /// The node whose counter versions this record.
+    pub fn owner(&self) -> NodeId {
+        match self {
+            Self::Network(id) => id.creator,
+            Self::Endpoint { owner, .. } => *owner,
+        }
+    }
+}
+
+/// A record's content.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// A live network.
+    Network(NetworkSpec),
+    /// A live endpoint.
+    Endpoint(EndpointSpec),
+    /// A tombstone: the record was deleted at this time (milliseconds since
+    /// the Unix epoch, deleter's clock) and is reaped some time after.
+    Deleted {
+        /// When it was deleted.
+        at_ms: u64,
+    },
+}
+
+/// One versioned record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Record {
+    /// What it is about.
+    pub key: RecordKey,
+    /// Its version; see the module documentation for the ordering.
+    pub version: u64,
+    /// Its content.
+    pub value: Value,
+}
+
+impl Record {
+    /// Whether this record replaces `other` (which must have the same key).
+    pub fn supersedes(&self, other: &Record) -> bool {
+        self.order(other) == Ordering::Greater
+    }
+
+    fn order(&self, other: &Record) -> Ordering {
+        let deleted = |r: &Record| matches!(r.value, Value::Deleted { .. });
+        self.version
+            .cmp(&other.version)
+            .then_with(|| deleted(self).cmp(&deleted(other)))
+            .then_with(|| encode(self).cmp(&encode(other)))
+    }
+
+    /// Whether this record is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        matches!(self.value, Value::Deleted { .. })
+    }
+
+    /// Checks what a peer cannot be trusted to have checked: names, sizes,
+    /// ranges and that the key and value agree.
+    pub fn validate(&self) -> Result<(), InvalidRecord> {
+        match (&self.key, &self.value) {
+            (_, Value::Deleted { .. }) => Ok(()),
+            (RecordKey::Network(_), Value::Network(spec)) => spec.validate(),
+            (RecordKey::Endpoint { name, .. }, Value::Endpoint(spec)) => {
+                check_name("endpoint", name)?;
+                spec.validate()
+            }
+            _ => Err(InvalidRecord("the record's key and value are of different kinds".into())),
+        }
+    }
+}
+
+impl NetworkSpec {
+    /// Checks the name, VNI, subnet, gateway and MTU.
+    pub fn validate(&self) -> Result<(), InvalidRecord> {
+        check_name("network", &self.name)?;
+        match self.driver {
+            Driver::Overlay if !(1..=MAX_VNI).contains(&self.vni) => {
+                return Err(InvalidRecord(format!("VNI {} is out of range (1-{MAX_VNI})", self.vni)));
+            }
+            Driver::Null if self.vni != 0 => return Err(InvalidRecord("a null network has no VNI".into())),
+            _ => {}
+        }
+        if let Some(mtu) = self.mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
+            return Err(InvalidRecord(format!(
+                "MTU {mtu} is out of range ({}-{})",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            )));
+        }
+        match (self.driver, self.subnet) {
+            (Driver::Null, Some(_)) => Err(InvalidRecord("a null network has no subnet".into())),
+            (Driver::Overlay, None) => Err(InvalidRecord("an overlay network needs a subnet".into())),
+            (Driver::Overlay, Some(subnet)) if subnet.prefix_len() > 30 => {
+                Err(InvalidRecord(format!("subnet {subnet} is too small: the longest prefix is /30")))
+            }
+            (_, Some(subnet)) if self.gateway.is_some_and(|gw| !usable(subnet, gw)) => {
+                Err(InvalidRecord(format!("gateway {:?} is not a host address of {subnet}", self.gateway)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl EndpointSpec {
+    /// Checks the network name, the aliases and the address's form.
+    pub fn validate(&self) -> Result<(), InvalidRecord> {
+        check_name("network", &self.network)?;
+        if self.aliases.len() > MAX_ALIASES {
+            return Err(InvalidRecord(format!("at most {MAX_ALIASES} aliases per endpoint")));
+        }
+        for alias in &self.aliases {
+            check_name("alias", alias)?;
+        }
+        Ok(())
+    }
+}
+
+/// The MAC address an endpoint with address `ip` gets: a locally
+/// administered address that embeds the IP (as Docker does), so an address
+/// that moves between hosts keeps its MAC and peers' ARP caches stay right.
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x6d, a, b, c, d]
+}
+
+/// Whether `ip` is a host address of `subnet` (not its network or broadcast address).
+pub fn usable(subnet: Ipv4Net, ip: Ipv4Addr) -> bool {
+    subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast()
+}
+
+/// Checks that `name` is one DNS label: 1-63 letters, digits and hyphens,
+/// starting with a letter or digit and not ending with a hyphen.
+pub fn check_name(what: &str, name: &str) -> Result<(), InvalidRecord> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidRecord(format!(
+            "{what} name {name:?} is not valid: use 1-{MAX_NAME} letters, digits and hyphens, not starting or ending with a hyphen"
+        )))
+    }
+}
+
+/// A record that breaks the rules; it is refused and nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRecord(pub String);
+
+/// A record's canonical encoding (postcard is deterministic).
+pub(crate) fn encode(record: &Record) -> Vec<u8> {
+    // Serialising an in-memory value into a Vec cannot fail.
+    postcard::to_allocvec(record).unwrap_or_default()
+}
+
+/// FNV-1a, 64 bits: a hash every host computes the same way, whatever its
+/// Rust version (the standard library's hasher is not stable across them).
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Record fixtures for the tests of this module tree.
+
+    use super::*;
+
+    /// A node id made of one repeated byte.
+    pub(crate) fn node(byte: u8) -> NodeId {
+        NodeId([byte; 16])
+    }
+
+    /// An overlay network spec.
+    pub(crate) fn network(name: &str, vni: u32, subnet: &str, created_ms: u64) -> NetworkSpec {
+        let subnet: Ipv4Net = subnet.parse().expect("test subnet");
+        NetworkSpec {
+            name: name.into(),
+            driver: Driver::Overlay,
+            vni,
+            subnet: Some(subnet),
+            gateway: subnet.hosts().next(),
+            mtu: None,
+            created_ms,
+        }
+    }
+
+    /// An endpoint spec with an allocated address.
+    pub(crate) fn endpoint(network: &str, ip: &str, created_ms: u64) -> EndpointSpec {
+        let ip: Ipv4Addr = ip.parse().expect("test ip");
+        EndpointSpec {
+            network: network.into(),
+            aliases: Vec::new(),
+            ip: Some(ip),
+            mac: mac_for(ip),
+            static_ip: false,
+            created_ms,
+            readdressed_from: None,
+        }
+    }
+
+    /// A live endpoint record.
+    pub(crate) fn endpoint_record(owner: u8, name: &str, version: u64, spec: EndpointSpec) -> Record {
+        Record {
+            key: RecordKey::Endpoint { owner: node(owner), name: name.into() },
+            version,
+            value: Value::Endpoint(spec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn greater_version_wins_and_deletes_win_ties() {
+        let add = endpoint_record(1, "a", 5, endpoint("dev", "10.0.0.2", 1));
+        let newer = endpoint_record(1, "a", 6, endpoint("dev", "10.0.0.3", 1));
+        let delete = Record { value: Value::Deleted { at_ms: 9 }, ..add.clone() };
+        assert!(newer.supersedes(&add) && !add.supersedes(&newer));
+        assert!(delete.supersedes(&add) && !add.supersedes(&delete));
+        // A late delete (older version) never removes a newer add.
+        assert!(newer.supersedes(&delete) && !delete.supersedes(&newer));
+        assert!(!add.supersedes(&add));
+    }
+
+    #[test]
+    fn equal_versions_are_ordered_the_same_way_everywhere() {
+        let a = endpoint_record(1, "a", 5, endpoint("dev", "10.0.0.2", 1));
+        let b = endpoint_record(1, "a", 5, endpoint("dev", "10.0.0.3", 1));
+        assert_ne!(a.supersedes(&b), b.supersedes(&a));
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for good in ["svc1", "a", "web-2", &"x".repeat(63)] {
+            assert!(check_name("endpoint", good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a.b", "a_b", "ä", &"x".repeat(64)] {
+            assert!(check_name("endpoint", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn network_specs_are_checked() {
+        assert!(network("dev", 10, "10.0.0.0/24", 1).validate().is_ok());
+        assert!(network("dev", 0, "10.0.0.0/24", 1).validate().is_err());
+        assert!(network("dev", MAX_VNI + 1, "10.0.0.0/24", 1).validate().is_err());
+        assert!(network("dev", 10, "10.0.0.0/31", 1).validate().is_err());
+        let mut spec = network("dev", 10, "10.0.0.0/24", 1);
+        spec.mtu = Some(100);
+        assert!(spec.validate().is_err());
+        spec.mtu = None;
+        spec.gateway = Some("10.0.1.1".parse().expect("ip"));
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn a_key_and_value_of_different_kinds_are_refused() {
+        let spec = network("dev", 10, "10.0.0.0/24", 1);
+        let record = Record {
+            key: RecordKey::Endpoint { owner: node(1), name: "a".into() },
+            version: 1,
+            value: Value::Network(spec),
+        };
+        assert!(record.validate().is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! Every record this node holds, merged by version, with tombstone reaping
+//! and the bucketed digest that anti-entropy compares.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{encode, stable_hash, InvalidRecord, Record, RecordKey, Value};
+
+/// Number of digest buckets. A sync whose roots differ compares the
+/// buckets and exchanges only the records of the ones that differ.
+pub const BUCKETS: usize = 256;
+
+/// How long an endpoint's tombstone is kept (NetworkDB keeps them 30 min).
+/// An owner re-deletes anything of its own that comes back later, so a
+/// reaped endpoint tombstone cannot resurrect the endpoint.
+pub const ENDPOINT_TOMBSTONE_TTL_MS: u64 = 30 * 60 * 1000;
+/// How long a network's tombstone is kept. Networks are few and any member
+/// may delete one, so their tombstones are kept much longer.
+pub const NETWORK_TOMBSTONE_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Index of a digest bucket.
+pub type Bucket = u16;
+
+struct Entry {
+    record: Record,
+    hash: u64,
+}
+
+/// The record store of one node.
+pub struct Store {
+    records: BTreeMap<RecordKey, Entry>,
+    buckets: Vec<u64>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self { records: BTreeMap::new(), buckets: vec![0; BUCKETS] }
+    }
+}
+
+impl Store {
+    /// Merges `record` in. Returns whether it changed the store: `false`
+    /// for a record this store already holds or holds a newer version of,
+    /// and for a tombstone older than its time to live.
+    pub fn apply(&mut self, record: Record, now_ms: u64) -> Result<bool, InvalidRecord> {
+        record.validate()?;
+        let existing = self.records.get(&record.key);
+        match existing {
+            Some(existing) if !record.supersedes(&existing.record) => return Ok(false),
+            None if expired(&record, now_ms) => return Ok(false),
+            _ => {}
+        }
+        let bucket = usize::from(bucket_of(&record.key));
+        let hash = stable_hash(&encode(&record));
+        self.buckets[bucket] ^= hash;
+        if let Some(old) = self.records.insert(record.key.clone(), Entry { record, hash }) {
+            self.buckets[bucket] ^= old.hash;
+        }
+        Ok(true)
+    }
+
+    /// The record held for `key`, tombstones included.
+    pub fn get(&self, key: &RecordKey) -> Option<&Record> {
+        self.records.get(key).map(|entry| &entry.record)
+    }
+
+    /// Every record, tombstones included, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Record> {
+        self.records.values().map(|entry| &entry.record)
+    }
+
+    /// Number of records held, tombstones included.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Drops tombstones past their time to live; returns how many.
+    pub fn reap(&mut self, now_ms: u64) -> usize {
+        let expired: Vec<RecordKey> =
+            self.records.values().filter(|e| expired(&e.record, now_ms)).map(|e| e.record.key.clone()).collect();
+        for key in &expired {
+            if let Some(entry) = self.records.remove(key) {
+                self.buckets[usize::from(bucket_of(key))] ^= entry.hash;
+            }
+        }
+        expired.len()
+    }
+
+    /// One number that is equal on two stores holding the same records.
+    pub fn root(&self) -> u64 {
+        let bytes: Vec<u8> = self.buckets.iter().flat_map(|b| b.to_le_bytes()).collect();
+        stable_hash(&bytes)
+    }
+
+    /// The per-bucket hashes ([`BUCKETS`] of them).
+    pub fn buckets(&self) -> &[u64] {
+        &self.buckets
+    }
+
+    /// The buckets whose hash differs from `theirs` (a peer's [`Store::buckets`]).
+    /// A malformed list (wrong length) differs everywhere.
+    pub fn differing(&self, theirs: &[u64]) -> BTreeSet<Bucket> {
+        (0..BUCKETS)
+            .filter(|&i| theirs.len() != BUCKETS || theirs[i] != self.buckets[i])
+            .filter_map(|i| Bucket::try_from(i).ok())
+            .collect()
+    }
+
+    /// The records (tombstones included) of the given buckets.
+    pub fn in_buckets(&self, buckets: &BTreeSet<Bucket>) -> Vec<Record> {
+        self.iter().filter(|r| buckets.contains(&bucket_of(&r.key))).cloned().collect()
+    }
+}
+
+/// The digest bucket a key falls in.
+pub fn bucket_of(key: &RecordKey) -> Bucket {
+    let hash = stable_hash(&postcard::to_allocvec(key).unwrap_or_default());
+    // The modulus keeps the value below BUCKETS (256), which fits a u16.
+    #[allow(clippy::cast_possible_truncation)]
+    let bucket = (hash % BUCKETS as u64) as Bucket;
+    bucket
+}
+
+fn expired(record: &Record, now_ms: u64) -> bool {
+    let Value::Deleted { at_ms } = record.value else { return false };
+    let ttl = match record.key {
+        RecordKey::Network(_) => NETWORK_TOMBSTONE_TTL_MS,
+        RecordKey::Endpoint { .. } => ENDPOINT_TOMBSTONE_TTL_MS,
+    };
+    now_ms.saturating_sub(at_ms) >= ttl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    fn tombstone(record: &Record, version: u64, at_ms: u64) -> Record {
+        Record { key: record.key.clone(), version, value: Value::Deleted { at_ms } }
+    }
+
+    #[test]
+    fn merge_is_order_independent() {
+        let records = [
+            endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1)),
+            endpoint_record(1, "a", 3, endpoint("dev", "10.0.0.4", 1)),
+            endpoint_record(2, "b", 2, endpoint("dev", "10.0.0.3", 1)),
+        ];
+        let delete = tombstone(&records[0], 2, 5);
+        let mut forward = Store::default();
+        let mut backward = Store::default();
+        for record in records.iter().chain([&delete]) {
+            forward.apply(record.clone(), 10).expect("valid");
+        }
+        for record in records.iter().chain([&delete]).rev() {
+            backward.apply(record.clone(), 10).expect("valid");
+        }
+        assert_eq!(forward.root(), backward.root());
+        assert_eq!(forward.get(&records[0].key), Some(&records[1]));
+    }
+
+    #[test]
+    fn a_stale_record_changes_nothing() {
+        let mut store = Store::default();
+        let newer = endpoint_record(1, "a", 3, endpoint("dev", "10.0.0.4", 1));
+        assert_eq!(store.apply(newer.clone(), 0), Ok(true));
+        let root = store.root();
+        assert_eq!(store.apply(endpoint_record(1, "a", 2, endpoint("dev", "10.0.0.2", 1)), 0), Ok(false));
+        assert_eq!(store.apply(newer, 0), Ok(false));
+        assert_eq!(store.root(), root);
+    }
+
+    #[test]
+    fn tombstones_are_reaped_after_their_ttl_and_not_taken_back() {
+        let mut store = Store::default();
+        let live = endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1));
+        let dead = tombstone(&live, 2, 1_000);
+        store.apply(live, 0).expect("valid");
+        store.apply(dead.clone(), 1_000).expect("valid");
+        assert_eq!(store.reap(1_000 + ENDPOINT_TOMBSTONE_TTL_MS - 1), 0);
+        assert_eq!(store.reap(1_000 + ENDPOINT_TOMBSTONE_TTL_MS), 1);
+        assert!(store.is_empty());
+        assert_eq!(store.root(), Store::default().root());
+        // A peer that still holds the expired tombstone cannot hand it back.
+        assert_eq!(store.apply(dead, 1_000 + ENDPOINT_TOMBSTONE_TTL_MS), Ok(false));
+    }
+
+    #[test]
+    fn differing_buckets_hold_exactly_the_differences() {
+        let mut ours = Store::default();
+        let mut theirs = Store::default();
+        let shared = endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1));
+        let only_ours = endpoint_record(2, "b", 1, endpoint("dev", "10.0.0.3", 1));
+        for store in [&mut ours, &mut theirs] {
+            store.apply(shared.clone(), 0).expect("valid");
+        }
+        ours.apply(only_ours.clone(), 0).expect("valid");
+        let differing = ours.differing(theirs.buckets());
+        assert_eq!(differing.len(), 1);
+        assert_eq!(ours.in_buckets(&differing), vec![only_ours]);
+        assert_eq!(ours.differing(&[1, 2, 3]).len(), BUCKETS);
+    }
+
+    #[test]
+    fn invalid_records_are_refused() {
+        let mut store = Store::default();
+        let record = endpoint_record(1, "bad name", 1, endpoint("dev", "10.0.0.2", 1));
+        assert!(store.apply(record, 0).is_err());
+        assert!(store.is_empty());
+    }
+}

@@ -1,0 +1,369 @@
+//! The simulator: the membership and record core the agent runs, for up to
+//! thousands of nodes in one process, in virtual time, with per-packet
+//! latency and jitter, random loss and partitions. Deterministic from its
+//! seed: the same seed gives the same run.
+//!
+//! Datagrams (SWIM packets, relays) are lost at the configured rate;
+//! reliable frames (QUIC streams in the agent) are delayed but not lost,
+//! unless a partition or a stopped node drops them. Every frame is counted,
+//! so a run reports messages and bytes per node per second.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mesh_membership::records::RecordKey;
+use mesh_membership::wire::{self, Frame};
+use mesh_membership::{Core, Event, NodeId, NodeIdentity, Status};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// Wall-clock time the simulation starts at (milliseconds since the Unix epoch).
+const WALL_START_MS: u64 = 1_800_000_000_000;
+
+/// How a simulated network behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Seed for every random choice (nodes' and network's).
+    pub seed: u64,
+    /// One-way latency of every frame.
+    pub latency: Duration,
+    /// Up to this much extra latency, uniformly drawn per frame.
+    pub jitter: Duration,
+    /// Share of datagrams lost (0.0 to 1.0).
+    pub loss: f64,
+}
+
+impl SimConfig {
+    /// `nodes` nodes on a 1 ms, lossless network.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        Self { nodes, seed, latency: Duration::from_millis(1), jitter: Duration::ZERO, loss: 0.0 }
+    }
+}
+
+/// Frames and bytes sent, for per-node rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Frames sent.
+    pub messages: u64,
+    /// Bytes sent (frame payloads, without UDP/QUIC overhead).
+    pub bytes: u64,
+}
+
+struct Packet {
+    from: usize,
+    to: usize,
+    payload: Vec<u8>,
+}
+
+/// A virtual network of cores.
+pub struct Sim {
+    config: SimConfig,
+    now: Instant,
+    nodes: Vec<Option<Core>>,
+    bumps: Vec<u16>,
+    /// Partition group of each node: frames between groups are dropped.
+    groups: Vec<u32>,
+    in_flight: BTreeMap<(Instant, u64), Packet>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    seq: u64,
+    rng: StdRng,
+    traffic: Traffic,
+    /// Members declared down while they were running.
+    false_downs: u64,
+    /// The record being watched, and when each node first held it.
+    watched: Option<(RecordKey, u64)>,
+    arrivals: Vec<Option<Instant>>,
+}
+
+/// The identity of simulated node `i`.
+pub fn identity(i: usize, bump: u16) -> NodeIdentity {
+    let index = u32::try_from(i).unwrap_or(u32::MAX);
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&index.to_be_bytes());
+    let [_, _, hi, lo] = index.to_be_bytes();
+    NodeIdentity {
+        id: NodeId(id),
+        bump,
+        name: format!("n{i}"),
+        addr: SocketAddr::new(Ipv4Addr::new(198, 18, hi, lo).into(), 7950),
+    }
+}
+
+fn index_of(id: NodeId) -> usize {
+    let [a, b, c, d, ..] = id.0;
+    usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX)
+}
+
+impl Sim {
+    /// A network of `config.nodes` running cores that know nobody yet.
+    pub fn new(config: SimConfig) -> Self {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let nodes = (0..config.nodes).map(|i| Some(new_core(i, 1, rng.random(), now))).collect();
+        Self {
+            now,
+            bumps: vec![1; config.nodes],
+            groups: vec![0; config.nodes],
+            arrivals: vec![None; config.nodes],
+            nodes,
+            in_flight: BTreeMap::new(),
+            timers: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            traffic: Traffic::default(),
+            false_downs: 0,
+            watched: None,
+            config,
+        }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Number of nodes, running or not.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the simulation has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`'s core.
+    ///
+    /// # Panics
+    /// If node `i` is stopped.
+    pub fn node(&mut self, i: usize) -> &mut Core {
+        self.nodes[i].as_mut().expect("the node is running")
+    }
+
+    /// Node `i`'s core, if it runs.
+    pub fn get(&self, i: usize) -> Option<&Core> {
+        self.nodes[i].as_ref()
+    }
+
+    /// Has every node from 1 on join through node 0, as `mesh join` does
+    /// (an announce and a member-list pull).
+    pub fn join_all_through_first(&mut self) {
+        for i in 1..self.nodes.len() {
+            self.join(i, 0);
+        }
+    }
+
+    /// Has node `i` join through node `through`.
+    pub fn join(&mut self, i: usize, through: usize) {
+        let now = self.now;
+        let peer = identity(through, 0);
+        let core = self.node(i);
+        // A node that cannot announce shows up as not having joined.
+        let _ = core.announce(now, peer.clone());
+        core.request_members(peer);
+        self.touch(i);
+    }
+
+    /// Makes every node know every other at once (for large simulations,
+    /// where joining one by one would dominate the run): each node is
+    /// handed the full member list, as a member-list pull would.
+    pub fn bootstrap(&mut self) {
+        let members: Vec<_> = (0..self.nodes.len()).map(|i| foca::Member::alive(identity(i, self.bumps[i]))).collect();
+        let frame = wire::encode(&Frame::Members(members));
+        for i in 0..self.nodes.len() {
+            let now = self.now;
+            let from = identity((i + 1) % self.nodes.len(), 0).id;
+            if let Some(core) = self.nodes[i].as_mut() {
+                let _ = core.handle_datagram(now, from, &frame);
+            }
+            self.touch(i);
+        }
+    }
+
+    /// Runs the network for `span` of virtual time.
+    pub fn run_for(&mut self, span: Duration) {
+        let until = self.now + span;
+        while self.step(until) {}
+        self.now = until;
+    }
+
+    /// Runs until `done` holds (checked after each step) or `span` passes;
+    /// returns whether it held.
+    pub fn run_until(&mut self, span: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let until = self.now + span;
+        while !done(self) {
+            if !self.step(until) {
+                self.now = until;
+                return done(self);
+            }
+        }
+        true
+    }
+
+    /// Stops node `i` silently, as a crash would.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    /// Restarts node `i` with a bumped identity (as the agent does at start).
+    pub fn restart(&mut self, i: usize) -> &mut Core {
+        self.bumps[i] = self.bumps[i].wrapping_add(1);
+        let seed = self.rng.random();
+        self.nodes[i] = Some(new_core(i, self.bumps[i], seed, self.now));
+        self.node(i)
+    }
+
+    /// Splits the network: node `i` is in group `groups[i]`.
+    pub fn partition(&mut self, groups: Vec<u32>) {
+        self.groups = groups;
+    }
+
+    /// Joins all groups back.
+    pub fn heal(&mut self) {
+        self.groups = vec![0; self.nodes.len()];
+    }
+
+    /// How node `observer` sees node `of`.
+    pub fn status(&self, observer: usize, of: usize) -> Option<Status> {
+        let core = self.nodes[observer].as_ref()?;
+        core.members().into_iter().find(|m| m.identity.id == identity(of, 0).id).map(|m| m.status)
+    }
+
+    /// Frames and bytes sent so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// How many times a running member was declared down.
+    pub fn false_downs(&self) -> u64 {
+        self.false_downs
+    }
+
+    /// Starts watching for `key` at `version` or later: [`Sim::arrivals`]
+    /// then tells when each node first held it.
+    pub fn watch(&mut self, key: RecordKey, version: u64) {
+        self.arrivals = vec![None; self.nodes.len()];
+        self.watched = Some((key, version));
+        for i in 0..self.nodes.len() {
+            self.check_arrival(i);
+        }
+    }
+
+    /// When each node first held the watched record (`None`: not yet).
+    pub fn arrivals(&self) -> &[Option<Instant>] {
+        &self.arrivals
+    }
+
+    /// Lets a caller act on node `i` and then sends what it produced.
+    pub fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Core, Instant) -> R) -> R {
+        let now = self.now;
+        let result = f(self.node(i), now);
+        self.touch(i);
+        result
+    }
+
+    /// Processes the next packet or timer due before `until`; returns
+    /// whether there was one.
+    fn step(&mut self, until: Instant) -> bool {
+        let next_packet = self.in_flight.keys().next().map(|k| k.0);
+        let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let next = match (next_packet, next_timer) {
+            (Some(p), Some(t)) => p.min(t),
+            (Some(p), None) => p,
+            (None, Some(t)) => t,
+            (None, None) => return false,
+        };
+        if next > until {
+            return false;
+        }
+        self.now = self.now.max(next);
+        if next_packet == Some(next) {
+            if let Some((_, packet)) = self.in_flight.pop_first() {
+                self.deliver(packet);
+            }
+        } else if let Some(Reverse((_, i))) = self.timers.pop() {
+            let now = self.now;
+            let due = self.nodes[i].as_ref().and_then(Core::poll_timeout).is_some_and(|at| at <= now);
+            if due {
+                self.node(i).handle_timeout(now);
+                self.touch(i);
+            }
+        }
+        true
+    }
+
+    fn deliver(&mut self, packet: Packet) {
+        let now = self.now;
+        if self.groups[packet.from] != self.groups[packet.to] {
+            return;
+        }
+        let from = identity(packet.from, 0).id;
+        let Some(core) = self.nodes[packet.to].as_mut() else { return };
+        // A refused frame changes nothing, as in the agent.
+        let _ = core.handle_datagram(now, from, &packet.payload);
+        self.touch(packet.to);
+    }
+
+    /// Sends what node `i` produced, notes its events and its next deadline.
+    fn touch(&mut self, i: usize) {
+        let Some(core) = self.nodes[i].as_mut() else { return };
+        let mut out = Vec::new();
+        while let Some(transmit) = core.poll_transmit() {
+            out.push(transmit);
+        }
+        let mut events = Vec::new();
+        while let Some(event) = core.poll_event() {
+            events.push(event);
+        }
+        if let Some(at) = core.poll_timeout() {
+            self.timers.push(Reverse((at, i)));
+        }
+        for transmit in out {
+            self.traffic.messages += 1;
+            self.traffic.bytes += transmit.payload.len() as u64;
+            if !transmit.reliable && self.rng.random::<f64>() < self.config.loss {
+                continue;
+            }
+            let jitter = self.config.jitter.mul_f64(self.rng.random::<f64>());
+            let at = self.now + self.config.latency + jitter;
+            let to = index_of(transmit.to.id);
+            if to < self.nodes.len() {
+                self.in_flight.insert((at, self.seq), Packet { from: i, to, payload: transmit.payload });
+                self.seq += 1;
+            }
+        }
+        for event in events {
+            match event {
+                // A running member in the same group was wrongly declared down.
+                Event::MemberDown(id) if self.is_reachable(i, index_of(id.id)) => self.false_downs += 1,
+                Event::RecordsChanged => self.check_arrival(i),
+                _ => {}
+            }
+        }
+    }
+
+    fn is_reachable(&self, from: usize, to: usize) -> bool {
+        self.nodes.get(to).is_some_and(Option::is_some) && self.groups[from] == self.groups[to]
+    }
+
+    fn check_arrival(&mut self, i: usize) {
+        let Some((key, version)) = &self.watched else { return };
+        if self.arrivals[i].is_some() {
+            return;
+        }
+        let held = self.nodes[i].as_ref().and_then(|core| core.record(key)).is_some_and(|r| r.version >= *version);
+        if held {
+            self.arrivals[i] = Some(self.now);
+        }
+    }
+}
+
+fn new_core(i: usize, bump: u16, seed: u64, now: Instant) -> Core {
+    let mut core = Core::new(identity(i, bump), seed);
+    core.set_wall_clock(now, WALL_START_MS);
+    core
+}
