@@ -59,3 +59,94 @@ pub(crate) struct StatusBody {
     pub(crate) cluster_size: usize,
     pub(crate) members: Vec<MemberBody>,
 }
+
+/// `POST` [`NetworkCreateBody`]: create a network; answers [`NetworkBody`].
+/// `GET`: every network; answers a list of [`NetworkBody`].
+pub(crate) const NETWORKS: &str = "/v1/networks";
+/// `GET`: one network by name; answers [`NetworkBody`]. `DELETE`: remove it.
+pub(crate) const NETWORK: &str = "/v1/networks/{name}";
+/// `POST` [`SandboxCreateBody`]: create a sandbox; answers [`SandboxBody`].
+/// `GET`: this host's sandboxes; answers a list of [`SandboxBody`].
+pub(crate) const SANDBOXES: &str = "/v1/sandboxes";
+/// `DELETE`: remove this host's sandbox `name`.
+pub(crate) const SANDBOX: &str = "/v1/sandboxes/{name}";
+
+/// The path of one network or sandbox, from its route pattern.
+pub(crate) fn path_of(route: &str, name: &str) -> String {
+    route.replace("{name}", name)
+}
+
+/// `mesh network create`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct NetworkCreateBody {
+    pub(crate) name: String,
+    /// `overlay` (default) or `null`.
+    pub(crate) driver: Option<String>,
+    /// IPv4 CIDR; a free /24 of 10.128.0.0/9 when absent.
+    pub(crate) subnet: Option<String>,
+    /// A free VNI from 4096 up when absent.
+    pub(crate) vni: Option<u32>,
+    pub(crate) mtu: Option<u16>,
+}
+
+/// A network, as `mesh network inspect` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NetworkBody {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) driver: String,
+    pub(crate) vni: u32,
+    pub(crate) subnet: Option<String>,
+    pub(crate) gateway: Option<String>,
+    pub(crate) mtu: Option<u16>,
+    /// The node that created it.
+    pub(crate) created_by: String,
+    /// Milliseconds since the Unix epoch, creator's clock.
+    pub(crate) created_ms: u64,
+    pub(crate) endpoints: Vec<EndpointBody>,
+    /// Networks that lost to this one (or under its name), and why.
+    pub(crate) conflicts: Vec<String>,
+}
+
+/// One endpoint of a network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EndpointBody {
+    pub(crate) name: String,
+    pub(crate) ip: Option<String>,
+    pub(crate) mac: String,
+    /// Name of the host it lives on.
+    pub(crate) node: String,
+    pub(crate) node_id: String,
+    pub(crate) aliases: Vec<String>,
+    /// Whether the user chose the address.
+    #[serde(rename = "static")]
+    pub(crate) static_ip: bool,
+    /// `active`, `owner-down`, `owner-left` or `conflict`.
+    pub(crate) state: String,
+    /// What the conflict is, when `state` is `conflict`.
+    pub(crate) conflict: Option<String>,
+    /// The address mesh moved it from to resolve a conflict.
+    pub(crate) readdressed_from: Option<String>,
+}
+
+/// `mesh sandbox create`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SandboxCreateBody {
+    pub(crate) name: String,
+    pub(crate) network: String,
+    pub(crate) aliases: Vec<String>,
+    /// A static address; allocated when absent.
+    pub(crate) ip: Option<String>,
+}
+
+/// A sandbox of this host: its endpoint, and the network it is on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SandboxBody {
+    pub(crate) network: String,
+    #[serde(flatten)]
+    pub(crate) endpoint: EndpointBody,
+}
+
+/// An empty answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Done {}

@@ -1,7 +1,8 @@
 //! The data dir: what this node must keep across restarts. Its identity
-//! (node id, bump), its cluster credentials, and the peers it knew (so a
-//! restarted agent finds its way back without `mesh join`). Everything else
-//! is rebuilt from peers. Files are written whole (temp file, then rename)
+//! (node id, bump), its cluster credentials, the peers it knew (so a
+//! restarted agent finds its way back without `mesh join`), and its own
+//! records (its endpoints, keeping their addresses, its version counter,
+//! and the networks it knows). Everything else is rebuilt from peers. Files are written whole (temp file, then rename)
 //! so a crash never leaves one half-written.
 
 use std::fs;
@@ -9,10 +10,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context};
 use mesh_membership::pki::{pem_cert, pem_key, to_pem, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
-use mesh_membership::NodeId;
+use mesh_membership::{NodeId, Owned};
 use serde::{Deserialize, Serialize};
 
 /// What changes while the agent runs.
@@ -44,6 +46,10 @@ impl ClusterFiles {
 #[derive(Debug, Clone)]
 pub(crate) struct DataDir {
     path: PathBuf,
+    /// The generation of the records last saved: writers of records race
+    /// (a command and the upkeep task), and an older snapshot must never
+    /// overwrite a newer one.
+    records_saved: Arc<Mutex<u64>>,
 }
 
 impl DataDir {
@@ -54,7 +60,7 @@ impl DataDir {
             .mode(0o700)
             .create(path.join("pki"))
             .with_context(|| format!("cannot create data dir {}", path.display()))?;
-        let dir = Self { path: path.to_owned() };
+        let dir = Self { path: path.to_owned(), records_saved: Arc::new(Mutex::new(0)) };
         dir.write(".probe", b"", 0o600).with_context(|| format!("data dir {} is not writable", path.display()))?;
         Ok(dir)
     }
@@ -85,6 +91,27 @@ impl DataDir {
     /// Saves the state.
     pub(crate) fn save_state(&self, state: &State) -> anyhow::Result<()> {
         self.write("state.json", &serde_json::to_vec_pretty(state)?, 0o600)
+    }
+
+    /// This node's own records, or none on first start.
+    pub(crate) fn records(&self) -> anyhow::Result<Owned> {
+        match self.read_optional("records.json")? {
+            Some(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is damaged", self.path.join("records.json").display())),
+            None => Ok(Owned::default()),
+        }
+    }
+
+    /// Saves this node's own records, snapshot at core `generation`,
+    /// unless a newer snapshot was saved already.
+    pub(crate) fn save_records(&self, generation: u64, owned: &Owned) -> anyhow::Result<()> {
+        let mut saved = self.records_saved.lock().unwrap_or_else(PoisonError::into_inner);
+        if generation < *saved {
+            return Ok(());
+        }
+        self.write("records.json", &serde_json::to_vec(owned)?, 0o600)?;
+        *saved = generation;
+        Ok(())
     }
 
     /// The cluster credentials, if this node was initialised or enrolled.

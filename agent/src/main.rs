@@ -13,7 +13,9 @@ mod config;
 mod control;
 mod daemon;
 mod datadir;
+mod ipam;
 mod logging;
+mod upkeep;
 
 use std::process::ExitCode;
 

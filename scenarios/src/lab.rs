@@ -289,6 +289,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Splits the underlay in two: the hosts in `side` move to a bridge of
+    /// their own and reach only each other; the rest stay together.
+    pub fn partition(&self, side: &[usize]) -> anyhow::Result<()> {
+        let exists = run("ip", ["-n", &self.underlay, "link", "show", "br1"])?.success;
+        if !exists {
+            must("ip", ["-n", &self.underlay, "link", "add", "br1", "type", "bridge"])?;
+            must("ip", ["-n", &self.underlay, "link", "set", "br1", "up"])?;
+        }
+        for &i in side {
+            must("ip", ["-n", &self.underlay, "link", "set", &format!("u{i}"), "master", "br1"])?;
+        }
+        Ok(())
+    }
+
+    /// Puts every host back on one underlay bridge.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        for i in 1..=self.len() {
+            must("ip", ["-n", &self.underlay, "link", "set", &format!("u{i}"), "master", "br0"])?;
+        }
+        Ok(())
+    }
+
     /// The process id of host `i`'s agent, if running.
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
         self.host(i).agent.as_ref().map(Child::id)

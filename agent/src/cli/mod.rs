@@ -5,6 +5,8 @@ mod init;
 mod join;
 mod leave;
 mod members;
+mod network;
+mod sandbox;
 mod status;
 mod table;
 mod token;
@@ -40,6 +42,10 @@ enum Command {
     Members(OutputOpts),
     /// Show this node and the cluster at a glance.
     Status(OutputOpts),
+    /// Create, list, inspect and remove networks.
+    Network(network::NetworkArgs),
+    /// Create, list and remove this host's sandboxes.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// How a client command reaches its agent.
@@ -90,8 +96,21 @@ pub(crate) fn run() -> anyhow::Result<()> {
             Command::Leave(opts) => leave::run(&opts).await,
             Command::Members(opts) => members::run(&opts).await,
             Command::Status(opts) => status::run(&opts).await,
+            Command::Network(args) => network::run(&args).await,
+            Command::Sandbox(args) => sandbox::run(&args).await,
         }
     })
+}
+
+/// `text` made safe as one URL path segment (percent-encoding all but
+/// letters, digits, `-`, `.`, `_` and `~`).
+fn url_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Prints a value as pretty JSON on stdout.

@@ -32,6 +32,11 @@ impl Client {
         self.call(Method::POST, path, Bytes::from(serde_json::to_vec(body)?)).await
     }
 
+    /// `DELETE path`, decoding the JSON answer.
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::DELETE, path, Bytes::new()).await
+    }
+
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<T> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
             anyhow!(

@@ -7,16 +7,19 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError};
-use crate::api::{self, ErrorBody, JoinBody, MemberBody, StatusBody, TokenBody};
+use crate::api::{
+    self, Done, ErrorBody, JoinBody, MemberBody, NetworkBody, NetworkCreateBody, SandboxBody, SandboxCreateBody,
+    StatusBody, TokenBody,
+};
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
@@ -24,6 +27,7 @@ impl IntoResponse for AgentError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
             AgentError::Peer(_) => StatusCode::BAD_GATEWAY,
+            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(ErrorBody { error: self.to_string() })).into_response()
@@ -63,6 +67,44 @@ async fn status(State(agent): State<Arc<Agent>>) -> Reply<StatusBody> {
     Ok(Json(agent.status().await?))
 }
 
+async fn network_create(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Json<NetworkCreateBody>, JsonRejection>,
+) -> Reply<NetworkBody> {
+    let Json(body) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    Ok(Json(agent.network_create(body).await?))
+}
+
+async fn networks(State(agent): State<Arc<Agent>>) -> Reply<Vec<NetworkBody>> {
+    Ok(Json(agent.networks().await?))
+}
+
+async fn network(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Reply<NetworkBody> {
+    Ok(Json(agent.network(&name).await?))
+}
+
+async fn network_rm(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Reply<Done> {
+    agent.network_rm(&name).await?;
+    Ok(Json(Done {}))
+}
+
+async fn sandbox_create(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Json<SandboxCreateBody>, JsonRejection>,
+) -> Reply<SandboxBody> {
+    let Json(body) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    Ok(Json(agent.sandbox_create(body).await?))
+}
+
+async fn sandboxes(State(agent): State<Arc<Agent>>) -> Reply<Vec<SandboxBody>> {
+    Ok(Json(agent.sandboxes().await?))
+}
+
+async fn sandbox_rm(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Reply<Done> {
+    agent.sandbox_rm(&name).await?;
+    Ok(Json(Done {}))
+}
+
 /// Binds the control socket, owner-only. A stale socket file left by a
 /// crashed agent is replaced; a live one is an error.
 pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -99,6 +141,10 @@ pub(crate) async fn serve(
         .route(api::LEAVE, post(leave))
         .route(api::MEMBERS, get(members))
         .route(api::STATUS, get(status))
+        .route(api::NETWORKS, post(network_create).get(networks))
+        .route(api::NETWORK, get(network).delete(network_rm))
+        .route(api::SANDBOXES, post(sandbox_create).get(sandboxes))
+        .route(api::SANDBOX, delete(sandbox_rm))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -166,6 +166,8 @@ pub struct Core {
     timers_started: bool,
     /// When a member coming up last triggered a sync.
     last_triggered_sync: Option<Instant>,
+    /// Number of [`Event::RecordsChanged`] emitted so far.
+    generation: u64,
 }
 
 impl Core {
@@ -192,6 +194,7 @@ impl Core {
             records_changed: false,
             timers_started: false,
             last_triggered_sync: None,
+            generation: 0,
         }
     }
 

@@ -95,6 +95,13 @@ impl Core {
         self.records_changed = true;
     }
 
+    /// A counter that grows whenever the records (or the owners'
+    /// liveness) change: of two [`Core::owned`] snapshots, the one taken at
+    /// the greater generation is the newer.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// What this node must persist (see [`Owned`]).
     pub fn owned(&self) -> Owned {
         let shared = self.shared.lock();
@@ -271,6 +278,7 @@ impl Core {
             self.assert_ownership(now, &fresh);
         }
         if std::mem::take(&mut self.records_changed) {
+            self.generation += 1;
             self.events.push_back(super::Event::RecordsChanged);
         }
     }

@@ -294,7 +294,7 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
 
 /// FNV-1a, 64 bits: a hash every host computes the same way, whatever its
 /// Rust version (the standard library's hasher is not stable across them).
-pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+pub fn stable_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 

@@ -1,6 +1,11 @@
 //! The agent's operations, whatever asks for them (the control API, the
 //! `--join` flag at boot, a signal): init, join, leave, and reading the
-//! membership. It owns this node's cluster session, if any.
+//! membership here; networks and sandboxes in [`networks`] and
+//! [`sandboxes`]. It owns this node's cluster session, if any.
+
+mod bodies;
+mod networks;
+mod sandboxes;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -31,6 +36,9 @@ pub(crate) enum AgentError {
     /// A peer could not be reached or refused; nothing changed here.
     #[error("{0}")]
     Peer(String),
+    /// The thing asked for does not exist; nothing changed.
+    #[error("{0}")]
+    NotFound(String),
     /// Something failed on this host (disk, keys).
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
@@ -124,7 +132,7 @@ impl Agent {
             Some(ours) if !ours.secret.matches(&token.secret) => {
                 return Err(AgentError::BadRequest("the join token is not valid for this cluster (wrong secret)".into()))
             }
-            Some(_) => self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?,
+            Some(_) => self.require_membership()?,
             None => {
                 let enrolled = enrol(&self.endpoint, addr, &token, self.node)
                     .await
@@ -169,7 +177,7 @@ impl Agent {
 
     /// Leaves the cluster gracefully; the node will not rejoin by itself.
     pub(crate) async fn leave(&self) -> Result<(), AgentError> {
-        let membership = self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?;
+        let membership = self.require_membership()?;
         membership.leave().await.map_err(|e| AgentError::Internal(e.into()))?;
         self.update_state(|state| state.left = true)?;
         tracing::info!("left the cluster");
@@ -183,7 +191,7 @@ impl Agent {
 
     /// Every known member, this node first.
     pub(crate) async fn members(&self) -> Result<Vec<MemberBody>, AgentError> {
-        let membership = self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?;
+        let membership = self.require_membership()?;
         let members = membership.members().await.map_err(|e| AgentError::Internal(e.into()))?;
         Ok(members
             .into_iter()
@@ -219,6 +227,41 @@ impl Agent {
         })
     }
 
+    /// This node's membership, or the error that says how to get one.
+    fn require_membership(&self) -> Result<Membership, AgentError> {
+        self.membership().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))
+    }
+
+    /// Runs a record change on the core, then saves this node's own
+    /// records before answering, so a change reported done survives a
+    /// crash. The check and the change run as one step in the core's task,
+    /// so two changes never see the same view (two sandboxes never get
+    /// one address).
+    async fn change<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core, std::time::Instant) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let membership = self.require_membership()?;
+        let (result, owned) = membership
+            .with_core(move |core, now| {
+                let result = f(core, now);
+                let owned = result.is_ok().then(|| (core.generation(), core.owned()));
+                (result, owned)
+            })
+            .await
+            .map_err(|e| AgentError::Internal(e.into()))?;
+        if let Some((generation, owned)) = owned {
+            self.datadir.save_records(generation, &owned)?;
+        }
+        result
+    }
+
+    /// Reads something from the core.
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Core) -> T + Send + 'static) -> Result<T, AgentError> {
+        let membership = self.require_membership()?;
+        membership.with_core(move |core, _| f(core)).await.map_err(|e| AgentError::Internal(e.into()))
+    }
+
     /// Whether this node is in a cluster.
     pub(crate) fn membership(&self) -> Option<Membership> {
         let session = self.session.read().unwrap_or_else(PoisonError::into_inner);
@@ -240,11 +283,14 @@ impl Agent {
             Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
                 .map_err(anyhow::Error::from)?;
         let mut core = Core::new(identity, rand::random());
+        core.set_wall_clock(std::time::Instant::now(), unix_ms());
+        core.restore(self.datadir.records()?);
         if state.left {
             core.stay_out();
         }
         let (membership, _task) = Membership::spawn(core, transport, inbound, state.peers, self.shutdown.child_token());
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
+        tokio::spawn(crate::upkeep::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =
             Some(Session { membership: membership.clone(), token });
         Ok(membership)
@@ -294,6 +340,12 @@ async fn remember_peers(
             tracing::warn!(error = format!("{error:#}"), "cannot save state");
         }
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]).

@@ -1,0 +1,157 @@
+//! `mesh network create | ls | inspect | rm`: cluster-scoped networks,
+//! checked against this node's view before anything is published.
+
+use ipnet::Ipv4Net;
+use mesh_membership::records::view::View;
+use mesh_membership::records::{check_name, Driver, NetworkSpec, MAX_VNI, MTU_RANGE};
+use mesh_membership::PublishError;
+
+use super::bodies::{self, Names};
+use super::{unix_ms, Agent, AgentError};
+use crate::api::{NetworkBody, NetworkCreateBody};
+use crate::ipam;
+
+impl Agent {
+    /// Creates a network; any member may.
+    pub(crate) async fn network_create(&self, body: NetworkCreateBody) -> Result<NetworkBody, AgentError> {
+        let name = self
+            .change(move |core, now| {
+                let spec = network_spec(&core.view(), body)?;
+                let name = spec.name.clone();
+                core.create_network(now, spec).map_err(publish_error)?;
+                Ok(name)
+            })
+            .await?;
+        tracing::info!(network = %name, "created network");
+        self.network(&name).await
+    }
+
+    /// Every network, by name.
+    pub(crate) async fn networks(&self) -> Result<Vec<NetworkBody>, AgentError> {
+        self.read(|core| {
+            let (view, names) = (core.view(), Names::new(&core.members()));
+            view.networks.values().map(|n| bodies::network(&view, n, &names)).collect()
+        })
+        .await
+    }
+
+    /// One network by name.
+    pub(crate) async fn network(&self, name: &str) -> Result<NetworkBody, AgentError> {
+        let name = name.to_owned();
+        self.read(move |core| {
+            let (view, names) = (core.view(), Names::new(&core.members()));
+            let network = view.network(&name).ok_or_else(|| no_such_network(&name))?;
+            Ok(bodies::network(&view, network, &names))
+        })
+        .await?
+    }
+
+    /// Removes a network, refused while it has endpoints. Networks that lost
+    /// the name to it go too.
+    pub(crate) async fn network_rm(&self, name: &str) -> Result<(), AgentError> {
+        let name = name.to_owned();
+        let removed = name.clone();
+        self.change(move |core, now| {
+            let view = core.view();
+            let network = view.network(&name).ok_or_else(|| no_such_network(&name))?;
+            if !network.endpoints.is_empty() {
+                let names = Names::new(&core.members());
+                let endpoints: Vec<String> =
+                    network.endpoints.iter().map(|e| format!("{} on {}", e.name, names.of(e.owner))).collect();
+                return Err(AgentError::Conflict(format!(
+                    "network {name} still has {} endpoint(s): {}; remove them first (`mesh sandbox rm NAME` on their hosts)",
+                    endpoints.len(),
+                    endpoints.join(", ")
+                )));
+            }
+            let losers = view.lost.iter().filter(|l| l.spec.name == name).map(|l| l.id);
+            std::iter::once(network.id).chain(losers).try_for_each(|id| core.delete_network(now, id)).map_err(publish_error)
+        })
+        .await?;
+        tracing::info!(network = %removed, "removed network");
+        Ok(())
+    }
+}
+
+pub(super) fn no_such_network(name: &str) -> AgentError {
+    AgentError::NotFound(format!("no network named {name} (`mesh network ls` lists them)"))
+}
+
+pub(super) fn publish_error(error: PublishError) -> AgentError {
+    match error {
+        PublishError::Invalid(invalid) => AgentError::BadRequest(invalid.to_string()),
+        PublishError::NotFound => AgentError::NotFound("it no longer exists".into()),
+    }
+}
+
+/// Checks a create request against the view and fills in the defaults.
+fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, AgentError> {
+    let bad = AgentError::BadRequest;
+    check_name("network", &body.name).map_err(|e| bad(e.to_string()))?;
+    if view.network(&body.name).is_some() {
+        return Err(AgentError::Conflict(format!("network {} already exists", body.name)));
+    }
+    let driver = match body.driver.as_deref().unwrap_or("overlay") {
+        "overlay" => Driver::Overlay,
+        "null" => Driver::Null,
+        other => return Err(bad(format!("unknown driver {other:?}: use overlay or null"))),
+    };
+    if let Some(mtu) = body.mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
+        return Err(bad(format!("MTU {mtu} is out of range ({}-{})", MTU_RANGE.start(), MTU_RANGE.end())));
+    }
+    let (subnet, vni) = match driver {
+        Driver::Null if body.subnet.is_some() || body.vni.is_some() => {
+            return Err(bad("a null network has no subnet or VNI".into()));
+        }
+        Driver::Null => (None, 0),
+        Driver::Overlay => (Some(subnet_for(view, &body)?), vni_for(view, &body)?),
+    };
+    let spec = NetworkSpec {
+        name: body.name,
+        driver,
+        vni,
+        subnet,
+        gateway: subnet.and_then(|s| s.hosts().next()),
+        mtu: body.mtu,
+        created_ms: unix_ms(),
+    };
+    spec.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(spec)
+}
+
+fn subnet_for(view: &View, body: &NetworkCreateBody) -> Result<Ipv4Net, AgentError> {
+    let Some(text) = &body.subnet else {
+        return ipam::default_subnet(view, &body.name).ok_or_else(|| {
+            AgentError::Conflict("the default pool 10.128.0.0/9 has no free /24 left: give --subnet".into())
+        });
+    };
+    let subnet: Ipv4Net = text.parse().map_err(|_| {
+        AgentError::BadRequest(format!("malformed subnet {text:?}: give an IPv4 CIDR such as 10.1.0.0/24"))
+    })?;
+    if subnet.trunc() != subnet {
+        return Err(AgentError::BadRequest(format!(
+            "{subnet} is not a network address: did you mean {}?",
+            subnet.trunc()
+        )));
+    }
+    if subnet.prefix_len() > 30 {
+        return Err(AgentError::BadRequest(format!("subnet {subnet} is too small: the longest prefix is /30")));
+    }
+    if let Some(other) = ipam::overlapping(view, subnet) {
+        return Err(AgentError::Conflict(format!("subnet {subnet} overlaps network {other}'s")));
+    }
+    Ok(subnet)
+}
+
+fn vni_for(view: &View, body: &NetworkCreateBody) -> Result<u32, AgentError> {
+    let Some(vni) = body.vni else {
+        return ipam::default_vni(view, &body.name).ok_or_else(|| AgentError::Conflict("no VNI is free".into()));
+    };
+    if !(1..=MAX_VNI).contains(&vni) {
+        return Err(AgentError::BadRequest(format!("VNI {vni} is out of range (1-{MAX_VNI})")));
+    }
+    match ipam::vni_user(view, vni) {
+        Some(other) => Err(AgentError::Conflict(format!("VNI {vni} is already used by network {other}"))),
+        None => Ok(vni),
+    }
+}

@@ -1,0 +1,165 @@
+//! `mesh network create | ls | inspect | rm`.
+
+use clap::{Args, Subcommand};
+
+use super::{print_json, table, ClientOpts, Format, OutputOpts};
+use crate::api::{self, Done, EndpointBody, NetworkBody, NetworkCreateBody};
+
+/// Cluster-scoped networks.
+#[derive(Debug, Args)]
+pub(crate) struct NetworkArgs {
+    #[command(subcommand)]
+    command: NetworkCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// Create a network on every host of the cluster.
+    Create(CreateArgs),
+    /// List the networks.
+    Ls(OutputOpts),
+    /// Show a network, its endpoints and its conflicts.
+    Inspect(NamedOutput),
+    /// Remove a network (it must have no endpoints left).
+    Rm(Named),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The network's name (a DNS label).
+    name: String,
+    /// IPv4 subnet in CIDR form; a free /24 of 10.128.0.0/9 by default.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// VXLAN network identifier (1-16777215); a free one by default.
+    #[arg(long)]
+    vni: Option<u32>,
+    /// MTU of the network's interfaces; the underlay's minus 50 by default.
+    #[arg(long)]
+    mtu: Option<u16>,
+    /// `overlay` (one segment across all hosts) or `null` (loopback only).
+    #[arg(long, default_value = "overlay")]
+    driver: String,
+    #[command(flatten)]
+    output: OutputOpts,
+}
+
+#[derive(Debug, Args)]
+struct Named {
+    /// The network's name.
+    name: String,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Debug, Args)]
+struct NamedOutput {
+    /// The network's name.
+    name: String,
+    #[command(flatten)]
+    output: OutputOpts,
+}
+
+/// Runs a network subcommand.
+pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
+    match &args.command {
+        NetworkCommand::Create(create) => {
+            let body = NetworkCreateBody {
+                name: create.name.clone(),
+                driver: Some(create.driver.clone()),
+                subnet: create.subnet.clone(),
+                vni: create.vni,
+                mtu: create.mtu,
+            };
+            let network: NetworkBody = create.output.client.client().post(api::NETWORKS, &body).await?;
+            match create.output.format {
+                Format::Json => print_json(&network),
+                Format::Table => {
+                    let subnet = network.subnet.as_deref().unwrap_or("no subnet");
+                    println!("created network {} (vni {}, {subnet})", network.name, network.vni);
+                    Ok(())
+                }
+            }
+        }
+        NetworkCommand::Ls(opts) => {
+            let networks: Vec<NetworkBody> = opts.client.client().get(api::NETWORKS).await?;
+            match opts.format {
+                Format::Json => print_json(&networks),
+                Format::Table => {
+                    let rows = networks.iter().map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.driver.clone(),
+                            n.vni.to_string(),
+                            n.subnet.clone().unwrap_or_else(|| "-".into()),
+                            n.endpoints.len().to_string(),
+                            n.conflicts.len().to_string(),
+                        ]
+                    });
+                    print!("{}", table::render(&["NAME", "DRIVER", "VNI", "SUBNET", "ENDPOINTS", "CONFLICTS"], rows));
+                    Ok(())
+                }
+            }
+        }
+        NetworkCommand::Inspect(named) => {
+            let path = api::path_of(api::NETWORK, &super::url_segment(&named.name));
+            let network: NetworkBody = named.output.client.client().get(&path).await?;
+            match named.output.format {
+                Format::Json => print_json(&network),
+                Format::Table => {
+                    print!("{}", describe(&network));
+                    Ok(())
+                }
+            }
+        }
+        NetworkCommand::Rm(named) => {
+            let path = api::path_of(api::NETWORK, &super::url_segment(&named.name));
+            let _: Done = named.client.client().delete(&path).await?;
+            Ok(())
+        }
+    }
+}
+
+/// A network for a terminal: its fields, its conflicts, its endpoints.
+fn describe(network: &NetworkBody) -> String {
+    let none = || "-".to_owned();
+    let fields = [
+        ("name", network.name.clone()),
+        ("id", network.id.clone()),
+        ("driver", network.driver.clone()),
+        ("vni", network.vni.to_string()),
+        ("subnet", network.subnet.clone().unwrap_or_else(none)),
+        ("gateway", network.gateway.clone().unwrap_or_else(none)),
+        ("mtu", network.mtu.map_or_else(|| "underlay - 50".into(), |m| m.to_string())),
+        ("created by", network.created_by.clone()),
+    ];
+    let mut out: String = fields.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect();
+    for conflict in &network.conflicts {
+        out.push_str(&format!("conflict:   {conflict}\n"));
+    }
+    out.push('\n');
+    out.push_str(&endpoint_table(&network.endpoints));
+    out
+}
+
+/// Endpoints as an aligned table.
+pub(crate) fn endpoint_table(endpoints: &[EndpointBody]) -> String {
+    let rows = endpoints.iter().map(|e| {
+        let mut state = e.state.clone();
+        if let Some(conflict) = &e.conflict {
+            state = format!("{state}: {conflict}");
+        }
+        if let Some(from) = &e.readdressed_from {
+            state = format!("{state} (moved from {from})");
+        }
+        vec![
+            e.name.clone(),
+            e.ip.clone().unwrap_or_else(|| "-".into()),
+            e.mac.clone(),
+            e.node.clone(),
+            if e.aliases.is_empty() { "-".into() } else { e.aliases.join(",") },
+            state,
+        ]
+    });
+    table::render(&["ENDPOINT", "IP", "MAC", "NODE", "ALIASES", "STATE"], rows)
+}

@@ -1,0 +1,87 @@
+//! `mesh sandbox create | ls | rm`.
+
+use clap::{Args, Subcommand};
+
+use super::{print_json, ClientOpts, Format, OutputOpts};
+use crate::api::{self, Done, SandboxBody, SandboxCreateBody};
+
+/// This host's sandboxes (a container's network stack) and their endpoints.
+#[derive(Debug, Args)]
+pub(crate) struct SandboxArgs {
+    #[command(subcommand)]
+    command: SandboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Create a sandbox on a network; its name and aliases resolve cluster-wide.
+    Create(CreateArgs),
+    /// List this host's sandboxes.
+    Ls(OutputOpts),
+    /// Remove one of this host's sandboxes.
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The sandbox's name (a DNS label, unique on its network).
+    name: String,
+    /// The network to attach it to.
+    #[arg(long)]
+    network: String,
+    /// A service name it publishes besides its own (repeatable).
+    #[arg(long = "alias", value_name = "SVC")]
+    aliases: Vec<String>,
+    /// A static address on the network's subnet; allocated by default.
+    #[arg(long)]
+    ip: Option<String>,
+    #[command(flatten)]
+    output: OutputOpts,
+}
+
+#[derive(Debug, Args)]
+struct RmArgs {
+    /// The sandbox's name.
+    name: String,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+/// Runs a sandbox subcommand.
+pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
+    match &args.command {
+        SandboxCommand::Create(create) => {
+            let body = SandboxCreateBody {
+                name: create.name.clone(),
+                network: create.network.clone(),
+                aliases: create.aliases.clone(),
+                ip: create.ip.clone(),
+            };
+            let sandbox: SandboxBody = create.output.client.client().post(api::SANDBOXES, &body).await?;
+            match create.output.format {
+                Format::Json => print_json(&sandbox),
+                Format::Table => {
+                    let ip = sandbox.endpoint.ip.as_deref().unwrap_or("no address");
+                    println!("created sandbox {} on {} ({ip})", sandbox.endpoint.name, sandbox.network);
+                    Ok(())
+                }
+            }
+        }
+        SandboxCommand::Ls(opts) => {
+            let sandboxes: Vec<SandboxBody> = opts.client.client().get(api::SANDBOXES).await?;
+            match opts.format {
+                Format::Json => print_json(&sandboxes),
+                Format::Table => {
+                    let endpoints: Vec<_> = sandboxes.into_iter().map(|s| s.endpoint).collect();
+                    print!("{}", super::network::endpoint_table(&endpoints));
+                    Ok(())
+                }
+            }
+        }
+        SandboxCommand::Rm(rm) => {
+            let path = api::path_of(api::SANDBOX, &super::url_segment(&rm.name));
+            let _: Done = rm.client.client().delete(&path).await?;
+            Ok(())
+        }
+    }
+}
