@@ -150,3 +150,25 @@ pub(crate) struct SandboxBody {
 /// An empty answer.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Done {}
+
+/// `GET ?after=G[&network=NAME][&timeout_ms=T]`: waits until the view's
+/// generation exceeds `G` (at most `T`, default 30 s), then answers
+/// [`ChangesBody`]. A long poll for watchers (tests, benchmarks, scripts).
+pub(crate) const CHANGES: &str = "/v1/changes";
+
+/// The query of [`CHANGES`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ChangesQuery {
+    #[serde(default)]
+    pub(crate) after: u64,
+    pub(crate) network: Option<String>,
+    pub(crate) timeout_ms: Option<u64>,
+}
+
+/// The view's generation, and the active endpoints of the network asked
+/// about (empty if none was, or it does not exist).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ChangesBody {
+    pub(crate) generation: u64,
+    pub(crate) endpoints: Vec<String>,
+}

@@ -26,8 +26,8 @@ pub(crate) async fn run(membership: Membership, datadir: DataDir, shutdown: Canc
             () = shutdown.cancelled() => return,
             changed = views.changed() => if changed.is_err() { return },
         }
-        let view = views.borrow_and_update().clone();
-        report_conflicts(&view, &mut reported);
+        let current = views.borrow_and_update().clone();
+        report_conflicts(&current.view, &mut reported);
         let Ok((generation, owned)) = membership
             .with_core(|core, now| {
                 readdress(core, now);
@@ -38,9 +38,12 @@ pub(crate) async fn run(membership: Membership, datadir: DataDir, shutdown: Canc
             return;
         };
         if saved.as_ref() != Some(&owned) {
-            match datadir.save_records(generation, &owned) {
-                Ok(()) => saved = Some(owned),
-                Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot save records"),
+            let writer = datadir.clone();
+            let snapshot = owned.clone();
+            match tokio::task::spawn_blocking(move || writer.save_records(generation, &snapshot)).await {
+                Ok(Ok(())) => saved = Some(owned),
+                Ok(Err(error)) => tracing::warn!(error = format!("{error:#}"), "cannot save records"),
+                Err(error) => tracing::warn!(%error, "cannot save records"),
             }
         }
     }

@@ -47,6 +47,22 @@ enum Input {
     Stop,
 }
 
+/// The view as last published, with the core's generation when it was
+/// derived (see [`Core::generation`]).
+#[derive(Debug)]
+pub struct CurrentView {
+    /// The core's generation when the view was derived.
+    pub generation: u64,
+    /// The view.
+    pub view: View,
+}
+
+impl CurrentView {
+    fn of(core: &Core) -> Self {
+        Self { generation: core.generation(), view: core.view() }
+    }
+}
+
 /// Joining through a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -66,7 +82,7 @@ pub enum JoinError {
 pub struct Membership {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
-    view: watch::Receiver<Arc<View>>,
+    view: watch::Receiver<Arc<CurrentView>>,
     transport: Arc<Transport>,
 }
 
@@ -82,7 +98,7 @@ impl Membership {
     ) -> (Self, JoinHandle<()>) {
         let (commands_tx, commands) = mpsc::channel(64);
         let (events, _) = broadcast::channel(1024);
-        let (view_tx, view) = watch::channel(Arc::new(core.view()));
+        let (view_tx, view) = watch::channel(Arc::new(CurrentView::of(&core)));
         let handle = Self { commands: commands_tx, events: events.clone(), view, transport: Arc::clone(&transport) };
         let mut known: BTreeSet<SocketAddr> = known_peers.into_iter().collect();
         known.remove(&core.identity().addr);
@@ -140,7 +156,7 @@ impl Membership {
     }
 
     /// The merged view, kept up to date as records and members change.
-    pub fn watch_view(&self) -> watch::Receiver<Arc<View>> {
+    pub fn watch_view(&self) -> watch::Receiver<Arc<CurrentView>> {
         self.view.clone()
     }
 
@@ -166,7 +182,7 @@ struct Driver {
     inbound: mpsc::Receiver<Inbound>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
-    view: watch::Sender<Arc<View>>,
+    view: watch::Sender<Arc<CurrentView>>,
     /// Addresses of every member seen, to re-announce to when alone.
     known: BTreeSet<SocketAddr>,
     handle: Membership,
@@ -245,7 +261,7 @@ impl Driver {
             let _ = self.events.send(event);
         }
         if view_changed {
-            self.view.send_replace(Arc::new(self.core.view()));
+            self.view.send_replace(Arc::new(CurrentView::of(&self.core)));
         }
         deliveries
     }

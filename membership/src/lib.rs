@@ -41,5 +41,5 @@ pub mod wire;
 mod timers;
 
 pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, Status};
-pub use crate::driver::{JoinError, Membership};
+pub use crate::driver::{CurrentView, JoinError, Membership};
 pub use crate::identity::{NodeId, NodeIdentity};

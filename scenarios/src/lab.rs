@@ -413,7 +413,7 @@ pub fn clean_leftovers(which: Leftovers) -> anyhow::Result<Vec<String>> {
 
 /// The members the agent at control socket `socket` sees (see [`Lab::members_api`]).
 pub fn members_at(socket: &Path) -> anyhow::Result<Vec<Member>> {
-    let body = http_get(socket, "/v1/members")?;
+    let body = crate::api::get(socket, "/v1/members")?;
     serde_json::from_str(&body).with_context(|| format!("bad members JSON: {body}"))
 }
 
@@ -433,22 +433,6 @@ fn ensure_neighbour_capacity(hosts: usize) -> anyhow::Result<()> {
             .with_context(|| format!("cannot raise {DIR}/{name} for a {hosts}-host lab"))?;
     }
     Ok(())
-}
-
-/// A minimal HTTP/1.1 GET over a unix socket.
-fn http_get(socket: &Path, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: mesh\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{}: {body}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_owned())
 }
 
 /// Finds the `mesh` binary: `$MESH_BIN`, or next to the running executable

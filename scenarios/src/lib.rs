@@ -9,6 +9,7 @@
 //! (`setpriv --pdeathsig KILL`), and `mesh-lab clean` removes what a killed
 //! run left behind.
 
+pub mod api;
 pub mod bench;
 pub mod demo;
 mod lab;

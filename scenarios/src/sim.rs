@@ -51,6 +51,8 @@ pub struct Traffic {
     pub messages: u64,
     /// Bytes sent (frame payloads, without UDP/QUIC overhead).
     pub bytes: u64,
+    /// Bytes sent by kind of frame (indexed by the frame's variant).
+    pub bytes_by_kind: [u64; 16],
 }
 
 struct Packet {
@@ -177,6 +179,28 @@ impl Sim {
         for i in 0..self.nodes.len() {
             let now = self.now;
             let from = identity((i + 1) % self.nodes.len(), 0).id;
+            if let Some(core) = self.nodes[i].as_mut() {
+                let _ = core.handle_datagram(now, from, &frame);
+            }
+            self.touch(i);
+        }
+    }
+
+    /// Makes every node know `k` random others (and be known by the nodes
+    /// that drew it): for simulations too large for full views, where
+    /// foca's member list (a vector searched linearly) would cost
+    /// O(n²) per node to build.
+    pub fn bootstrap_partial(&mut self, k: usize) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            let members: Vec<_> = (0..k)
+                .map(|_| self.rng.random_range(0..n))
+                .filter(|&j| j != i)
+                .map(|j| foca::Member::alive(identity(j, self.bumps[j])))
+                .collect();
+            let frame = wire::encode(&Frame::Members(members));
+            let now = self.now;
+            let from = identity((i + 1) % n, 0).id;
             if let Some(core) = self.nodes[i].as_mut() {
                 let _ = core.handle_datagram(now, from, &frame);
             }
@@ -325,6 +349,8 @@ impl Sim {
         for transmit in out {
             self.traffic.messages += 1;
             self.traffic.bytes += transmit.payload.len() as u64;
+            let kind = transmit.payload.get(1).map_or(0, |&k| usize::from(k).min(15));
+            self.traffic.bytes_by_kind[kind] += transmit.payload.len() as u64;
             if !transmit.reliable && self.rng.random::<f64>() < self.config.loss {
                 continue;
             }

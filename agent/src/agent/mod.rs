@@ -4,6 +4,7 @@
 //! [`sandboxes`]. It owns this node's cluster session, if any.
 
 mod bodies;
+mod changes;
 mod networks;
 mod sandboxes;
 
@@ -251,7 +252,12 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Internal(e.into()))?;
         if let Some((generation, owned)) = owned {
-            self.datadir.save_records(generation, &owned)?;
+            // An fsync takes milliseconds: off the runtime's threads, so
+            // the push already queued goes out meanwhile.
+            let datadir = self.datadir.clone();
+            tokio::task::spawn_blocking(move || datadir.save_records(generation, &owned))
+                .await
+                .map_err(anyhow::Error::from)??;
         }
         result
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError};
 use crate::api::{
-    self, Done, ErrorBody, JoinBody, MemberBody, NetworkBody, NetworkCreateBody, SandboxBody, SandboxCreateBody,
-    StatusBody, TokenBody,
+    self, ChangesBody, ChangesQuery, Done, ErrorBody, JoinBody, MemberBody, NetworkBody, NetworkCreateBody,
+    SandboxBody, SandboxCreateBody, StatusBody, TokenBody,
 };
 
 impl IntoResponse for AgentError {
@@ -105,6 +105,14 @@ async fn sandbox_rm(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<Stri
     Ok(Json(Done {}))
 }
 
+async fn changes(
+    State(agent): State<Arc<Agent>>,
+    query: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Reply<ChangesBody> {
+    let Query(query) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    Ok(Json(agent.changes(query).await?))
+}
+
 /// Binds the control socket, owner-only. A stale socket file left by a
 /// crashed agent is replaced; a live one is an error.
 pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -145,6 +153,7 @@ pub(crate) async fn serve(
         .route(api::NETWORK, get(network).delete(network_rm))
         .route(api::SANDBOXES, post(sandbox_create).get(sandboxes))
         .route(api::SANDBOX, delete(sandbox_rm))
+        .route(api::CHANGES, get(changes))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -168,6 +168,8 @@ pub struct Core {
     last_triggered_sync: Option<Instant>,
     /// Number of [`Event::RecordsChanged`] emitted so far.
     generation: u64,
+    /// When a sync last pulled a member list.
+    last_members_pull: Option<Instant>,
 }
 
 impl Core {
@@ -195,6 +197,7 @@ impl Core {
             timers_started: false,
             last_triggered_sync: None,
             generation: 0,
+            last_members_pull: None,
         }
     }
 
@@ -270,7 +273,11 @@ impl Core {
             Frame::Members(members) => {
                 let me = self.identity().id;
                 let known = members.into_iter().take(MAX_MEMBERS_FRAME).filter(|m| m.id().id != me);
-                let result = self.swim.apply_many(known, true, &mut self.runtime);
+                // Not re-gossiped: the sender's members are known to the
+                // cluster already, and re-broadcasting a whole list (up
+                // to thousands of updates, each sent 10·log10(n) times)
+                // would flood every join.
+                let result = self.swim.apply_many(known, false, &mut self.runtime);
                 self.drain(now);
                 result?;
             }

@@ -1,5 +1,5 @@
-//! `mesh-lab`: the demo, the membership benchmark, and clean-up of labs a
-//! crashed run left behind. Run as root.
+//! `mesh-lab`: the demo, the benchmarks, the simulator, and clean-up of
+//! labs a crashed run left behind. Run as root (the simulator needs no root).
 
 use std::process::ExitCode;
 
@@ -28,6 +28,38 @@ enum Command {
         #[arg(long)]
         no_serf: bool,
     },
+    /// Measure how fast a sandbox reaches every host's view on N hosts,
+    /// beside a Serf user event on the same lab.
+    BenchRecords {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Number of changes (sandboxes created one after another).
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Skip the Serf baseline.
+        #[arg(long)]
+        no_serf: bool,
+    },
+    /// Simulate N nodes in virtual time: dissemination of changes, idle
+    /// traffic and false verdicts, beside memberlist's gossip model.
+    Sim {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Number of changes measured.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
+        /// Share of datagrams lost, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        loss_percent: f64,
+        /// One-way link latency in milliseconds.
+        #[arg(long, default_value_t = 1)]
+        latency_ms: u64,
+        /// Seed of the run (the same seed gives the same run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Remove namespaces and agents left by lab runs that crashed.
     Clean,
 }
@@ -40,7 +72,15 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Demo => demo::run(),
-        Command::BenchMembership { hosts, no_serf } => bench::membership(hosts, !no_serf),
+        Command::BenchMembership { hosts, no_serf } => bench::membership::run(hosts, !no_serf),
+        Command::BenchRecords { hosts, changes, no_serf } => bench::records::run(hosts, changes, !no_serf),
+        Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => bench::sim::run(&bench::sim::SimBench {
+            nodes,
+            changes,
+            loss: loss_percent / 100.0,
+            latency: std::time::Duration::from_millis(latency_ms),
+            seed,
+        }),
         Command::Clean => clean_leftovers(Leftovers::OfDeadRuns).map(|removed| {
             for name in &removed {
                 println!("removed {name}");

@@ -11,124 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::lab::{host_ip, Lab};
+use super::median;
+use super::systems::{serf_installed, Mesh, Serf, System};
+use crate::lab::Lab;
 use crate::procfs;
-use crate::run;
-
-/// A membership system under test.
-trait System: Sync {
-    fn name(&self) -> &'static str;
-    /// Starts one agent per host, the first forming the cluster.
-    fn start(&self, lab: &mut Lab) -> anyhow::Result<()>;
-    /// Joins host `i` to host 1 (blocking until the command returns).
-    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()>;
-    /// Names and statuses host `i` lists.
-    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>>;
-    /// Stops every agent.
-    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()>;
-    /// The pid of host `i`'s agent.
-    fn pid(&self, lab: &Lab, i: usize) -> Option<u32>;
-    /// The status word for a failed member.
-    fn down_word(&self) -> &'static str;
-}
-
-struct Mesh;
-
-impl System for Mesh {
-    fn name(&self) -> &'static str {
-        "mesh"
-    }
-
-    fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
-        for i in 1..=lab.len() {
-            lab.start_agent(i, &[])?;
-        }
-        lab.mesh_ok(1, &["init"])?;
-        Ok(())
-    }
-
-    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
-        let token = lab.mesh_ok(1, &["token"])?;
-        lab.mesh_ok(i, &["join", &lab.agent_addr(1), "--token", token.trim()])?;
-        Ok(())
-    }
-
-    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(lab.members_api(i)?.into_iter().map(|m| (m.name, m.status)).collect())
-    }
-
-    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
-        for i in 1..=lab.len() {
-            lab.kill(i)?;
-        }
-        Ok(())
-    }
-
-    fn pid(&self, lab: &Lab, i: usize) -> Option<u32> {
-        lab.agent_pid(i)
-    }
-
-    fn down_word(&self) -> &'static str {
-        "down"
-    }
-}
-
-struct Serf;
-
-const SERF_RPC: &str = "-rpc-addr=127.0.0.1:7373";
-
-impl System for Serf {
-    fn name(&self) -> &'static str {
-        "serf"
-    }
-
-    fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
-        for i in 1..=lab.len() {
-            let (node, bind) = (format!("-node=h{i}"), format!("-bind={}:7946", host_ip(i)));
-            lab.spawn(i, "serf", "serf", &["agent", &node, &bind, SERF_RPC, "-log-level=err"])?;
-        }
-        lab.wait_for("serf agents to answer", Duration::from_secs(10), |lab| {
-            (1..=lab.len()).try_fold(true, |ok, i| Ok(ok && self.view(lab, i).is_ok()))
-        })?;
-        Ok(())
-    }
-
-    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
-        let out = lab.exec(i, "serf", &["join", SERF_RPC, &format!("{}:7946", host_ip(1))])?;
-        if !out.success {
-            bail!("serf join on h{i}: {}", out.stderr.trim());
-        }
-        Ok(())
-    }
-
-    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
-        let out = lab.exec(i, "serf", &["members", SERF_RPC])?;
-        if !out.success {
-            bail!("serf members on h{i}: {}", out.stderr.trim());
-        }
-        Ok(out
-            .stdout
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                Some((words.next()?.to_owned(), words.nth(1)?.to_owned()))
-            })
-            .collect())
-    }
-
-    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
-        lab.kill_spawned();
-        Ok(())
-    }
-
-    fn pid(&self, lab: &Lab, i: usize) -> Option<u32> {
-        lab.spawned_pids(i).first().copied()
-    }
-
-    fn down_word(&self) -> &'static str {
-        "failed"
-    }
-}
 
 /// What one system measured.
 #[derive(Debug, Default)]
@@ -143,7 +29,7 @@ struct Figures {
 
 /// Runs the membership benchmark on `hosts` hosts and prints mesh's figures
 /// beside Serf's (when `with_serf` and `serf` is installed).
-pub fn membership(hosts: usize, with_serf: bool) -> anyhow::Result<()> {
+pub fn run(hosts: usize, with_serf: bool) -> anyhow::Result<()> {
     if hosts < 3 {
         bail!("the benchmark needs at least 3 hosts");
     }
@@ -151,8 +37,8 @@ pub fn membership(hosts: usize, with_serf: bool) -> anyhow::Result<()> {
     println!("membership benchmark on {hosts} lab hosts");
     let mesh = measure(&Mesh, &mut lab)?;
     let serf = if with_serf {
-        if run("serf", ["version"]).is_ok_and(|o| o.success) {
-            Some(measure(&Serf, &mut lab)?)
+        if serf_installed() {
+            Some(measure(&Serf::default(), &mut lab)?)
         } else {
             println!("serf is not installed (apt-get install serf): no baseline");
             None
@@ -262,11 +148,6 @@ fn last_seen(
         }
         Ok(latest)
     })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 impl Figures {

@@ -1,0 +1,44 @@
+//! Benchmarks: figures beside the baseline that bounds them, measured in
+//! the same run (the machine is shared and noisy), never assertions.
+//!
+//! - [`membership`]: join convergence, failure detection, memory and idle
+//!   CPU, beside Serf on the same lab.
+//! - [`records`]: how fast a sandbox reaches every host's view, beside a
+//!   Serf user event on the same lab.
+//! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
+//!   beside memberlist's gossip model on the same simulated network.
+
+pub mod membership;
+pub mod records;
+pub mod sim;
+mod systems;
+
+/// The median of `values` (sorts them).
+fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+/// The `p`th percentile of `values` (nearest rank; sorts them).
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * values.len() as f64).ceil().max(1.0);
+    // The rank is within 1..=len, so the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let index = (rank as usize).min(values.len()) - 1;
+    values[index]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::percentile(&mut values, 50.0), 50.0);
+        assert_eq!(super::percentile(&mut values, 99.0), 99.0);
+        assert_eq!(super::percentile(&mut values, 100.0), 100.0);
+        assert!(super::median(&mut []).is_nan());
+    }
+}

@@ -1,0 +1,201 @@
+//! Dissemination at scale, in the simulator: how long a change made on one
+//! node takes to reach 50 %, 99 %, 99.9 % and all nodes, what the cluster
+//! sends per node per second when idle, and how many false "down" verdicts
+//! the run produced. The baseline is memberlist's gossip (what Serf and
+//! Consul use) modelled on the same simulated network: every 200 ms each
+//! node sends what it holds to 3 random nodes, each message sent at most
+//! 4·ceil(log10(n+1)) times (its LAN defaults; Serf's published model of
+//! it gives about 2.2 s to reach 10,000 nodes).
+//!
+//! Up to [`FULL_VIEW_LIMIT`] nodes, every node knows every other, as in the
+//! agent. Beyond it each node starts knowing a random sample of
+//! [`PARTIAL_VIEW`] others (foca keeps members in a vector searched
+//! linearly, so full views of 10,000 nodes cost 10^11 operations to build);
+//! the report says which.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use mesh_membership::records::{mac_for, EndpointSpec};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::percentile;
+use crate::sim::{Sim, SimConfig};
+
+/// Largest cluster simulated with full member lists.
+pub const FULL_VIEW_LIMIT: usize = 2000;
+/// Members each node starts with beyond [`FULL_VIEW_LIMIT`].
+pub const PARTIAL_VIEW: usize = 64;
+/// The shares of nodes reported.
+const SHARES: [f64; 4] = [50.0, 99.0, 99.9, 100.0];
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimBench {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Changes measured (one at a time).
+    pub changes: usize,
+    /// Share of datagrams lost.
+    pub loss: f64,
+    /// One-way latency.
+    pub latency: Duration,
+    /// Seed of the run.
+    pub seed: u64,
+}
+
+/// Time to reach each share of [`SHARES`], in ms, per change (`None`: not reached).
+type Reach = Vec<[Option<f64>; 4]>;
+
+/// Runs the simulation and the baseline model; prints the report.
+pub fn run(bench: &SimBench) -> anyhow::Result<()> {
+    let wall = Instant::now();
+    let full = bench.nodes <= FULL_VIEW_LIMIT;
+    println!(
+        "simulating {} nodes ({}), {} ms links, {:.1} % loss, seed {}",
+        bench.nodes,
+        if full { "full member lists".to_owned() } else { format!("each starting with {PARTIAL_VIEW} random members") },
+        bench.latency.as_millis(),
+        bench.loss * 100.0,
+        bench.seed
+    );
+    let mut config = SimConfig::new(bench.nodes, bench.seed);
+    config.loss = bench.loss;
+    config.latency = bench.latency;
+    let mut sim = Sim::new(config);
+    if full {
+        sim.bootstrap();
+    } else {
+        sim.bootstrap_partial(PARTIAL_VIEW);
+    }
+    sim.run_for(Duration::from_secs(2));
+    let idle = Duration::from_secs(5);
+    let before = sim.traffic();
+    sim.run_for(idle);
+    let after = sim.traffic();
+    let per_node_second = |v: u64| v as f64 / bench.nodes as f64 / idle.as_secs_f64();
+    let idle_messages = per_node_second(after.messages - before.messages);
+    let idle_bytes = per_node_second(after.bytes - before.bytes);
+    let kind = |kinds: std::ops::RangeInclusive<usize>| {
+        per_node_second(kinds.map(|k| after.bytes_by_kind[k] - before.bytes_by_kind[k]).sum())
+    };
+    // Frame variants: 0 SWIM, 1 leave, 2-3 member lists, 4 record pushes, 5-8 sync.
+    let idle_split = format!("SWIM {:.0}, member lists {:.0}, sync {:.0}", kind(0..=0), kind(2..=3), kind(5..=8));
+
+    let mut rng = StdRng::seed_from_u64(bench.seed ^ 0x5eed);
+    let mut mesh: Reach = Vec::new();
+    for k in 0..bench.changes {
+        let origin = rng.random_range(0..bench.nodes);
+        let ip = Ipv4Addr::new(10, 200, (k / 250) as u8, (k % 250 + 2) as u8);
+        let spec = EndpointSpec {
+            network: "bench".into(),
+            aliases: Vec::new(),
+            ip: Some(ip),
+            mac: mac_for(ip),
+            static_ip: false,
+            created_ms: 0,
+            readdressed_from: None,
+        };
+        let record = sim.with_node(origin, |core, now| core.put_endpoint(now, &format!("c{k}"), spec))?;
+        let start = sim.now();
+        sim.watch(record.key, record.version);
+        sim.run_until(Duration::from_secs(30), |sim| sim.arrivals().iter().all(Option::is_some));
+        let delays: Vec<f64> = sim.arrivals().iter().flatten().map(|at| (*at - start).as_secs_f64() * 1000.0).collect();
+        mesh.push(reach(delays, bench.nodes));
+        sim.run_for(Duration::from_millis(500));
+    }
+    let false_downs = sim.false_downs();
+    let baseline: Reach = (0..bench.changes).map(|k| gossip_model(bench, bench.seed.wrapping_add(k as u64))).collect();
+    print_report(bench, &mesh, &baseline, (idle_messages, idle_bytes, &idle_split), false_downs);
+    println!("(simulated in {:.1} s of real time)", wall.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// memberlist's gossip on the same network: returns the time to reach each share.
+fn gossip_model(bench: &SimBench, seed: u64) -> [Option<f64>; 4] {
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const FANOUT: usize = 3;
+    let n = bench.nodes;
+    let limit = 4 * (n as f64 + 1.0).log10().ceil() as u32;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut got: Vec<Option<Duration>> = vec![None; n];
+    let mut left = vec![0u32; n];
+    // Events: (time, node, kind) where kind 0 = gossip tick, 1 = arrival.
+    let mut queue: BinaryHeap<Reverse<(Duration, usize, u8)>> = BinaryHeap::new();
+    let origin = rng.random_range(0..n);
+    got[origin] = Some(Duration::ZERO);
+    left[origin] = limit;
+    for node in 0..n {
+        queue.push(Reverse((INTERVAL.mul_f64(rng.random::<f64>()), node, 0)));
+    }
+    let horizon = Duration::from_secs(60);
+    while let Some(Reverse((at, node, kind))) = queue.pop() {
+        if at > horizon || got.iter().all(Option::is_some) {
+            break;
+        }
+        match kind {
+            1 if got[node].is_none() => {
+                got[node] = Some(at);
+                left[node] = limit;
+            }
+            1 => {}
+            _ => {
+                for _ in 0..FANOUT {
+                    if left[node] == 0 {
+                        break;
+                    }
+                    left[node] -= 1;
+                    let target = rng.random_range(0..n);
+                    if rng.random::<f64>() >= bench.loss {
+                        queue.push(Reverse((at + bench.latency, target, 1)));
+                    }
+                }
+                queue.push(Reverse((at + INTERVAL, node, 0)));
+            }
+        }
+    }
+    reach(got.iter().flatten().map(|d| d.as_secs_f64() * 1000.0).collect(), n)
+}
+
+/// The delay by which each share of `total` nodes held the change.
+fn reach(mut delays: Vec<f64>, total: usize) -> [Option<f64>; 4] {
+    delays.sort_by(f64::total_cmp);
+    SHARES.map(|share| {
+        let needed = ((share / 100.0 * total as f64).ceil() as usize).max(1);
+        delays.get(needed - 1).copied()
+    })
+}
+
+fn print_report(bench: &SimBench, mesh: &Reach, baseline: &Reach, idle: (f64, f64, &str), false_downs: u64) {
+    let (messages, bytes, split) = idle;
+    let summary = |reach: &Reach, column: usize| -> String {
+        let mut reached: Vec<f64> = reach.iter().filter_map(|r| r[column]).collect();
+        let missed = reach.len() - reached.len();
+        if reached.is_empty() {
+            return "not reached".into();
+        }
+        let median = percentile(&mut reached, 50.0);
+        let worst = percentile(&mut reached, 100.0);
+        let missed = if missed > 0 { format!(", {missed} not reached in 30 s") } else { String::new() };
+        format!("{median:.0} ms (worst {worst:.0}){missed}")
+    };
+    println!();
+    println!(
+        "| figure, {} nodes, {} changes | mesh | memberlist gossip model (same network) |",
+        bench.nodes,
+        mesh.len()
+    );
+    println!("|---|---|---|");
+    for (column, share) in SHARES.iter().enumerate() {
+        println!(
+            "| {share} % of nodes hold a change (median of changes) | {} | {} |",
+            summary(mesh, column),
+            summary(baseline, column)
+        );
+    }
+    println!("| idle traffic per node | {messages:.1} msg/s, {bytes:.0} B/s ({split}) | - |");
+    println!("| false down verdicts | {false_downs} | - |");
+}

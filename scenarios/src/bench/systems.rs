@@ -1,0 +1,140 @@
+//! The systems benchmarks compare: mesh, and HashiCorp Serf as the baseline.
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::lab::{host_ip, Lab};
+
+/// Whether Debian's `serf` is installed.
+pub(super) fn serf_installed() -> bool {
+    crate::run("serf", ["version"]).is_ok_and(|o| o.success)
+}
+
+/// A membership system under test.
+pub(super) trait System: Sync {
+    fn name(&self) -> &'static str;
+    /// Starts one agent per host, the first forming the cluster.
+    fn start(&self, lab: &mut Lab) -> anyhow::Result<()>;
+    /// Joins host `i` to host 1 (blocking until the command returns).
+    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()>;
+    /// Names and statuses host `i` lists.
+    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>>;
+    /// Stops every agent.
+    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()>;
+    /// The pid of host `i`'s agent.
+    fn pid(&self, lab: &Lab, i: usize) -> Option<u32>;
+    /// The status word for a failed member.
+    fn down_word(&self) -> &'static str;
+}
+
+pub(super) struct Mesh;
+
+impl System for Mesh {
+    fn name(&self) -> &'static str {
+        "mesh"
+    }
+
+    fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        for i in 1..=lab.len() {
+            lab.start_agent(i, &[])?;
+        }
+        lab.mesh_ok(1, &["init"])?;
+        Ok(())
+    }
+
+    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
+        let token = lab.mesh_ok(1, &["token"])?;
+        lab.mesh_ok(i, &["join", &lab.agent_addr(1), "--token", token.trim()])?;
+        Ok(())
+    }
+
+    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(lab.members_api(i)?.into_iter().map(|m| (m.name, m.status)).collect())
+    }
+
+    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        for i in 1..=lab.len() {
+            lab.kill(i)?;
+        }
+        Ok(())
+    }
+
+    fn pid(&self, lab: &Lab, i: usize) -> Option<u32> {
+        lab.agent_pid(i)
+    }
+
+    fn down_word(&self) -> &'static str {
+        "down"
+    }
+}
+
+/// HashCorp Serf, with extra agent flags (an event handler, say).
+#[derive(Default)]
+pub(super) struct Serf {
+    pub(super) extra: Vec<String>,
+}
+
+pub(super) const SERF_RPC: &str = "-rpc-addr=127.0.0.1:7373";
+
+impl Serf {
+    /// Starts the Serf agent of host `i` (without waiting for it).
+    pub(super) fn start_one(&self, lab: &mut Lab, i: usize) -> anyhow::Result<()> {
+        let (node, bind) = (format!("-node=h{i}"), format!("-bind={}:7946", host_ip(i)));
+        let mut args = vec!["agent", &node, &bind, SERF_RPC, "-log-level=err"];
+        args.extend(self.extra.iter().map(String::as_str));
+        lab.spawn(i, "serf", "serf", &args)
+    }
+}
+
+impl System for Serf {
+    fn name(&self) -> &'static str {
+        "serf"
+    }
+
+    fn start(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        for i in 1..=lab.len() {
+            self.start_one(lab, i)?;
+        }
+        lab.wait_for("serf agents to answer", Duration::from_secs(10), |lab| {
+            (1..=lab.len()).try_fold(true, |ok, i| Ok(ok && self.view(lab, i).is_ok()))
+        })?;
+        Ok(())
+    }
+
+    fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
+        let out = lab.exec(i, "serf", &["join", SERF_RPC, &format!("{}:7946", host_ip(1))])?;
+        if !out.success {
+            bail!("serf join on h{i}: {}", out.stderr.trim());
+        }
+        Ok(())
+    }
+
+    fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let out = lab.exec(i, "serf", &["members", SERF_RPC])?;
+        if !out.success {
+            bail!("serf members on h{i}: {}", out.stderr.trim());
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                Some((words.next()?.to_owned(), words.nth(1)?.to_owned()))
+            })
+            .collect())
+    }
+
+    fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        lab.kill_spawned();
+        Ok(())
+    }
+
+    fn pid(&self, lab: &Lab, i: usize) -> Option<u32> {
+        lab.spawned_pids(i).first().copied()
+    }
+
+    fn down_word(&self) -> &'static str {
+        "failed"
+    }
+}
