@@ -90,7 +90,7 @@ impl Membership {
     /// Starts the driver task for `core`, announcing to `known_peers`
     /// until some member answers.
     pub fn spawn(
-        core: Core,
+        mut core: Core,
         transport: Arc<Transport>,
         inbound: mpsc::Receiver<Inbound>,
         known_peers: Vec<SocketAddr>,
@@ -100,6 +100,8 @@ impl Membership {
         let (events, _) = broadcast::channel(1024);
         let (view_tx, view) = watch::channel(Arc::new(CurrentView::of(&core)));
         let handle = Self { commands: commands_tx, events: events.clone(), view, transport: Arc::clone(&transport) };
+        // Starts the core's own periodic timers (sync, reaping).
+        core.handle_timeout(Instant::now());
         let mut known: BTreeSet<SocketAddr> = known_peers.into_iter().collect();
         known.remove(&core.identity().addr);
         let driver =

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use mesh_membership::core::PeerOracle;
 use mesh_membership::records::RecordKey;
 use mesh_membership::wire::{self, Frame};
 use mesh_membership::{Core, Event, NodeId, NodeIdentity, Status};
@@ -79,6 +80,8 @@ pub struct Sim {
     /// The record being watched, and when each node first held it.
     watched: Option<(RecordKey, u64)>,
     arrivals: Vec<Option<Instant>>,
+    /// Whether the record layer's peers come from an oracle (see [`Sim::use_peer_oracle`]).
+    oracle: bool,
 }
 
 /// The identity of simulated node `i`.
@@ -106,7 +109,7 @@ impl Sim {
         let now = Instant::now();
         let mut rng = StdRng::seed_from_u64(config.seed);
         let nodes = (0..config.nodes).map(|i| Some(new_core(i, 1, rng.random(), now))).collect();
-        Self {
+        let mut sim = Self {
             now,
             bumps: vec![1; config.nodes],
             groups: vec![0; config.nodes],
@@ -119,8 +122,13 @@ impl Sim {
             traffic: Traffic::default(),
             false_downs: 0,
             watched: None,
+            oracle: false,
             config,
+        };
+        for i in 0..sim.nodes.len() {
+            sim.touch(i);
         }
+        sim
     }
 
     /// The current virtual time.
@@ -186,25 +194,17 @@ impl Sim {
         }
     }
 
-    /// Makes every node know `k` random others (and be known by the nodes
-    /// that drew it): for simulations too large for full views, where
-    /// foca's member list (a vector searched linearly) would cost
-    /// O(n²) per node to build.
-    pub fn bootstrap_partial(&mut self, k: usize) {
+    /// Gives every node's record layer an oracle of the whole cluster in
+    /// place of SWIM's member list, and leaves SWIM empty: for simulations
+    /// too large for full member lists, measuring push and sync alone
+    /// (gossip, which only adds paths, does not run).
+    pub fn use_peer_oracle(&mut self) {
+        self.oracle = true;
         let n = self.nodes.len();
-        for i in 0..n {
-            let members: Vec<_> = (0..k)
-                .map(|_| self.rng.random_range(0..n))
-                .filter(|&j| j != i)
-                .map(|j| foca::Member::alive(identity(j, self.bumps[j])))
-                .collect();
-            let frame = wire::encode(&Frame::Members(members));
-            let now = self.now;
-            let from = identity((i + 1) % n, 0).id;
-            if let Some(core) = self.nodes[i].as_mut() {
-                let _ = core.handle_datagram(now, from, &frame);
+        for (i, core) in self.nodes.iter_mut().enumerate() {
+            if let Some(core) = core.as_mut() {
+                core.set_peer_oracle(Box::new(WholeCluster { n, me: i }));
             }
-            self.touch(i);
         }
     }
 
@@ -237,7 +237,12 @@ impl Sim {
     pub fn restart(&mut self, i: usize) -> &mut Core {
         self.bumps[i] = self.bumps[i].wrapping_add(1);
         let seed = self.rng.random();
-        self.nodes[i] = Some(new_core(i, self.bumps[i], seed, self.now));
+        let mut core = new_core(i, self.bumps[i], seed, self.now);
+        if self.oracle {
+            core.set_peer_oracle(Box::new(WholeCluster { n: self.nodes.len(), me: i }));
+        }
+        self.nodes[i] = Some(core);
+        self.touch(i);
         self.node(i)
     }
 
@@ -388,8 +393,40 @@ impl Sim {
     }
 }
 
+/// Every simulated node but one, as a [`PeerOracle`].
+struct WholeCluster {
+    n: usize,
+    me: usize,
+}
+
+impl PeerOracle for WholeCluster {
+    fn len(&self) -> usize {
+        self.n - 1
+    }
+
+    fn sample(&self, rng: &mut StdRng, k: usize, exclude: Option<NodeId>) -> Vec<NodeIdentity> {
+        let excluded = exclude.map(index_of);
+        let mut picked: Vec<usize> = Vec::with_capacity(k);
+        let wanted = k.min(self.n.saturating_sub(2));
+        while picked.len() < wanted {
+            let j = rng.random_range(0..self.n);
+            if j != self.me && Some(j) != excluded && !picked.contains(&j) {
+                picked.push(j);
+            }
+        }
+        picked.into_iter().map(|j| identity(j, 1)).collect()
+    }
+
+    fn get(&self, id: NodeId) -> Option<NodeIdentity> {
+        let j = index_of(id);
+        (j < self.n && j != self.me).then(|| identity(j, 1))
+    }
+}
+
 fn new_core(i: usize, bump: u16, seed: u64, now: Instant) -> Core {
     let mut core = Core::new(identity(i, bump), seed);
     core.set_wall_clock(now, WALL_START_MS);
+    // Starts the core's own periodic timers (sync, reaping), as the agent's driver does.
+    core.handle_timeout(now);
     core
 }

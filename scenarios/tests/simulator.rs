@@ -201,3 +201,40 @@ fn the_same_seed_gives_the_same_run() {
     };
     assert_eq!(run(9), run(9));
 }
+
+#[test]
+fn a_change_reaches_a_large_cluster_through_relays_and_gossip() {
+    // Above the direct-push limit the origin pushes to a few members, who
+    // relay; gossip and sync catch what lost datagrams missed.
+    let mut config = SimConfig::new(300, 10);
+    config.loss = 0.01;
+    let mut sim = Sim::new(config);
+    sim.bootstrap();
+    sim.run_for(Duration::from_secs(2));
+    let record = sim
+        .with_node(17, |core, now| core.put_endpoint(now, "web", endpoint("dev", Ipv4Addr::new(10, 1, 0, 5))))
+        .expect("published");
+    sim.watch(record.key.clone(), record.version);
+    let all = sim.run_until(Duration::from_secs(2), |sim| sim.arrivals().iter().all(Option::is_some));
+    assert!(all, "every node holds the change within 2 s");
+    assert_eq!(sim.false_downs(), 0);
+}
+
+#[test]
+fn ten_thousand_nodes_hold_a_change_within_a_few_hops() {
+    // SWIM cannot run 10,000 full member lists in one process: the record
+    // layer runs alone, its peers from an oracle.
+    let mut config = SimConfig::new(10_000, 11);
+    config.loss = 0.01;
+    let mut sim = Sim::new(config);
+    sim.use_peer_oracle();
+    let record = sim
+        .with_node(4321, |core, now| core.put_endpoint(now, "web", endpoint("dev", Ipv4Addr::new(10, 1, 0, 5))))
+        .expect("published");
+    let start = sim.now();
+    sim.watch(record.key.clone(), record.version);
+    let all = sim.run_until(Duration::from_secs(10), |sim| sim.arrivals().iter().all(Option::is_some));
+    assert!(all, "every node holds the change");
+    let last = sim.arrivals().iter().flatten().max().expect("arrivals");
+    assert!(*last - start < Duration::from_secs(1), "took {:?}", *last - start);
+}

@@ -6,6 +6,7 @@
 //! [`driver`](crate::driver) and the simulator drive this very same code.
 
 mod config;
+mod peers;
 mod records;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -16,7 +17,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 pub use self::config::config_for;
-pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, PUSH_FANOUT, SYNC_EVERY};
+pub use self::peers::{push_fanout, PeerOracle};
+pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, SYNC_EVERY};
 use crate::identity::{NodeId, NodeIdentity};
 use crate::records::gossip::{RecordGossip, SharedStore};
 use crate::records::Record;
@@ -170,6 +172,8 @@ pub struct Core {
     generation: u64,
     /// When a sync last pulled a member list.
     last_members_pull: Option<Instant>,
+    /// Stands in for SWIM's member list in large simulations.
+    oracle: Option<Box<dyn peers::PeerOracle>>,
 }
 
 impl Core {
@@ -198,6 +202,7 @@ impl Core {
             last_triggered_sync: None,
             generation: 0,
             last_members_pull: None,
+            oracle: None,
         }
     }
 

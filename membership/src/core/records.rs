@@ -2,9 +2,9 @@
 //! once, merging what peers send, and anti-entropy.
 //!
 //! A change travels three ways, so a host that misses one still converges:
-//! 1. **push**: the origin sends it at once to every active member (to a
-//!    few random ones in clusters above [`DIRECT_PUSH_LIMIT`], where each
-//!    receiver that finds it new relays it to a few more);
+//! 1. **push**: the origin sends it at once to every active member (to
+//!    [`push_fanout`] random ones in clusters above [`DIRECT_PUSH_LIMIT`],
+//!    where each receiver that finds it new relays it to as many more);
 //! 2. **gossip**: it rides on SWIM packets as a foca custom broadcast,
 //!    retransmitted like membership updates;
 //! 3. **sync**: every [`SYNC_EVERY`], and whenever a member comes (back)
@@ -14,10 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use foca::State;
-use rand::seq::IteratorRandom;
 use serde::{Deserialize, Serialize};
 
+use super::peers::push_fanout;
 use super::{Core, CoreTimer, Transmit, MAX_SWIM_PACKET};
 use crate::core::Status;
 use crate::identity::{NodeId, NodeIdentity};
@@ -30,9 +29,6 @@ use crate::wire::{self, Frame};
 
 /// Up to this many active members, a change is pushed to every one.
 pub const DIRECT_PUSH_LIMIT: usize = 64;
-/// Above [`DIRECT_PUSH_LIMIT`], how many random members a change is pushed
-/// or relayed to.
-pub const PUSH_FANOUT: usize = 6;
 /// How often a node starts an anti-entropy round.
 pub const SYNC_EVERY: Duration = Duration::from_secs(5);
 /// Least time between two member-list pulls by sync (memberlist's full
@@ -204,7 +200,7 @@ impl Core {
                 self.merge(records);
             }
             Frame::SyncHello { records, members } => {
-                let Some(peer) = self.active_member(from) else { return };
+                let Some(peer) = self.active_peer(from) else { return };
                 let ours = self.shared.lock().store.root();
                 if records != ours {
                     let digest = self.shared.lock().store.buckets().to_vec();
@@ -215,13 +211,13 @@ impl Core {
                 }
             }
             Frame::SyncDigest(theirs) if theirs.len() == BUCKETS => {
-                let Some(peer) = self.active_member(from) else { return };
+                let Some(peer) = self.active_peer(from) else { return };
                 let differing = self.shared.lock().store.differing(&theirs);
                 self.send_buckets(&peer, &differing);
                 self.send(&peer, &Frame::SyncPull(differing.into_iter().collect()));
             }
             Frame::SyncPull(buckets) => {
-                let Some(peer) = self.active_member(from) else { return };
+                let Some(peer) = self.active_peer(from) else { return };
                 let wanted: BTreeSet<Bucket> =
                     buckets.into_iter().take(BUCKETS).filter(|&b| usize::from(b) < BUCKETS).collect();
                 self.send_buckets(&peer, &wanted);
@@ -234,8 +230,7 @@ impl Core {
     /// Starts an anti-entropy round with a random active member.
     pub(super) fn start_sync(&mut self, now: Instant) {
         self.timers.insert(now + SYNC_EVERY, CoreTimer::Sync);
-        let peer = self.swim.iter_members().map(|m| m.id().clone()).choose(&mut self.rng);
-        if let Some(peer) = peer {
+        if let Some(peer) = self.sample_peers(1, None).pop() {
             self.sync_with(peer);
         }
     }
@@ -321,15 +316,11 @@ impl Core {
                 tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
             }
         }
-        if fresh.is_empty() || self.swim.num_members() <= DIRECT_PUSH_LIMIT {
+        let members = self.peer_count();
+        if fresh.is_empty() || members <= DIRECT_PUSH_LIMIT {
             return;
         }
-        let targets: Vec<NodeIdentity> = self
-            .swim
-            .iter_members()
-            .map(|m| m.id().clone())
-            .filter(|id| Some(id.id) != from)
-            .sample(&mut self.rng, PUSH_FANOUT);
+        let targets = self.sample_peers(push_fanout(members), from);
         let frame = Frame::Records(fresh.to_vec());
         for target in targets {
             self.send_unreliable(&target, &frame);
@@ -343,12 +334,9 @@ impl Core {
         if let Err(error) = self.swim.add_broadcast(&encode(&record)) {
             tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
         }
-        let members: Vec<NodeIdentity> = self.swim.iter_members().map(|m| m.id().clone()).collect();
-        let targets = if members.len() <= DIRECT_PUSH_LIMIT {
-            members
-        } else {
-            members.into_iter().sample(&mut self.rng, PUSH_FANOUT)
-        };
+        let members = self.peer_count();
+        let fanout = if members <= DIRECT_PUSH_LIMIT { members } else { push_fanout(members) };
+        let targets = self.sample_peers(fanout, None);
         let frame = Frame::Records(vec![record]);
         for target in targets {
             self.send(&target, &frame);
@@ -418,10 +406,6 @@ impl Core {
             .collect();
         ids.sort_unstable();
         stable_hash(&postcard::to_allocvec(&ids).unwrap_or_default())
-    }
-
-    fn active_member(&self, id: NodeId) -> Option<NodeIdentity> {
-        self.swim.iter_membership_state().find(|m| m.id().id == id && m.state() != State::Down).map(|m| m.id().clone())
     }
 
     fn send(&mut self, to: &NodeIdentity, frame: &Frame) {

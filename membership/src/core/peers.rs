@@ -1,0 +1,78 @@
+//! Whom the record layer talks to: SWIM's active members or, in
+//! simulations too large for full member lists, an oracle standing in
+//! for them.
+
+use rand::rngs::StdRng;
+use rand::seq::IteratorRandom;
+
+use super::Core;
+use crate::identity::{NodeId, NodeIdentity};
+
+/// The cluster's active members, known without SWIM. Only simulations use
+/// one: at 10,000 nodes, every node's foca holding every member takes
+/// 10^8 entries, more than one machine has.
+pub trait PeerOracle: Send {
+    /// Number of active members, this node excluded.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Up to `k` distinct random active members, never `exclude`.
+    fn sample(&self, rng: &mut StdRng, k: usize, exclude: Option<NodeId>) -> Vec<NodeIdentity>;
+    /// The active member with id `id`.
+    fn get(&self, id: NodeId) -> Option<NodeIdentity>;
+}
+
+impl Core {
+    /// Makes the record layer pick its peers from `oracle` instead of
+    /// SWIM's member list (for simulations; see [`PeerOracle`]).
+    pub fn set_peer_oracle(&mut self, oracle: Box<dyn PeerOracle>) {
+        self.oracle = Some(oracle);
+    }
+
+    /// Number of active members, this node excluded.
+    pub(super) fn peer_count(&self) -> usize {
+        match &self.oracle {
+            Some(oracle) => oracle.len(),
+            None => self.swim.num_members(),
+        }
+    }
+
+    /// Up to `k` random active members, never `exclude`.
+    pub(super) fn sample_peers(&mut self, k: usize, exclude: Option<NodeId>) -> Vec<NodeIdentity> {
+        match &self.oracle {
+            Some(oracle) => oracle.sample(&mut self.rng, k, exclude),
+            None => self
+                .swim
+                .iter_members()
+                .map(|m| m.id().clone())
+                .filter(|id| Some(id.id) != exclude)
+                .sample(&mut self.rng, k),
+        }
+    }
+
+    /// The active member with id `id`.
+    pub(super) fn active_peer(&self, id: NodeId) -> Option<NodeIdentity> {
+        match &self.oracle {
+            Some(oracle) => oracle.get(id),
+            None => self
+                .swim
+                .iter_membership_state()
+                .find(|m| m.id().id == id && m.state() != foca::State::Down)
+                .map(|m| m.id().clone()),
+        }
+    }
+}
+
+/// How many members a change is pushed or relayed to in a cluster of
+/// `members` (above [`super::DIRECT_PUSH_LIMIT`]): ln(n) + 2. When every
+/// receiver relays once to that many, the share of nodes the push misses
+/// is about e^-(ln n + 2), under one node in expectation, so gossip and
+/// sync are left only the stragglers of lost datagrams.
+pub fn push_fanout(members: usize) -> usize {
+    // ln of a usize is small and positive: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let fanout = (members.max(1) as f64).ln().ceil() as usize + 2;
+    fanout
+}
