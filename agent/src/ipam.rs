@@ -32,6 +32,8 @@ const DEFAULT_POOL: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 128, 0, 0), 9
 const DEFAULT_PREFIX: u8 = 24;
 /// Lowest VNI given by default (lower ones are left for users' choices).
 const FIRST_DEFAULT_VNI: u32 = 4096;
+/// How many VNIs default choices range over (4096-69631: short to read).
+const DEFAULT_VNIS: u32 = 65536;
 
 /// A free address on `network` for an endpoint of `node`, if any is left.
 pub(crate) fn allocate(network: &NetworkView, node: NodeId) -> Option<Ipv4Addr> {
@@ -80,7 +82,7 @@ pub(crate) fn overlapping(view: &View, subnet: Ipv4Net) -> Option<String> {
 /// A free VNI for a network called `name`.
 pub(crate) fn default_vni(view: &View, name: &str) -> Option<u32> {
     let taken: HashSet<u32> = all_vnis(view).collect();
-    let count = MAX_VNI - FIRST_DEFAULT_VNI + 1;
+    let count = DEFAULT_VNIS.min(MAX_VNI - FIRST_DEFAULT_VNI + 1);
     let offset = offset_in(name.as_bytes(), count);
     (0..count).map(|k| FIRST_DEFAULT_VNI + (offset + k) % count).find(|vni| !taken.contains(vni))
 }
@@ -121,21 +123,13 @@ fn offset_in(seed: &[u8], count: u32) -> u32 {
 mod tests {
     use super::*;
     use mesh_membership::records::view::{EndpointState, EndpointView};
-    use mesh_membership::records::{mac_for, Driver, EndpointSpec, NetworkId, NetworkSpec};
+    use mesh_membership::records::{EndpointSpec, NetworkId, NetworkSpec};
 
     fn network(subnet: &str) -> NetworkView {
         let subnet: Ipv4Net = subnet.parse().expect("subnet");
         NetworkView {
             id: NetworkId { creator: NodeId([1; 16]), serial: 1 },
-            spec: NetworkSpec {
-                name: "dev".into(),
-                driver: Driver::Overlay,
-                vni: 4097,
-                subnet: Some(subnet),
-                gateway: subnet.hosts().next(),
-                mtu: None,
-                created_ms: 1,
-            },
+            spec: NetworkSpec::overlay("dev", 4097, subnet, 1),
             endpoints: Vec::new(),
         }
     }
@@ -145,15 +139,7 @@ mod tests {
             owner: NodeId([2; 16]),
             name: format!("e{ip}"),
             version: 1,
-            spec: EndpointSpec {
-                network: "dev".into(),
-                aliases: Vec::new(),
-                ip: Some(ip),
-                mac: mac_for(ip),
-                static_ip: false,
-                created_ms: 1,
-                readdressed_from: None,
-            },
+            spec: EndpointSpec::allocated("dev", ip, 1),
             state: EndpointState::OwnerDown,
         }
     }

@@ -14,9 +14,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mesh_membership::core::PeerOracle;
-use mesh_membership::records::RecordKey;
+use mesh_membership::records::{EndpointSpec, RecordKey};
 use mesh_membership::wire::{self, Frame};
-use mesh_membership::{Core, Event, NodeId, NodeIdentity, Status};
+use mesh_membership::{Core, Event, NodeId, NodeIdentity, PublishError, Status};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -285,6 +285,23 @@ impl Sim {
     /// When each node first held the watched record (`None`: not yet).
     pub fn arrivals(&self) -> &[Option<Instant>] {
         &self.arrivals
+    }
+
+    /// Has node `origin` publish its endpoint `name`, then runs until
+    /// every node holds it or `within` passes. Returns each node's delay
+    /// from the publication (`None`: it never got it).
+    pub fn spread_endpoint(
+        &mut self,
+        origin: usize,
+        name: &str,
+        spec: EndpointSpec,
+        within: Duration,
+    ) -> Result<Vec<Option<Duration>>, PublishError> {
+        let record = self.with_node(origin, |core, now| core.put_endpoint(now, name, spec))?;
+        let start = self.now;
+        self.watch(record.key, record.version);
+        self.run_until(within, |sim| sim.arrivals().iter().all(Option::is_some));
+        Ok(self.arrivals.iter().map(|at| at.map(|at| at - start)).collect())
     }
 
     /// Lets a caller act on node `i` and then sends what it produced.

@@ -201,7 +201,7 @@ fn a_removed_address_taken_elsewhere_at_once_never_shows_the_old_owner() -> anyh
 }
 
 #[test]
-fn a_killed_agent_keeps_its_addresses_and_is_never_shown_twice() -> anyhow::Result<()> {
+fn a_killed_agent_keeps_its_addresses_is_never_shown_twice_and_a_leaving_one_is_withdrawn() -> anyhow::Result<()> {
     let mut lab = cluster(3)?;
     lab.mesh_ok(1, &["network", "create", "dev"])?;
     lab.wait_for("dev everywhere", CONVERGE, |lab| Ok((1..=3).all(|i| inspect(lab, i, "dev").is_ok())))?;
@@ -231,6 +231,17 @@ fn a_killed_agent_keeps_its_addresses_and_is_never_shown_twice() -> anyhow::Resu
     }
     let own = lab.mesh_ok(2, &["sandbox", "ls", "--format", "json"])?;
     ensure!(serde_json::from_str::<Value>(&own)?.as_array().map(Vec::len) == Some(3), "h2 still owns a, b, c: {own}");
+
+    // A host that leaves gracefully is withdrawn at once, and comes back with `mesh join`.
+    lab.mesh_ok(2, &["leave"])?;
+    let withdrawn = lab.wait_for("h2's endpoints withdrawn on h1", CONVERGE, |lab| {
+        let dev = inspect(lab, 1, "dev")?;
+        Ok(["a", "b", "c"].iter().all(|n| endpoint(&dev, n).is_some_and(|e| e["state"] == "owner-left")))
+    })?;
+    println!("a leaving host's endpoints withdrawn after {withdrawn:?}");
+    let token = lab.mesh_ok(1, &["token"])?;
+    lab.mesh_ok(2, &["join", &lab.agent_addr(1), "--token", token.trim()])?;
+    lab.wait_for("h2's endpoints back", CONVERGE, |lab| identical_everywhere(lab, "dev", 3))?;
     Ok(())
 }
 

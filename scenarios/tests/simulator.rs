@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mesh_membership::core::CoreError;
 use mesh_membership::core::SYNC_EVERY;
-use mesh_membership::records::{mac_for, Driver, EndpointSpec, NetworkSpec, RecordKey};
+use mesh_membership::records::{EndpointSpec, NetworkSpec, RecordKey};
 use mesh_membership::{Core, Status};
 use mesh_scenarios::sim::{identity, Sim, SimConfig};
 
@@ -18,28 +18,19 @@ fn formed(n: usize, seed: u64) -> Sim {
 }
 
 fn network(name: &str, vni: u32, subnet: &str, created_ms: u64) -> NetworkSpec {
-    let subnet: ipnet::Ipv4Net = subnet.parse().expect("subnet");
-    NetworkSpec {
-        name: name.into(),
-        driver: Driver::Overlay,
-        vni,
-        subnet: Some(subnet),
-        gateway: subnet.hosts().next(),
-        mtu: None,
-        created_ms,
-    }
+    NetworkSpec::overlay(name, vni, subnet.parse().expect("subnet"), created_ms)
 }
 
 fn endpoint(network: &str, ip: Ipv4Addr) -> EndpointSpec {
-    EndpointSpec {
-        network: network.into(),
-        aliases: vec!["svc".into()],
-        ip: Some(ip),
-        mac: mac_for(ip),
-        static_ip: false,
-        created_ms: 1,
-        readdressed_from: None,
-    }
+    EndpointSpec { aliases: vec!["svc".into()], ..EndpointSpec::allocated(network, ip, 1) }
+}
+
+/// Has node `origin` publish an endpoint; returns when the last node got
+/// it, if every node did within `within`.
+fn last_arrival(sim: &mut Sim, origin: usize, within: Duration) -> Option<Duration> {
+    let delays =
+        sim.spread_endpoint(origin, "web", endpoint("dev", Ipv4Addr::new(10, 1, 0, 5)), within).expect("published");
+    delays.iter().copied().collect::<Option<Vec<_>>>()?.into_iter().max()
 }
 
 fn roots(sim: &Sim) -> Vec<Option<u64>> {
@@ -109,15 +100,8 @@ fn a_late_joiner_learns_every_member_even_past_one_feed_packet() {
 #[test]
 fn a_change_reaches_every_node_in_one_push() {
     let mut sim = formed(20, 5);
-    let record = sim
-        .with_node(7, |core, now| core.put_endpoint(now, "web", endpoint("dev", Ipv4Addr::new(10, 1, 0, 5))))
-        .expect("published");
-    let start = sim.now();
-    sim.watch(record.key.clone(), record.version);
-    let all = sim.run_until(Duration::from_secs(1), |sim| sim.arrivals().iter().all(Option::is_some));
-    assert!(all, "every node holds the change");
-    let last = sim.arrivals().iter().flatten().max().expect("arrivals");
-    assert!(*last - start <= Duration::from_millis(3), "one push: {:?}", *last - start);
+    let last = last_arrival(&mut sim, 7, Duration::from_secs(1)).expect("every node holds the change");
+    assert!(last <= Duration::from_millis(3), "one push: {last:?}");
     assert_eq!(roots(&sim).iter().collect::<std::collections::HashSet<_>>().len(), 1);
 }
 
@@ -211,12 +195,7 @@ fn a_change_reaches_a_large_cluster_through_relays_and_gossip() {
     let mut sim = Sim::new(config);
     sim.bootstrap();
     sim.run_for(Duration::from_secs(2));
-    let record = sim
-        .with_node(17, |core, now| core.put_endpoint(now, "web", endpoint("dev", Ipv4Addr::new(10, 1, 0, 5))))
-        .expect("published");
-    sim.watch(record.key.clone(), record.version);
-    let all = sim.run_until(Duration::from_secs(2), |sim| sim.arrivals().iter().all(Option::is_some));
-    assert!(all, "every node holds the change within 2 s");
+    assert!(last_arrival(&mut sim, 17, Duration::from_secs(2)).is_some(), "every node holds the change within 2 s");
     assert_eq!(sim.false_downs(), 0);
 }
 
@@ -228,13 +207,6 @@ fn ten_thousand_nodes_hold_a_change_within_a_few_hops() {
     config.loss = 0.01;
     let mut sim = Sim::new(config);
     sim.use_peer_oracle();
-    let record = sim
-        .with_node(4321, |core, now| core.put_endpoint(now, "web", endpoint("dev", Ipv4Addr::new(10, 1, 0, 5))))
-        .expect("published");
-    let start = sim.now();
-    sim.watch(record.key.clone(), record.version);
-    let all = sim.run_until(Duration::from_secs(10), |sim| sim.arrivals().iter().all(Option::is_some));
-    assert!(all, "every node holds the change");
-    let last = sim.arrivals().iter().flatten().max().expect("arrivals");
-    assert!(*last - start < Duration::from_secs(1), "took {:?}", *last - start);
+    let last = last_arrival(&mut sim, 4321, Duration::from_secs(10)).expect("every node holds the change");
+    assert!(last < Duration::from_secs(1), "took {last:?}");
 }

@@ -106,14 +106,17 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
         Driver::Null => (None, 0),
         Driver::Overlay => (Some(subnet_for(view, &body)?), vni_for(view, &body)?),
     };
-    let spec = NetworkSpec {
-        name: body.name,
-        driver,
-        vni,
-        subnet,
-        gateway: subnet.and_then(|s| s.hosts().next()),
-        mtu: body.mtu,
-        created_ms: unix_ms(),
+    let spec = match subnet {
+        Some(subnet) => NetworkSpec { mtu: body.mtu, ..NetworkSpec::overlay(&body.name, vni, subnet, unix_ms()) },
+        None => NetworkSpec {
+            name: body.name,
+            driver,
+            vni,
+            subnet: None,
+            gateway: None,
+            mtu: body.mtu,
+            created_ms: unix_ms(),
+        },
     };
     spec.validate().map_err(|e| bad(e.to_string()))?;
     Ok(spec)

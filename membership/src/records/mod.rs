@@ -206,6 +206,20 @@ impl Record {
 }
 
 impl NetworkSpec {
+    /// An overlay network on `subnet`, its first host address kept for the
+    /// gateway, with the default MTU.
+    pub fn overlay(name: &str, vni: u32, subnet: Ipv4Net, created_ms: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            driver: Driver::Overlay,
+            vni,
+            subnet: Some(subnet),
+            gateway: subnet.hosts().next(),
+            mtu: None,
+            created_ms,
+        }
+    }
+
     /// Checks the name, VNI, subnet, gateway and MTU.
     pub fn validate(&self) -> Result<(), InvalidRecord> {
         check_name("network", &self.name)?;
@@ -238,6 +252,20 @@ impl NetworkSpec {
 }
 
 impl EndpointSpec {
+    /// An endpoint on `network` with the allocated address `ip` (and the
+    /// MAC derived from it), no aliases.
+    pub fn allocated(network: &str, ip: Ipv4Addr, created_ms: u64) -> Self {
+        Self {
+            network: network.to_owned(),
+            aliases: Vec::new(),
+            ip: Some(ip),
+            mac: mac_for(ip),
+            static_ip: false,
+            created_ms,
+            readdressed_from: None,
+        }
+    }
+
     /// Checks the network name, the aliases and the address's form.
     pub fn validate(&self) -> Result<(), InvalidRecord> {
         check_name("network", &self.network)?;
@@ -311,30 +339,12 @@ pub(crate) mod testing {
 
     /// An overlay network spec.
     pub(crate) fn network(name: &str, vni: u32, subnet: &str, created_ms: u64) -> NetworkSpec {
-        let subnet: Ipv4Net = subnet.parse().expect("test subnet");
-        NetworkSpec {
-            name: name.into(),
-            driver: Driver::Overlay,
-            vni,
-            subnet: Some(subnet),
-            gateway: subnet.hosts().next(),
-            mtu: None,
-            created_ms,
-        }
+        NetworkSpec::overlay(name, vni, subnet.parse().expect("test subnet"), created_ms)
     }
 
     /// An endpoint spec with an allocated address.
     pub(crate) fn endpoint(network: &str, ip: &str, created_ms: u64) -> EndpointSpec {
-        let ip: Ipv4Addr = ip.parse().expect("test ip");
-        EndpointSpec {
-            network: network.into(),
-            aliases: Vec::new(),
-            ip: Some(ip),
-            mac: mac_for(ip),
-            static_ip: false,
-            created_ms,
-            readdressed_from: None,
-        }
+        EndpointSpec::allocated(network, ip.parse().expect("test ip"), created_ms)
     }
 
     /// A live endpoint record.

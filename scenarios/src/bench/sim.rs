@@ -19,7 +19,7 @@ use std::collections::BinaryHeap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use mesh_membership::records::{mac_for, EndpointSpec};
+use mesh_membership::records::EndpointSpec;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -91,20 +91,9 @@ pub fn run(bench: &SimBench) -> anyhow::Result<()> {
     for k in 0..bench.changes {
         let origin = rng.random_range(0..bench.nodes);
         let ip = Ipv4Addr::new(10, 200, (k / 250) as u8, (k % 250 + 2) as u8);
-        let spec = EndpointSpec {
-            network: "bench".into(),
-            aliases: Vec::new(),
-            ip: Some(ip),
-            mac: mac_for(ip),
-            static_ip: false,
-            created_ms: 0,
-            readdressed_from: None,
-        };
-        let record = sim.with_node(origin, |core, now| core.put_endpoint(now, &format!("c{k}"), spec))?;
-        let start = sim.now();
-        sim.watch(record.key, record.version);
-        sim.run_until(Duration::from_secs(30), |sim| sim.arrivals().iter().all(Option::is_some));
-        let delays: Vec<f64> = sim.arrivals().iter().flatten().map(|at| (*at - start).as_secs_f64() * 1000.0).collect();
+        let spec = EndpointSpec::allocated("bench", ip, 0);
+        let delays = sim.spread_endpoint(origin, &format!("c{k}"), spec, Duration::from_secs(30))?;
+        let delays: Vec<f64> = delays.iter().flatten().map(|d| d.as_secs_f64() * 1000.0).collect();
         mesh.push(reach(delays, bench.nodes));
         sim.run_for(Duration::from_millis(500));
     }
