@@ -13,6 +13,8 @@ pub(crate) const DEFAULT_PORT: u16 = 7950;
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/mesh";
 /// The control socket clients talk to.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/mesh/mesh.sock";
+/// VXLAN's IANA port.
+pub(crate) const DEFAULT_VXLAN_PORT: u16 = 4789;
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -42,6 +44,8 @@ pub(crate) struct Config {
     pub(crate) leave_on_terminate: Option<bool>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) log_level: Option<String>,
+    pub(crate) vxlan_port: Option<u16>,
+    pub(crate) netns_prefix: Option<String>,
 }
 
 impl Config {
@@ -70,6 +74,8 @@ impl Config {
             leave_on_terminate: flags.leave_on_terminate.or(self.leave_on_terminate),
             log_format: flags.log_format.or(self.log_format),
             log_level: flags.log_level.or(self.log_level),
+            vxlan_port: flags.vxlan_port.or(self.vxlan_port),
+            netns_prefix: flags.netns_prefix.or(self.netns_prefix),
         }
     }
 
@@ -102,6 +108,9 @@ impl Config {
         {
             bail!("bad node name {name:?}: use 1 to 63 letters, digits, '-', '_' or '.'");
         }
+        if let Some(prefix) = self.netns_prefix.as_deref().filter(|p| p.contains('/') || p.len() > 64) {
+            bail!("bad netns prefix {prefix:?}: at most 64 characters, no '/'");
+        }
         Ok(Settings {
             name,
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -113,6 +122,8 @@ impl Config {
             leave_on_terminate: self.leave_on_terminate.unwrap_or(false),
             log_format: self.log_format.unwrap_or_default(),
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
+            vxlan_port: self.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT),
+            netns_prefix: self.netns_prefix.unwrap_or_default(),
         })
     }
 }
@@ -131,6 +142,11 @@ pub(crate) struct Settings {
     pub(crate) leave_on_terminate: bool,
     pub(crate) log_format: LogFormat,
     pub(crate) log_level: String,
+    /// VXLAN's UDP port.
+    pub(crate) vxlan_port: u16,
+    /// Prepended to the names of the namespaces sandboxes get (for several
+    /// agents on one machine, as in the lab).
+    pub(crate) netns_prefix: String,
 }
 
 /// Parses `IP` or `IP:PORT`, taking `default_port` when none is given.

@@ -18,6 +18,8 @@ use crate::agent::Agent;
 use crate::config::Settings;
 use crate::control::server;
 use crate::datadir::DataDir;
+use crate::dataplane::Dataplane;
+use mesh_netdev::reconcile::Underlay;
 
 /// Runs the agent until a termination signal.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -29,7 +31,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let control = server::bind(&settings.socket).await?;
 
     let shutdown = CancellationToken::new();
-    let agent = Agent::start(settings.name.clone(), advertise, datadir, endpoint, shutdown.clone())?;
+    let local = match advertise.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => anyhow::bail!("the advertise address must be IPv4: it is also the VXLAN tunnel endpoint"),
+    };
+    let underlay = Underlay { local, port: settings.vxlan_port };
+    let dataplane = Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay)?);
+    let agent = Agent::start(settings.name.clone(), advertise, datadir, endpoint, dataplane, shutdown.clone())?;
     tracing::info!(name = %settings.name, %advertise, socket = %settings.socket.display(), "agent started");
     if let (false, Some(token)) = (settings.join.is_empty(), &settings.token) {
         tokio::spawn(Arc::clone(&agent).join_with_retry(settings.join.clone(), token.to_string()));

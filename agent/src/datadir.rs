@@ -5,6 +5,7 @@
 //! and the networks it knows). Everything else is rebuilt from peers. Files are written whole (temp file, then rename)
 //! so a crash never leaves one half-written.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,6 +27,15 @@ pub(crate) struct State {
     pub(crate) peers: Vec<SocketAddr>,
     /// Whether the node left the cluster (and must not rejoin by itself).
     pub(crate) left: bool,
+}
+
+/// Where a sandbox's network stack is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Attachment {
+    /// Its network namespace.
+    pub(crate) netns: PathBuf,
+    /// Whether the agent made the namespace (and removes it with the sandbox).
+    pub(crate) created: bool,
 }
 
 /// A member's cluster credentials as stored.
@@ -81,11 +91,7 @@ impl DataDir {
 
     /// The saved state, or the default on first start.
     pub(crate) fn state(&self) -> anyhow::Result<State> {
-        match self.read_optional("state.json")? {
-            Some(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is damaged", self.path.join("state.json").display())),
-            None => Ok(State::default()),
-        }
+        self.read_json("state.json")
     }
 
     /// Saves the state.
@@ -95,11 +101,17 @@ impl DataDir {
 
     /// This node's own records, or none on first start.
     pub(crate) fn records(&self) -> anyhow::Result<Owned> {
-        match self.read_optional("records.json")? {
-            Some(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{} is damaged", self.path.join("records.json").display())),
-            None => Ok(Owned::default()),
-        }
+        self.read_json("records.json")
+    }
+
+    /// The namespaces of this host's sandboxes, by sandbox name.
+    pub(crate) fn attachments(&self) -> anyhow::Result<BTreeMap<String, Attachment>> {
+        self.read_json("sandboxes.json")
+    }
+
+    /// Saves the namespaces of this host's sandboxes.
+    pub(crate) fn save_attachments(&self, attachments: &BTreeMap<String, Attachment>) -> anyhow::Result<()> {
+        self.write("sandboxes.json", &serde_json::to_vec_pretty(attachments)?, 0o600)
     }
 
     /// Saves this node's own records, snapshot at core `generation`,
@@ -144,6 +156,16 @@ impl DataDir {
         self.write("pki/cluster-secret", format!("{secret}\n").as_bytes(), 0o600)?;
         // The certificate goes last: its presence marks the set complete.
         self.write("pki/node.pem", to_pem("CERTIFICATE", &files.creds.cert).as_bytes(), 0o644)
+    }
+
+    /// A JSON file, or the type's default if there is none.
+    fn read_json<T: Default + serde::de::DeserializeOwned>(&self, name: &str) -> anyhow::Result<T> {
+        match self.read_optional(name)? {
+            Some(text) => {
+                serde_json::from_str(&text).with_context(|| format!("{} is damaged", self.path.join(name).display()))
+            }
+            None => Ok(T::default()),
+        }
     }
 
     fn read_optional(&self, name: &str) -> anyhow::Result<Option<String>> {

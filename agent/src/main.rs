@@ -13,6 +13,7 @@ mod config;
 mod control;
 mod daemon;
 mod datadir;
+mod dataplane;
 mod ipam;
 mod logging;
 mod upkeep;

@@ -5,9 +5,15 @@
 //! against what it dumps (never by flushing).
 //!
 //! This crate does not know about membership or records: the agent maps
-//! its replicated view onto the plain desired-state types here. For now it
-//! answers the one question the agent asks at start-up: which address of
-//! this host to advertise to peers.
+//! its replicated view onto the plain desired-state types of [`reconcile`].
+//!
+//! - [`netns`]: named namespaces, and work run inside one;
+//! - [`kernel`]: one idempotent verb per function over rtnetlink;
+//! - [`reconcile`]: desired state against kernel state, by diff.
+
+pub mod kernel;
+pub mod netns;
+pub mod reconcile;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -31,6 +37,33 @@ pub enum NetdevError {
         /// The kernel's answer.
         source: rtnetlink::Error,
     },
+    /// A file of a namespace could not be handled.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The system's answer.
+        source: std::io::Error,
+    },
+    /// A namespace could not be made, entered or used.
+    #[error("namespace {}: {reason}", path.display())]
+    Namespace {
+        /// The namespace's path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A device in the way has other settings than mesh's; nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// No interface holds the advertise address.
+    #[error("no interface of this host holds the advertise address {0}: advertise an address of the underlay")]
+    NoUnderlay(Ipv4Addr),
+    /// Something the kernel just created was not found.
+    #[error("{0} is missing")]
+    Missing(&'static str),
 }
 
 /// The IPv4 address this host would be reached at: the first global

@@ -142,6 +142,7 @@ impl Lab {
             .arg(host.dir.join("data"))
             .arg("--socket")
             .arg(&socket)
+            .args(["--netns-prefix", &self.sandbox_netns(i, "")])
             .args(extra)
             .env("RUST_LOG", std::env::var("MESH_LAB_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
@@ -201,11 +202,25 @@ impl Lab {
         run("ip", all)
     }
 
+    /// The namespace host `i`'s agent gives sandbox `name`: the lab's
+    /// agents share the machine's `/run/netns`, so each prefixes its own.
+    pub fn sandbox_netns(&self, i: usize, name: &str) -> String {
+        format!("{}-{name}", self.netns(i))
+    }
+
+    /// Runs a command inside sandbox `name` of host `i`.
+    pub fn sandbox_exec(&self, i: usize, name: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let netns = format!("--net=/run/netns/{}", self.sandbox_netns(i, name));
+        let mut all = vec![netns.as_str(), program];
+        all.extend(args);
+        run("nsenter", all)
+    }
+
     /// Starts a long-running process in host `i`'s namespace; it is killed
     /// with the lab. Its output goes to `NAME.log` in the host's directory.
     pub fn spawn(&mut self, i: usize, name: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
         let host = self.host(i);
-        let log = File::create(host.dir.join(format!("{name}.log")))?;
+        let log = File::create(self.spawn_log(i, name))?;
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns), program])
             .args(args)
@@ -316,6 +331,11 @@ impl Lab {
         self.host(i).agent.as_ref().map(Child::id)
     }
 
+    /// The log file of what [`Lab::spawn`] started as `name` in host `i`.
+    pub fn spawn_log(&self, i: usize, name: &str) -> PathBuf {
+        self.host(i).dir.join(format!("{name}.log"))
+    }
+
     /// The process ids of what [`Lab::spawn`] started in host `i`.
     pub fn spawned_pids(&self, i: usize) -> Vec<u32> {
         self.host(i).others.iter().map(Child::id).collect()
@@ -372,10 +392,13 @@ impl Drop for Lab {
         for i in 1..=self.len() {
             let _ = self.kill(i);
         }
-        for host in &self.hosts {
-            let _ = run("ip", ["netns", "del", &host.netns]);
+        // Hosts, their sandboxes and the underlay all carry the lab's prefix.
+        let listing = run("ip", ["netns", "list"]).map(|o| o.stdout).unwrap_or_default();
+        for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+            if name.starts_with(&self.prefix) {
+                let _ = run("ip", ["netns", "del", name]);
+            }
         }
-        let _ = run("ip", ["netns", "del", &self.underlay]);
     }
 }
 

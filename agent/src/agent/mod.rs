@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{MemberBody, StatusBody};
 use crate::config::DEFAULT_PORT;
 use crate::datadir::{ClusterFiles, DataDir, State};
+use crate::dataplane::Dataplane;
 
 /// How many peer addresses the data dir remembers for rejoining.
 const MAX_REMEMBERED_PEERS: usize = 256;
@@ -65,6 +66,8 @@ pub(crate) struct Agent {
     session: RwLock<Option<Session>>,
     /// Serialises init and join, which may take seconds (enrolment).
     joining: tokio::sync::Mutex<()>,
+    /// This host's sandboxes and kernel state.
+    dataplane: Arc<Dataplane>,
     shutdown: CancellationToken,
 }
 
@@ -75,6 +78,7 @@ impl Agent {
         advertise: SocketAddr,
         datadir: DataDir,
         endpoint: quinn::Endpoint,
+        dataplane: Arc<Dataplane>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let agent = Arc::new(Self {
@@ -86,6 +90,7 @@ impl Agent {
             endpoint,
             session: RwLock::new(None),
             joining: tokio::sync::Mutex::new(()),
+            dataplane,
             shutdown,
         });
         if let Some(files) = agent.datadir.cluster()? {
@@ -297,6 +302,7 @@ impl Agent {
         let (membership, _task) = Membership::spawn(core, transport, inbound, state.peers, self.shutdown.child_token());
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
         tokio::spawn(crate::upkeep::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
+        tokio::spawn(Arc::clone(&self.dataplane).run(membership.clone(), self.shutdown.child_token()));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =
             Some(Session { membership: membership.clone(), token });
         Ok(membership)

@@ -19,13 +19,26 @@ impl Agent {
     /// the one asked for.
     pub(crate) async fn sandbox_create(&self, body: SandboxCreateBody) -> Result<SandboxBody, AgentError> {
         let name = body.name.clone();
-        let sandbox = self
+        check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        self.require_membership()?;
+        self.dataplane.create_sandbox(&name).map_err(AgentError::Conflict)?;
+        let created = self
             .change(move |core, now| {
                 let spec = endpoint_spec(core, &body)?;
                 core.put_endpoint(now, &body.name, spec).map_err(publish_error)?;
                 own_sandbox(core, &body.name)
             })
-            .await?;
+            .await;
+        let sandbox = match created {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                if let Err(cleanup) = self.dataplane.remove_sandbox(&name) {
+                    tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
+                }
+                return Err(error);
+            }
+        };
+        self.dataplane.poke();
         tracing::info!(sandbox = %name, network = %sandbox.network, ip = ?sandbox.endpoint.ip, "created sandbox");
         Ok(sandbox)
     }
@@ -44,16 +57,19 @@ impl Agent {
 
     /// Removes this host's sandbox `name`.
     pub(crate) async fn sandbox_rm(&self, name: &str) -> Result<(), AgentError> {
-        let name = name.to_owned();
-        let removed = name.clone();
-        self.change(move |core, now| {
-            core.delete_endpoint(now, &name).map_err(|_| {
-                AgentError::NotFound(format!("no sandbox named {name} on this host (`mesh sandbox ls` lists them)"))
-            })
-        })
-        .await?;
-        tracing::info!(sandbox = %removed, "removed sandbox");
-        Ok(())
+        let owned = name.to_owned();
+        let deleted = self.change(move |core, now| core.delete_endpoint(now, &owned).map_err(publish_error)).await;
+        let attached = self.dataplane.remove_sandbox(name).map_err(AgentError::Conflict)?;
+        match deleted {
+            Err(AgentError::NotFound(_)) if !attached => Err(AgentError::NotFound(format!(
+                "no sandbox named {name} on this host (`mesh sandbox ls` lists them)"
+            ))),
+            Err(AgentError::NotFound(_)) | Ok(()) => {
+                tracing::info!(sandbox = %name, "removed sandbox");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 

@@ -45,6 +45,13 @@ pub(crate) struct AgentArgs {
     /// Log level or tracing filter, e.g. `debug` or `info,mesh_membership=debug`.
     #[arg(long)]
     log_level: Option<String>,
+    /// UDP port of the VXLAN tunnels [default: 4789].
+    #[arg(long)]
+    vxlan_port: Option<u16>,
+    /// Prefix of the namespaces sandboxes get, for several agents on one
+    /// machine [default: none: `mesh sandbox create web` makes netns `web`].
+    #[arg(long)]
+    netns_prefix: Option<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -64,6 +71,8 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         leave_on_terminate: args.leave_on_terminate.then_some(true),
         log_format: args.log_format,
         log_level: args.log_level,
+        vxlan_port: args.vxlan_port,
+        netns_prefix: args.netns_prefix,
     };
     let settings = file.overlay(flags).resolve()?;
     crate::logging::init(settings.log_format, &settings.log_level)?;

@@ -1,0 +1,197 @@
+//! The data plane: this host's sandboxes (their namespaces) and the
+//! mapping of the replicated view onto netdev's desired state, reconciled
+//! on every view change and every [`RECONCILE_EVERY`].
+//!
+//! For each overlay network with a sandbox on this host: a bridge, a VXLAN
+//! device, a veth per local sandbox, and for every active endpoint on
+//! another host an FDB entry (MAC → its host's VTEP) and a neighbour entry
+//! (IP → MAC). Endpoints whose host is down stay programmed for
+//! [`DOWN_GRACE`] (a host that is only briefly unreachable loses nothing),
+//! then are withdrawn; endpoints in conflict are never programmed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use mesh_membership::records::view::{EndpointState, View};
+use mesh_membership::records::Driver;
+use mesh_membership::{MemberInfo, Membership, NodeId};
+use mesh_netdev::netns;
+use mesh_netdev::reconcile::{self, LocalPlan, NetworkPlan, Reconciler, Remote, Underlay};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::datadir::{Attachment, DataDir};
+
+/// How often the kernel is compared with the view even if nothing changed
+/// (to restore what someone deleted by hand).
+pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How long a down host's endpoints stay programmed.
+pub(crate) const DOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// This host's sandboxes and its end of the underlay.
+pub(crate) struct Dataplane {
+    datadir: DataDir,
+    prefix: String,
+    underlay: Underlay,
+    attachments: Mutex<BTreeMap<String, Attachment>>,
+    changed: Notify,
+}
+
+impl Dataplane {
+    /// The data plane of a host whose VTEP is `local`.
+    pub(crate) fn open(datadir: DataDir, prefix: String, underlay: Underlay) -> anyhow::Result<Self> {
+        let attachments = Mutex::new(datadir.attachments()?);
+        Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new() })
+    }
+
+    /// Makes the namespace of sandbox `name` (`PREFIX` + `name`).
+    pub(crate) fn create_sandbox(&self, name: &str) -> Result<PathBuf, String> {
+        let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
+        if attachments.contains_key(name) {
+            return Err(format!("a sandbox named {name} already exists on this host"));
+        }
+        let netns_name = format!("{}{name}", self.prefix);
+        if netns::path_of(&netns_name).exists() {
+            return Err(format!(
+                "a network namespace named {netns_name} already exists (`ip netns del {netns_name}` if it is stale)"
+            ));
+        }
+        let path = netns::create(&netns_name).map_err(|e| e.to_string())?;
+        if let Err(error) = reconcile::prepare_sandbox(&path) {
+            let _ = netns::remove(&path);
+            return Err(error.to_string());
+        }
+        attachments.insert(name.to_owned(), Attachment { netns: path.clone(), created: true });
+        self.save(&attachments).inspect_err(|_| {
+            attachments.remove(name);
+            let _ = netns::remove(&path);
+        })?;
+        Ok(path)
+    }
+
+    /// Forgets sandbox `name` and removes its namespace if the agent made
+    /// it. Returns whether there was such a sandbox.
+    pub(crate) fn remove_sandbox(&self, name: &str) -> Result<bool, String> {
+        let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(attachment) = attachments.remove(name) else { return Ok(false) };
+        self.save(&attachments)?;
+        self.changed.notify_one();
+        if attachment.created {
+            netns::remove(&attachment.netns).map_err(|e| e.to_string())?;
+        }
+        Ok(true)
+    }
+
+    /// Reconciles now rather than at the next period.
+    pub(crate) fn poke(&self) {
+        self.changed.notify_one();
+    }
+
+    fn save(&self, attachments: &BTreeMap<String, Attachment>) -> Result<(), String> {
+        self.datadir.save_attachments(attachments).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Keeps the kernel in step with the view until `shutdown`.
+    pub(crate) async fn run(self: Arc<Self>, membership: Membership, shutdown: CancellationToken) {
+        let kernel = match Reconciler::open() {
+            Ok(kernel) => kernel,
+            Err(error) => return tracing::error!(%error, "no netlink socket: the data plane is off"),
+        };
+        let mut views = membership.watch_view();
+        let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+        let mut last_errors = Vec::new();
+        loop {
+            let Ok((view, members, me)) =
+                membership.with_core(|core, _| (core.view(), core.members(), core.identity().id)).await
+            else {
+                break;
+            };
+            track_down(&view, &mut down_since);
+            let plans = self.plans(&view, &members, me, &down_since);
+            match kernel.reconcile(self.underlay, &plans).await {
+                Ok(report) => {
+                    if report.set + report.removed > 0 {
+                        tracing::debug!(set = report.set, removed = report.removed, "kernel reconciled");
+                    }
+                    if report.errors != last_errors {
+                        for error in &report.errors {
+                            tracing::warn!(%error, "data plane");
+                        }
+                        last_errors = report.errors;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "data plane"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = views.changed() => if changed.is_err() { break },
+                () = self.changed.notified() => {}
+                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+    }
+
+    /// The desired kernel state for `view`.
+    fn plans(
+        &self,
+        view: &View,
+        members: &[MemberInfo],
+        me: NodeId,
+        down_since: &HashMap<NodeId, Instant>,
+    ) -> Vec<NetworkPlan> {
+        let vteps: HashMap<NodeId, Ipv4Addr> = members
+            .iter()
+            .filter_map(|m| match m.identity.addr.ip() {
+                IpAddr::V4(ip) => Some((m.identity.id, ip)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut plans = Vec::new();
+        for network in view.networks.values().filter(|n| n.spec.driver == Driver::Overlay) {
+            let prefix = network.spec.subnet.map(|s| s.prefix_len());
+            let locals: Vec<LocalPlan> = network
+                .endpoints
+                .iter()
+                .filter(|e| e.owner == me && e.state == EndpointState::Active)
+                .filter_map(|e| {
+                    let attachment = attachments.get(&e.name)?;
+                    Some(LocalPlan {
+                        netns: attachment.netns.clone(),
+                        mac: e.spec.mac,
+                        address: e.spec.ip.zip(prefix),
+                        gateway: None,
+                    })
+                })
+                .collect();
+            if locals.is_empty() {
+                continue;
+            }
+            let in_grace = |owner: &NodeId| down_since.get(owner).is_some_and(|at| at.elapsed() < DOWN_GRACE);
+            let remotes = network
+                .endpoints
+                .iter()
+                .filter(|e| e.owner != me)
+                .filter(|e| {
+                    e.state == EndpointState::Active || (e.state == EndpointState::OwnerDown && in_grace(&e.owner))
+                })
+                .filter_map(|e| Some(Remote { mac: e.spec.mac, ip: e.spec.ip?, vtep: *vteps.get(&e.owner)? }))
+                .collect();
+            plans.push(NetworkPlan { vni: network.spec.vni, mtu: network.spec.mtu.map(u32::from), locals, remotes });
+        }
+        plans
+    }
+}
+
+/// Notes when each owner of a hidden endpoint was first seen down, and
+/// forgets owners that are back.
+fn track_down(view: &View, down_since: &mut HashMap<NodeId, Instant>) {
+    let down: Vec<NodeId> = view.endpoints().filter(|e| e.state == EndpointState::OwnerDown).map(|e| e.owner).collect();
+    down_since.retain(|owner, _| down.contains(owner));
+    for owner in down {
+        down_since.entry(owner).or_insert_with(Instant::now);
+    }
+}

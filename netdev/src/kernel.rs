@@ -1,0 +1,294 @@
+//! One idempotent verb per function over rtnetlink: read the links, FDB
+//! and neighbour entries mesh owns; create, adopt or remove bridges, VXLAN
+//! devices and veth pairs; set and remove entries. "Already exists" and
+//! "not found" are success where that is the intent.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+
+use crate::NetdevError;
+
+/// A link as mesh cares about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its kind (`bridge`, `vxlan`, `veth`...), if it has one.
+    pub kind: Option<String>,
+    /// For a VXLAN device: its VNI, local address and UDP port.
+    pub vxlan: Option<(u32, Option<Ipv4Addr>, Option<u16>)>,
+    /// The index of the bridge it is enslaved to.
+    pub controller: Option<u32>,
+}
+
+/// How to build a VXLAN device.
+#[derive(Debug, Clone, Copy)]
+pub struct VxlanSpec {
+    /// Its VNI.
+    pub vni: u32,
+    /// The local VTEP address.
+    pub local: Ipv4Addr,
+    /// The underlay interface.
+    pub underlay: u32,
+    /// UDP port.
+    pub port: u16,
+    /// MTU.
+    pub mtu: u32,
+    /// The bridge to enslave it to.
+    pub bridge: u32,
+}
+
+fn netlink(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetdevError {
+    move |source| NetdevError::Netlink { what, source }
+}
+
+/// Whether a netlink error is the kernel's "not found" (ENOENT, ENODEV).
+fn is_missing(error: &rtnetlink::Error) -> bool {
+    matches!(error, rtnetlink::Error::NetlinkError(e) if matches!(e.raw_code().abs(), 2 | 19))
+}
+
+/// Every link of the namespace the handle belongs to, by name.
+pub async fn links(handle: &Handle) -> Result<BTreeMap<String, Link>, NetdevError> {
+    let mut out = BTreeMap::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(message) = stream.try_next().await.map_err(netlink("link dump"))? {
+        let link = link_of(&message);
+        out.insert(link.name.clone(), link);
+    }
+    Ok(out)
+}
+
+fn link_of(message: &LinkMessage) -> Link {
+    let mut link =
+        Link { index: message.header.index, name: String::new(), mtu: 0, kind: None, vxlan: None, controller: None };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name.clone_from(name),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::Controller(index) => link.controller = Some(*index),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => link.vxlan = Some(vxlan_of(data)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Vxlan => "vxlan".into(),
+        InfoKind::Veth => "veth".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn vxlan_of(data: &[InfoVxlan]) -> (u32, Option<Ipv4Addr>, Option<u16>) {
+    let mut out = (0, None, None);
+    for item in data {
+        match item {
+            InfoVxlan::Id(vni) => out.0 = *vni,
+            InfoVxlan::Local(ip) => out.1 = Some(*ip),
+            InfoVxlan::Port(port) => out.2 = Some(*port),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The interface that holds `ip`, with its MTU.
+pub async fn interface_with(handle: &Handle, ip: Ipv4Addr) -> Result<Option<(u32, u32)>, NetdevError> {
+    let mut addresses = handle.address().get().execute();
+    let mut index = None;
+    while let Some(message) = addresses.try_next().await.map_err(netlink("address dump"))? {
+        if message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)) {
+            index = Some(message.header.index);
+        }
+    }
+    let Some(index) = index else { return Ok(None) };
+    let mtu = links(handle).await?.into_values().find(|l| l.index == index).map_or(1500, |l| l.mtu);
+    Ok(Some((index, mtu)))
+}
+
+/// Creates the bridge `name`, up, with `mtu`.
+pub async fn add_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<(), NetdevError> {
+    let message = LinkBridge::new(name).mtu(mtu).up().build();
+    handle.link().add(message).execute().await.map_err(netlink("bridge add"))
+}
+
+/// Creates a VXLAN device: learning off, ARP proxy on, enslaved and up.
+pub async fn add_vxlan(handle: &Handle, name: &str, spec: VxlanSpec) -> Result<(), NetdevError> {
+    let message = LinkVxlan::new(name, spec.vni)
+        .dev(spec.underlay)
+        .local(spec.local)
+        .port(spec.port)
+        .learning(false)
+        .proxy(true)
+        .mtu(spec.mtu)
+        .controller(spec.bridge)
+        .up()
+        .build();
+    handle.link().add(message).execute().await.map_err(netlink("vxlan add"))
+}
+
+/// Creates the veth pair `host`/`peer`: `host` enslaved to `bridge`, up.
+pub async fn add_veth(handle: &Handle, host: &str, peer: &str, bridge: u32, mtu: u32) -> Result<(), NetdevError> {
+    handle.link().add(LinkVeth::new(host, peer).mtu(mtu).build()).execute().await.map_err(netlink("veth add"))?;
+    let message = LinkUnspec::new_with_name(host).controller(bridge).up().build();
+    handle.link().set(message).execute().await.map_err(netlink("veth enslave"))
+}
+
+/// Moves the link `name` into the namespace at `netns`.
+pub async fn move_to_netns(handle: &Handle, name: &str, netns: &Path) -> Result<(), NetdevError> {
+    let file = std::fs::File::open(netns).map_err(|source| NetdevError::Io {
+        what: "cannot open",
+        path: netns.to_owned(),
+        source,
+    })?;
+    let message = LinkUnspec::new_with_name(name).setns_by_fd(file.as_raw_fd()).build();
+    handle.link().set(message).execute().await.map_err(netlink("veth move"))
+}
+
+/// Removes the link with index `index`; a link already gone is fine.
+pub async fn remove_link(handle: &Handle, index: u32) -> Result<(), NetdevError> {
+    match handle.link().del(index).execute().await {
+        Err(error) if !is_missing(&error) => Err(NetdevError::Netlink { what: "link delete", source: error }),
+        _ => Ok(()),
+    }
+}
+
+/// Brings the loopback interface up.
+pub async fn loopback_up(handle: &Handle) -> Result<(), NetdevError> {
+    let lo = links(handle).await?.get("lo").map(|l| l.index).ok_or(NetdevError::Missing("lo"))?;
+    handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(netlink("loopback up"))
+}
+
+/// Inside a sandbox namespace: renames `peer` to `eth0` with `mac` and
+/// `mtu`, brings it up, gives it `address`, and a default route through
+/// `gateway` if there is one.
+pub async fn configure_sandbox_end(
+    handle: &Handle,
+    peer: &str,
+    mac: [u8; 6],
+    mtu: u32,
+    address: Option<(Ipv4Addr, u8)>,
+    gateway: Option<Ipv4Addr>,
+) -> Result<(), NetdevError> {
+    let eth0 =
+        links(handle).await?.get(peer).map(|l| l.index).ok_or(NetdevError::Missing("the veth in the sandbox"))?;
+    let message = LinkUnspec::new_with_index(eth0).name("eth0").address(mac.to_vec()).mtu(mtu).up().build();
+    handle.link().set(message).execute().await.map_err(netlink("sandbox interface"))?;
+    if let Some((ip, prefix)) = address {
+        handle.address().add(eth0, IpAddr::V4(ip), prefix).execute().await.map_err(netlink("sandbox address"))?;
+    }
+    if let Some(gateway) = gateway {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(gateway).build();
+        handle.route().add(route).execute().await.map_err(netlink("sandbox default route"))?;
+    }
+    Ok(())
+}
+
+/// The permanent FDB entries (MAC → VTEP) on the device `index`.
+pub async fn fdb(handle: &Handle, index: u32) -> Result<BTreeMap<[u8; 6], Ipv4Addr>, NetdevError> {
+    let mut out = BTreeMap::new();
+    let mut stream = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+    while let Some(message) = stream.try_next().await.map_err(netlink("fdb dump"))? {
+        if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        if let (Some(mac), Some(IpAddr::V4(dst))) = (mac_of(&message), destination_of(&message)) {
+            out.insert(mac, dst);
+        }
+    }
+    Ok(out)
+}
+
+/// The permanent neighbour entries (IP → MAC) on the device `index`.
+pub async fn neighbours(handle: &Handle, index: u32) -> Result<BTreeMap<Ipv4Addr, [u8; 6]>, NetdevError> {
+    let mut out = BTreeMap::new();
+    let mut stream = handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+    while let Some(message) = stream.try_next().await.map_err(netlink("neighbour dump"))? {
+        if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        if let (Some(mac), Some(IpAddr::V4(ip))) = (mac_of(&message), destination_of(&message)) {
+            out.insert(ip, mac);
+        }
+    }
+    Ok(out)
+}
+
+/// Points `mac` at `vtep` on the VXLAN device `index` (create or replace).
+pub async fn set_fdb(handle: &Handle, index: u32, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetdevError> {
+    let mut request = handle.neighbours().add_bridge(index, &mac).destination(IpAddr::V4(vtep)).replace();
+    request.message_mut().header.flags = NeighbourFlags::Own;
+    request.execute().await.map_err(netlink("fdb set"))
+}
+
+/// Removes the FDB entry for `mac` on the device `index` (gone is fine).
+pub async fn remove_fdb(handle: &Handle, index: u32, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetdevError> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = index;
+    message.header.flags = NeighbourFlags::Own;
+    message.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(vtep)));
+    match handle.neighbours().del(message).execute().await {
+        Err(error) if !is_missing(&error) => Err(NetdevError::Netlink { what: "fdb delete", source: error }),
+        _ => Ok(()),
+    }
+}
+
+/// Maps `ip` to `mac` on the device `index` (create or replace).
+pub async fn set_neighbour(handle: &Handle, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetdevError> {
+    let request = handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(&mac).replace();
+    request.execute().await.map_err(netlink("neighbour set"))
+}
+
+/// Removes the neighbour entry for `ip` on the device `index` (gone is fine).
+pub async fn remove_neighbour(handle: &Handle, index: u32, ip: Ipv4Addr) -> Result<(), NetdevError> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = index;
+    message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    match handle.neighbours().del(message).execute().await {
+        Err(error) if !is_missing(&error) => Err(NetdevError::Netlink { what: "neighbour delete", source: error }),
+        _ => Ok(()),
+    }
+}
+
+fn mac_of(message: &NeighbourMessage) -> Option<[u8; 6]> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(bytes) => bytes.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+fn destination_of(message: &NeighbourMessage) -> Option<IpAddr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        _ => None,
+    })
+}

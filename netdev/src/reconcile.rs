@@ -1,0 +1,346 @@
+//! The reconciler: makes the kernel match a desired state by diffing it
+//! against what the kernel holds, never by flushing. Devices mesh owns are
+//! recognised by name (derived from the VNI, or from the sandbox for
+//! veths), so what a previous run left is adopted, what someone deleted is
+//! restored, and what is no longer wanted is removed, entry by entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use rtnetlink::{Handle, LinkUnspec};
+
+use crate::kernel::{self, Link, VxlanSpec};
+use crate::{netns, NetdevError};
+
+/// VXLAN encapsulation overhead (outer Ethernet, IP, UDP, VXLAN headers).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// This host's end of the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlay {
+    /// The advertise address: the local VTEP.
+    pub local: Ipv4Addr,
+    /// VXLAN's UDP port.
+    pub port: u16,
+}
+
+/// What one network must look like on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPlan {
+    /// Its VNI.
+    pub vni: u32,
+    /// Its MTU; the underlay's minus [`VXLAN_OVERHEAD`] when `None`.
+    pub mtu: Option<u32>,
+    /// Its sandboxes on this host.
+    pub locals: Vec<LocalPlan>,
+    /// Its endpoints on other hosts.
+    pub remotes: Vec<Remote>,
+}
+
+/// A sandbox of this host on a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPlan {
+    /// The sandbox's namespace.
+    pub netns: PathBuf,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its address and prefix length.
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// Its default gateway.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// An endpoint on another host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Remote {
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its host's VTEP address.
+    pub vtep: Ipv4Addr,
+}
+
+/// What a pass changed, and what it could not do.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Devices and entries created or corrected.
+    pub set: usize,
+    /// Devices and entries removed.
+    pub removed: usize,
+    /// What failed (the rest of the pass went on).
+    pub errors: Vec<String>,
+}
+
+/// The bridge of network `vni`.
+pub fn bridge_name(vni: u32) -> String {
+    format!("mbr{vni}")
+}
+
+/// The VXLAN device of network `vni`.
+pub fn vxlan_name(vni: u32) -> String {
+    format!("mvx{vni}")
+}
+
+/// The host and sandbox ends of the veth pair of the sandbox at `netns` on network `vni`.
+pub fn veth_names(netns: &Path, vni: u32) -> (String, String) {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in netns.as_os_str().as_encoded_bytes().iter().chain(&vni.to_le_bytes()) {
+        hash = (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193);
+    }
+    (format!("mve{hash:08x}"), format!("mvp{hash:08x}"))
+}
+
+/// Entry changes on one VXLAN device.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EntryDiff {
+    /// FDB entries to create or repoint.
+    pub set_fdb: Vec<([u8; 6], Ipv4Addr)>,
+    /// FDB entries to remove.
+    pub remove_fdb: Vec<([u8; 6], Ipv4Addr)>,
+    /// Neighbour entries to create or correct.
+    pub set_neighbours: Vec<(Ipv4Addr, [u8; 6])>,
+    /// Neighbour entries to remove.
+    pub remove_neighbours: Vec<Ipv4Addr>,
+}
+
+/// What must change for the device holding `fdb` and `neighbours` to hold
+/// exactly `remotes`.
+pub fn diff_entries(
+    remotes: &[Remote],
+    fdb: &BTreeMap<[u8; 6], Ipv4Addr>,
+    neighbours: &BTreeMap<Ipv4Addr, [u8; 6]>,
+) -> EntryDiff {
+    let want_fdb: BTreeMap<[u8; 6], Ipv4Addr> = remotes.iter().map(|r| (r.mac, r.vtep)).collect();
+    let want_neighbours: BTreeMap<Ipv4Addr, [u8; 6]> = remotes.iter().map(|r| (r.ip, r.mac)).collect();
+    EntryDiff {
+        set_fdb: want_fdb.iter().filter(|(mac, vtep)| fdb.get(*mac) != Some(vtep)).map(|(m, v)| (*m, *v)).collect(),
+        remove_fdb: fdb.iter().filter(|(mac, _)| !want_fdb.contains_key(*mac)).map(|(m, v)| (*m, *v)).collect(),
+        set_neighbours: want_neighbours
+            .iter()
+            .filter(|(ip, mac)| neighbours.get(*ip) != Some(mac))
+            .map(|(i, m)| (*i, *m))
+            .collect(),
+        remove_neighbours: neighbours.keys().filter(|ip| !want_neighbours.contains_key(*ip)).copied().collect(),
+    }
+}
+
+/// A netlink connection to the kernel of the namespace it was opened in.
+pub struct Reconciler {
+    handle: Handle,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Reconciler {
+    /// Opens the connection (inside a tokio runtime).
+    pub fn open() -> Result<Self, NetdevError> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        Ok(Self { handle, connection: tokio::spawn(connection) })
+    }
+
+    /// Makes the kernel match `plans`.
+    pub async fn reconcile(&self, underlay: Underlay, plans: &[NetworkPlan]) -> Result<Report, NetdevError> {
+        reconcile(&self.handle, underlay, plans).await
+    }
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Makes the kernel (the namespace of `handle`) match `plans`.
+async fn reconcile(handle: &Handle, underlay: Underlay, plans: &[NetworkPlan]) -> Result<Report, NetdevError> {
+    let (underlay_index, underlay_mtu) =
+        kernel::interface_with(handle, underlay.local).await?.ok_or(NetdevError::NoUnderlay(underlay.local))?;
+    let mut report = Report::default();
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    for plan in plans {
+        let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
+        wanted.insert(bridge_name(plan.vni));
+        wanted.insert(vxlan_name(plan.vni));
+        for local in &plan.locals {
+            wanted.insert(veth_names(&local.netns, plan.vni).0);
+        }
+        let spec = |bridge| VxlanSpec {
+            vni: plan.vni,
+            local: underlay.local,
+            underlay: underlay_index,
+            port: underlay.port,
+            mtu,
+            bridge,
+        };
+        if let Err(error) = reconcile_network(handle, plan, mtu, spec, &mut report).await {
+            report.errors.push(format!("network vni {}: {error}", plan.vni));
+        }
+    }
+    remove_unwanted(handle, &wanted, &mut report).await?;
+    Ok(report)
+}
+
+async fn reconcile_network(
+    handle: &Handle,
+    plan: &NetworkPlan,
+    mtu: u32,
+    spec: impl Fn(u32) -> VxlanSpec,
+    report: &mut Report,
+) -> Result<(), NetdevError> {
+    let (bridge, vxlan) = (bridge_name(plan.vni), vxlan_name(plan.vni));
+    let mut links = kernel::links(handle).await?;
+    let bridge_index = match links.get(&bridge) {
+        Some(link) if link.kind.as_deref() == Some("bridge") => link.index,
+        Some(_) => return Err(NetdevError::Conflict(format!("{bridge} exists and is not a bridge; remove it"))),
+        None => {
+            kernel::add_bridge(handle, &bridge, mtu).await?;
+            report.set += 1;
+            links = kernel::links(handle).await?;
+            links.get(&bridge).map(|l| l.index).ok_or(NetdevError::Missing("the new bridge"))?
+        }
+    };
+    let wanted = spec(bridge_index);
+    match links.get(&vxlan) {
+        Some(link) => check_vxlan(link, &wanted)?,
+        None => {
+            kernel::add_vxlan(handle, &vxlan, wanted).await?;
+            report.set += 1;
+            links = kernel::links(handle).await?;
+        }
+    }
+    let vxlan_index = links.get(&vxlan).map(|l| l.index).ok_or(NetdevError::Missing("the new VXLAN device"))?;
+    if links.get(&vxlan).and_then(|l| l.controller) != Some(bridge_index) {
+        let message = LinkUnspec::new_with_index(vxlan_index).controller(bridge_index).up().build();
+        handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|source| NetdevError::Netlink { what: "vxlan enslave", source })?;
+        report.set += 1;
+    }
+    for local in &plan.locals {
+        let (host, _) = veth_names(&local.netns, plan.vni);
+        if links.contains_key(&host) {
+            continue;
+        }
+        match attach(handle, local, plan.vni, bridge_index, mtu).await {
+            Ok(()) => report.set += 1,
+            Err(error) => report.errors.push(format!("sandbox {}: {error}", local.netns.display())),
+        }
+    }
+    let diff = diff_entries(
+        &plan.remotes,
+        &kernel::fdb(handle, vxlan_index).await?,
+        &kernel::neighbours(handle, vxlan_index).await?,
+    );
+    apply_entries(handle, vxlan_index, diff, report).await
+}
+
+fn check_vxlan(link: &Link, wanted: &VxlanSpec) -> Result<(), NetdevError> {
+    let expected = (wanted.vni, Some(wanted.local), Some(wanted.port));
+    match (link.kind.as_deref(), link.vxlan) {
+        (Some("vxlan"), Some(actual)) if actual == expected => Ok(()),
+        (_, actual) => Err(NetdevError::Conflict(format!(
+            "{} exists with other settings ({:?}, vni/local/port {:?}; mesh wants {:?}): remove it or use another VNI",
+            link.name, link.kind, actual, expected
+        ))),
+    }
+}
+
+/// Readies a fresh sandbox namespace: loopback up.
+pub fn prepare_sandbox(netns: &Path) -> Result<(), NetdevError> {
+    netns::netlink_in(netns, |handle| async move { kernel::loopback_up(&handle).await })
+}
+
+/// Creates the sandbox's veth pair and configures its end inside the
+/// sandbox; removes what it made if any step fails.
+async fn attach(handle: &Handle, local: &LocalPlan, vni: u32, bridge: u32, mtu: u32) -> Result<(), NetdevError> {
+    if !netns::is_netns(&local.netns) {
+        return Err(NetdevError::Namespace { path: local.netns.clone(), reason: "is not a network namespace".into() });
+    }
+    let (host, peer) = veth_names(&local.netns, vni);
+    kernel::add_veth(handle, &host, &peer, bridge, mtu).await?;
+    let configured = async {
+        kernel::move_to_netns(handle, &peer, &local.netns).await?;
+        let (mac, address, gateway) = (local.mac, local.address, local.gateway);
+        netns::netlink_in(&local.netns, move |handle| async move {
+            kernel::configure_sandbox_end(&handle, &peer, mac, mtu, address, gateway).await
+        })
+    }
+    .await;
+    if configured.is_err() {
+        if let Some(link) = kernel::links(handle).await?.get(&host) {
+            kernel::remove_link(handle, link.index).await?;
+        }
+    }
+    configured
+}
+
+async fn apply_entries(handle: &Handle, index: u32, diff: EntryDiff, report: &mut Report) -> Result<(), NetdevError> {
+    for (mac, vtep) in diff.set_fdb {
+        kernel::set_fdb(handle, index, mac, vtep).await?;
+        report.set += 1;
+    }
+    for (ip, mac) in diff.set_neighbours {
+        kernel::set_neighbour(handle, index, ip, mac).await?;
+        report.set += 1;
+    }
+    for (mac, vtep) in diff.remove_fdb {
+        kernel::remove_fdb(handle, index, mac, vtep).await?;
+        report.removed += 1;
+    }
+    for ip in diff.remove_neighbours {
+        kernel::remove_neighbour(handle, index, ip).await?;
+        report.removed += 1;
+    }
+    Ok(())
+}
+
+/// Removes mesh's devices that no plan wants: VXLAN devices first, then
+/// bridges, and host ends of veths (their sandbox ends go with them).
+async fn remove_unwanted(handle: &Handle, wanted: &BTreeSet<String>, report: &mut Report) -> Result<(), NetdevError> {
+    let links = kernel::links(handle).await?;
+    for prefix in ["mvx", "mve", "mbr"] {
+        for link in links.values().filter(|l| l.name.starts_with(prefix) && !wanted.contains(&l.name)) {
+            kernel::remove_link(handle, link.index).await?;
+            report.removed += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_added_repointed_and_removed_one_by_one() {
+        let ip = |d| Ipv4Addr::new(10, 0, 0, d);
+        let mac = |d| [2, 0x6d, 10, 0, 0, d];
+        let remotes = [
+            Remote { mac: mac(2), ip: ip(2), vtep: Ipv4Addr::new(198, 18, 0, 2) },
+            Remote { mac: mac(3), ip: ip(3), vtep: Ipv4Addr::new(198, 18, 0, 3) },
+        ];
+        let fdb = BTreeMap::from([(mac(2), Ipv4Addr::new(198, 18, 0, 9)), (mac(4), Ipv4Addr::new(198, 18, 0, 4))]);
+        let neighbours = BTreeMap::from([(ip(2), mac(2)), (ip(4), mac(4))]);
+        let diff = diff_entries(&remotes, &fdb, &neighbours);
+        assert_eq!(diff.set_fdb, vec![(mac(2), Ipv4Addr::new(198, 18, 0, 2)), (mac(3), Ipv4Addr::new(198, 18, 0, 3))]);
+        assert_eq!(diff.remove_fdb, vec![(mac(4), Ipv4Addr::new(198, 18, 0, 4))]);
+        assert_eq!(diff.set_neighbours, vec![(ip(3), mac(3))]);
+        assert_eq!(diff.remove_neighbours, vec![ip(4)]);
+        let settled = diff_entries(
+            &remotes,
+            &remotes.iter().map(|r| (r.mac, r.vtep)).collect(),
+            &remotes.iter().map(|r| (r.ip, r.mac)).collect(),
+        );
+        assert_eq!(settled, EntryDiff::default(), "a settled device needs nothing");
+    }
+
+    #[test]
+    fn names_fit_the_kernel_limit() {
+        assert!(vxlan_name(16_777_215).len() <= 15 && bridge_name(16_777_215).len() <= 15);
+        let (host, peer) = veth_names(Path::new("/run/netns/a-very-long-sandbox-name-indeed"), 16_777_215);
+        assert!(host.len() <= 15 && peer.len() <= 15 && host != peer);
+    }
+}
