@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::lab::Lab;
 
 /// Builds a 3-host lab, forms a cluster with `mesh init` and `mesh join`,
-/// creates the network `dev` and a sandbox per host (`svc1`-`svc3`), prints
-/// what the hosts see, and tears everything down.
+/// creates the network `dev` and a sandbox per host (`svc1`-`svc3`), pings
+/// svc1 from h2's svc2 across the VXLAN tunnel, shows the tunnel on the
+/// underlay and the tables the agent programmed, and tears everything down.
 pub fn run() -> anyhow::Result<()> {
     println!("== building a lab of 3 hosts (network namespaces on an underlay bridge)");
     let mut lab = Lab::new(3)?;
@@ -48,10 +51,43 @@ pub fn run() -> anyhow::Result<()> {
         })
     })?;
     println!("== every host holds the 3 endpoints, {} ms after the last create", took.as_millis());
-    println!("== h2: mesh network inspect dev (the replicated view; the VXLAN data plane and DNS come next)");
+    println!("== h2: mesh network inspect dev");
     print!("{}", lab.mesh_ok(2, &["network", "inspect", "dev"])?);
+    let dev: serde_json::Value =
+        serde_json::from_str(&lab.mesh_ok(2, &["network", "inspect", "dev", "--format", "json"])?)?;
+    let vni = dev["vni"].as_u64().unwrap_or_default();
+    let svc1 = dev["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == "svc1"))
+        .and_then(|e| e["ip"].as_str())
+        .context("svc1 has an address")?
+        .to_owned();
+    lab.wait_for("svc2 to reach svc1", Duration::from_secs(10), |lab| {
+        Ok(lab.sandbox_exec(2, "svc2", "ping", &["-c", "1", "-W", "1", &svc1])?.success)
+    })?;
+    println!("== h1: tcpdump -n -i eth0 udp port 4789 (the underlay), while h2's svc2 pings svc1 ({svc1}) by address");
+    lab.spawn(1, "tcpdump", "tcpdump", &["-l", "-n", "-c", "4", "-i", "eth0", "udp", "port", "4789"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ping = lab.sandbox_exec(2, "svc2", "ping", &["-c", "2", "-i", "0.2", &svc1])?;
+    print!("{}", indent(&ping.stdout));
+    let log = lab.spawn_log(1, "tcpdump");
+    lab.wait_for("tcpdump to see the tunnel", Duration::from_secs(5), |_| {
+        Ok(std::fs::read_to_string(&log)?.lines().filter(|l| l.contains("VXLAN")).count() >= 4)
+    })?;
+    print!("{}", indent(&std::fs::read_to_string(&log)?));
+    let vxlan = format!("mvx{vni}");
+    println!("== h2: bridge fdb show dev {vxlan} (programmed by the agent: MAC -> remote VTEP)");
+    print!("{}", indent(&lab.exec(2, "bridge", &["fdb", "show", "dev", &vxlan])?.stdout));
+    println!("== h2: ip neigh show dev {vxlan} (programmed by the agent: IP -> MAC)");
+    print!("{}", indent(&lab.exec(2, "ip", &["neigh", "show", "dev", &vxlan])?.stdout));
+    lab.kill_spawned();
     println!("== tearing the lab down");
     drop(lab);
     println!("== done");
     Ok(())
+}
+
+/// Indents every line of `text` by three spaces.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("   {l}\n")).collect()
 }
