@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::records::Driver;
-use mesh_membership::{MemberInfo, Membership, NodeId};
+use mesh_membership::{MemberInfo, Membership, NodeId, Status};
 use mesh_netdev::netns;
-use mesh_netdev::reconcile::{self, LocalPlan, NetworkPlan, Reconciler, Remote, Underlay};
+use mesh_netdev::reconcile::{self, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,12 @@ use crate::datadir::{Attachment, DataDir};
 pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// How long a down host's endpoints stay programmed.
 pub(crate) const DOWN_GRACE: Duration = Duration::from_secs(15);
+/// After start, how long the agent must have had an active peer (a sync
+/// round takes milliseconds) before it removes kernel entries: until then
+/// it only adds, so a restart never withdraws what its peers still hold.
+const WARM_AFTER_PEER: Duration = Duration::from_secs(2);
+/// After start, how long a node with no peer waits before removing.
+const WARM_ALONE: Duration = Duration::from_secs(20);
 
 /// This host's sandboxes and its end of the underlay.
 pub(crate) struct Dataplane {
@@ -102,6 +108,8 @@ impl Dataplane {
         };
         let mut views = membership.watch_view();
         let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+        let started = Instant::now();
+        let mut first_peer: Option<Instant> = None;
         let mut last_errors = Vec::new();
         loop {
             let Ok((view, members, me)) =
@@ -110,8 +118,13 @@ impl Dataplane {
                 break;
             };
             track_down(&view, &mut down_since);
+            if members.iter().skip(1).any(|m| matches!(m.status, Status::Alive | Status::Suspect)) {
+                first_peer.get_or_insert_with(Instant::now);
+            }
+            let warm = first_peer.is_some_and(|at| at.elapsed() >= WARM_AFTER_PEER) || started.elapsed() >= WARM_ALONE;
+            let mode = if warm { Mode::Full } else { Mode::AddOnly };
             let plans = self.plans(&view, &members, me, &down_since);
-            match kernel.reconcile(self.underlay, &plans).await {
+            match kernel.reconcile(self.underlay, &plans, mode).await {
                 Ok(report) => {
                     if report.set + report.removed > 0 {
                         tracing::debug!(set = report.set, removed = report.removed, "kernel reconciled");

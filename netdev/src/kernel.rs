@@ -289,6 +289,10 @@ fn mac_of(message: &NeighbourMessage) -> Option<[u8; 6]> {
 fn destination_of(message: &NeighbourMessage) -> Option<IpAddr> {
     message.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        // In an FDB (AF_BRIDGE) message the VTEP is not parsed as an address.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(|octets| IpAddr::V4(Ipv4Addr::from(octets)))
+        }
         _ => None,
     })
 }

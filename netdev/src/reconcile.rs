@@ -126,6 +126,15 @@ pub fn diff_entries(
     }
 }
 
+/// Whether a pass may remove what no plan wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Add and correct only.
+    AddOnly,
+    /// Add, correct and remove.
+    Full,
+}
+
 /// A netlink connection to the kernel of the namespace it was opened in.
 pub struct Reconciler {
     handle: Handle,
@@ -139,9 +148,16 @@ impl Reconciler {
         Ok(Self { handle, connection: tokio::spawn(connection) })
     }
 
-    /// Makes the kernel match `plans`.
-    pub async fn reconcile(&self, underlay: Underlay, plans: &[NetworkPlan]) -> Result<Report, NetdevError> {
-        reconcile(&self.handle, underlay, plans).await
+    /// Makes the kernel match `plans`. With `mode` [`Mode::AddOnly`]
+    /// nothing is removed: for an agent that just started and does not
+    /// yet hold its peers' records, so its restart loses no packet.
+    pub async fn reconcile(
+        &self,
+        underlay: Underlay,
+        plans: &[NetworkPlan],
+        mode: Mode,
+    ) -> Result<Report, NetdevError> {
+        reconcile(&self.handle, underlay, plans, mode).await
     }
 }
 
@@ -152,7 +168,12 @@ impl Drop for Reconciler {
 }
 
 /// Makes the kernel (the namespace of `handle`) match `plans`.
-async fn reconcile(handle: &Handle, underlay: Underlay, plans: &[NetworkPlan]) -> Result<Report, NetdevError> {
+async fn reconcile(
+    handle: &Handle,
+    underlay: Underlay,
+    plans: &[NetworkPlan],
+    mode: Mode,
+) -> Result<Report, NetdevError> {
     let (underlay_index, underlay_mtu) =
         kernel::interface_with(handle, underlay.local).await?.ok_or(NetdevError::NoUnderlay(underlay.local))?;
     let mut report = Report::default();
@@ -172,11 +193,13 @@ async fn reconcile(handle: &Handle, underlay: Underlay, plans: &[NetworkPlan]) -
             mtu,
             bridge,
         };
-        if let Err(error) = reconcile_network(handle, plan, mtu, spec, &mut report).await {
+        if let Err(error) = reconcile_network(handle, plan, mtu, spec, mode, &mut report).await {
             report.errors.push(format!("network vni {}: {error}", plan.vni));
         }
     }
-    remove_unwanted(handle, &wanted, &mut report).await?;
+    if mode == Mode::Full {
+        remove_unwanted(handle, &wanted, &mut report).await?;
+    }
     Ok(report)
 }
 
@@ -185,6 +208,7 @@ async fn reconcile_network(
     plan: &NetworkPlan,
     mtu: u32,
     spec: impl Fn(u32) -> VxlanSpec,
+    mode: Mode,
     report: &mut Report,
 ) -> Result<(), NetdevError> {
     let (bridge, vxlan) = (bridge_name(plan.vni), vxlan_name(plan.vni));
@@ -229,11 +253,15 @@ async fn reconcile_network(
             Err(error) => report.errors.push(format!("sandbox {}: {error}", local.netns.display())),
         }
     }
-    let diff = diff_entries(
+    let mut diff = diff_entries(
         &plan.remotes,
         &kernel::fdb(handle, vxlan_index).await?,
         &kernel::neighbours(handle, vxlan_index).await?,
     );
+    if mode == Mode::AddOnly {
+        diff.remove_fdb.clear();
+        diff.remove_neighbours.clear();
+    }
     apply_entries(handle, vxlan_index, diff, report).await
 }
 

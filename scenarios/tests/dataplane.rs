@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use mesh_scenarios::Lab;
+use mesh_scenarios::{run, Lab};
 use serde_json::Value;
 
 /// Generous bound on convergence waits (not a performance claim).
@@ -94,5 +94,108 @@ fn sandboxes_on_three_hosts_ping_each_other_over_vxlan() -> anyhow::Result<()> {
         ensure!(fdb.len() == 2, "h{i} fdb {fdb:?}");
     }
     lab.kill_spawned();
+    Ok(())
+}
+
+/// The FDB line for `mac` on host `i`'s VXLAN device, if any.
+fn fdb_line(lab: &Lab, i: usize, mac: &str) -> anyhow::Result<Option<String>> {
+    let fdb = lab.exec(i, "bridge", &["fdb", "show", "dev", "mvx4242"])?.stdout;
+    Ok(fdb.lines().find(|l| l.starts_with(mac) && l.contains(" dst ")).map(str::to_owned))
+}
+
+/// The MAC of endpoint `name`, from host 1's view.
+fn mac_of(lab: &Lab, name: &str) -> anyhow::Result<String> {
+    let dev: Value = serde_json::from_str(&lab.mesh_ok(1, &["network", "inspect", "dev", "--format", "json"])?)?;
+    let endpoint = dev["endpoints"].as_array().and_then(|e| e.iter().find(|e| e["name"] == name));
+    Ok(endpoint.and_then(|e| e["mac"].as_str()).context("endpoint has a MAC")?.to_owned())
+}
+
+#[test]
+fn what_is_deleted_by_hand_is_restored() -> anyhow::Result<()> {
+    let lab = cluster_with_sandboxes(2)?;
+    let (ip2, mac2) = (ip_of(&lab, "s2")?, mac_of(&lab, "s2")?);
+    lab.wait_for("s1 pings s2", CONVERGE, |lab| pings(lab, 1, "s1", &ip2))?;
+
+    let out = lab.exec(1, "bridge", &["fdb", "del", &mac2, "dev", "mvx4242", "dst", "198.18.0.2", "self"])?;
+    ensure!(out.success, "bridge fdb del: {}", out.stderr);
+    let took = lab.wait_for("the FDB entry back", CONVERGE, |lab| Ok(fdb_line(lab, 1, &mac2)?.is_some()))?;
+    println!("FDB entry restored after {took:?}");
+
+    ensure!(lab.exec(1, "ip", &["neigh", "del", &ip2, "dev", "mvx4242"])?.success, "ip neigh del");
+    let took = lab.wait_for("the neighbour entry back", CONVERGE, |lab| Ok(tables(lab, 1)?.1.contains(&ip2)))?;
+    println!("neighbour entry restored after {took:?}");
+
+    ensure!(lab.exec(1, "ip", &["link", "del", "mvx4242"])?.success, "ip link del");
+    let took = lab.wait_for("the tunnel back", CONVERGE, |lab| pings(lab, 1, "s1", &ip2))?;
+    println!("VXLAN device restored after {took:?}");
+    Ok(())
+}
+
+#[test]
+fn removed_sandboxes_go_and_a_moved_address_is_repointed() -> anyhow::Result<()> {
+    let lab = cluster_with_sandboxes(3)?;
+    let (ip2, mac2) = (ip_of(&lab, "s2")?, mac_of(&lab, "s2")?);
+    lab.wait_for("s1 pings s2", CONVERGE, |lab| pings(lab, 1, "s1", &ip2))?;
+
+    // The address moves from h2 to h3 at once.
+    lab.mesh_ok(2, &["sandbox", "rm", "s2"])?;
+    let gone = lab.sandbox_netns(2, "s2");
+    ensure!(
+        !run("ip", ["netns", "list"])?.stdout.lines().any(|l| l.split_whitespace().next() == Some(&gone)),
+        "{gone} remains"
+    );
+    lab.wait_for("h3 takes the address", CONVERGE, |lab| {
+        Ok(lab.mesh(3, &["sandbox", "create", "moved", "--network", "dev", "--ip", &ip2])?.success)
+    })?;
+    let took = lab.wait_for("h1 points the address at h3", CONVERGE, |lab| {
+        Ok(fdb_line(lab, 1, &mac2)?.is_some_and(|l| l.contains("dst 198.18.0.3")) && pings(lab, 1, "s1", &ip2)?)
+    })?;
+    println!("moved address repointed after {took:?}");
+    for i in [1, 2] {
+        let fdb = lab.exec(i, "bridge", &["fdb", "show", "dev", "mvx4242"])?.stdout;
+        ensure!(!fdb.contains("dst 198.18.0.2"), "h{i} still points somewhere at h2: {fdb}");
+    }
+
+    // Removing the last sandbox of a host removes the network's devices there.
+    lab.mesh_ok(1, &["sandbox", "rm", "s1"])?;
+    lab.wait_for("h1's devices removed", CONVERGE, |lab| {
+        Ok(!lab.exec(1, "ip", &["link", "show"])?.stdout.contains("mvx4242"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_cut_host_is_withdrawn_after_the_grace_period_and_restored() -> anyhow::Result<()> {
+    let lab = cluster_with_sandboxes(3)?;
+    let mac3 = mac_of(&lab, "s3")?;
+    lab.wait_for("h1 programs s3", CONVERGE, |lab| Ok(fdb_line(lab, 1, &mac3)?.is_some()))?;
+    lab.cut(3, true)?;
+    lab.wait_for("h1 sees h3 down", CONVERGE, |lab| Ok(lab.status_of(1, "h3")?.as_deref() == Some("down")))?;
+    ensure!(fdb_line(&lab, 1, &mac3)?.is_some(), "kept during the grace period");
+    let took =
+        lab.wait_for("s3 withdrawn on h1", Duration::from_secs(60), |lab| Ok(fdb_line(lab, 1, &mac3)?.is_none()))?;
+    println!("withdrawn {took:?} after h3 was seen down");
+    lab.cut(3, false)?;
+    lab.wait_for("s3 back on h1", Duration::from_secs(60), |lab| Ok(fdb_line(lab, 1, &mac3)?.is_some()))?;
+    Ok(())
+}
+
+#[test]
+fn restarting_an_agent_loses_no_packet() -> anyhow::Result<()> {
+    let mut lab = cluster_with_sandboxes(2)?;
+    let ip2 = ip_of(&lab, "s2")?;
+    lab.wait_for("s1 pings s2", CONVERGE, |lab| pings(lab, 1, "s1", &ip2))?;
+    let netns = format!("--net=/run/netns/{}", lab.sandbox_netns(1, "s1"));
+    // 20 packets a second for 6 s, across a restart of h1's agent.
+    lab.spawn(1, "ping", "nsenter", &[&netns, "ping", "-i", "0.05", "-c", "120", "-W", "1", &ip2])?;
+    std::thread::sleep(Duration::from_secs(1));
+    lab.terminate(1)?;
+    lab.start_agent(1, &[])?;
+    let log = lab.spawn_log(1, "ping");
+    lab.wait_for("the ping run to end", Duration::from_secs(20), |_| {
+        Ok(std::fs::read_to_string(&log)?.contains("packet loss"))
+    })?;
+    let summary = std::fs::read_to_string(&log)?;
+    ensure!(summary.contains(" 0% packet loss"), "packets lost across the restart:\n{summary}");
     Ok(())
 }
