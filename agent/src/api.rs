@@ -137,6 +137,9 @@ pub(crate) struct SandboxCreateBody {
     pub(crate) aliases: Vec<String>,
     /// A static address; allocated when absent.
     pub(crate) ip: Option<String>,
+    /// An existing network namespace to attach (a container's); a new
+    /// one named after the sandbox when absent.
+    pub(crate) netns: Option<String>,
 }
 
 /// A sandbox of this host: its endpoint, and the network it is on.

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -53,12 +53,42 @@ impl Dataplane {
         Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new() })
     }
 
-    /// Makes the namespace of sandbox `name` (`PREFIX` + `name`).
-    pub(crate) fn create_sandbox(&self, name: &str) -> Result<PathBuf, String> {
+    /// Checks that network `vni` can be built on this host.
+    pub(crate) async fn preflight(&self, vni: Option<u32>) -> Result<(), String> {
+        let Some(vni) = vni else { return Ok(()) };
+        let kernel = Reconciler::open().map_err(|e| e.to_string())?;
+        kernel.preflight(self.underlay, vni).await.map_err(|e| e.to_string())
+    }
+
+    /// Gives sandbox `name` a network stack: the namespace at `netns` if
+    /// given (a container's), else a new one named `PREFIX` + `name`.
+    pub(crate) fn create_sandbox(&self, name: &str, netns: Option<&Path>) -> Result<PathBuf, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         if attachments.contains_key(name) {
             return Err(format!("a sandbox named {name} already exists on this host"));
         }
+        let attachment = match netns {
+            Some(path) if !netns::is_netns(path) => {
+                return Err(format!(
+                    "{} is not a network namespace (give a path such as /proc/PID/ns/net or /run/netns/NAME)",
+                    path.display()
+                ))
+            }
+            Some(path) => Attachment { netns: path.to_owned(), created: false },
+            None => Attachment { netns: self.make_netns(name)?, created: true },
+        };
+        let path = attachment.netns.clone();
+        attachments.insert(name.to_owned(), attachment);
+        if let Err(error) = self.save(&attachments) {
+            if let Some(made) = attachments.remove(name).filter(|a| a.created) {
+                let _ = netns::remove(&made.netns);
+            }
+            return Err(error);
+        }
+        Ok(path)
+    }
+
+    fn make_netns(&self, name: &str) -> Result<PathBuf, String> {
         let netns_name = format!("{}{name}", self.prefix);
         if netns::path_of(&netns_name).exists() {
             return Err(format!(
@@ -70,11 +100,6 @@ impl Dataplane {
             let _ = netns::remove(&path);
             return Err(error.to_string());
         }
-        attachments.insert(name.to_owned(), Attachment { netns: path.clone(), created: true });
-        self.save(&attachments).inspect_err(|_| {
-            attachments.remove(name);
-            let _ = netns::remove(&path);
-        })?;
         Ok(path)
     }
 

@@ -161,6 +161,29 @@ impl Reconciler {
     }
 }
 
+impl Reconciler {
+    /// Checks, before anything is built, that network `vni` can be built
+    /// here: an interface holds the advertise address, and no device in
+    /// the way has other settings.
+    pub async fn preflight(&self, underlay: Underlay, vni: u32) -> Result<(), NetdevError> {
+        let (index, _) = kernel::interface_with(&self.handle, underlay.local)
+            .await?
+            .ok_or(NetdevError::NoUnderlay(underlay.local))?;
+        let links = kernel::links(&self.handle).await?;
+        if let Some(bridge) = links.get(&bridge_name(vni)).filter(|l| l.kind.as_deref() != Some("bridge")) {
+            return Err(NetdevError::Conflict(format!("{} exists and is not a bridge; remove it", bridge.name)));
+        }
+        match links.get(&vxlan_name(vni)) {
+            Some(link) => {
+                let wanted =
+                    VxlanSpec { vni, local: underlay.local, underlay: index, port: underlay.port, mtu: 0, bridge: 0 };
+                check_vxlan(link, &wanted)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Reconciler {
     fn drop(&mut self) {
         self.connection.abort();
@@ -198,7 +221,7 @@ async fn reconcile(
         }
     }
     if mode == Mode::Full {
-        remove_unwanted(handle, &wanted, &mut report).await?;
+        remove_unwanted(handle, underlay, &wanted, &mut report).await?;
     }
     Ok(report)
 }
@@ -325,12 +348,23 @@ async fn apply_entries(handle: &Handle, index: u32, diff: EntryDiff, report: &mu
     Ok(())
 }
 
-/// Removes mesh's devices that no plan wants: VXLAN devices first, then
-/// bridges, and host ends of veths (their sandbox ends go with them).
-async fn remove_unwanted(handle: &Handle, wanted: &BTreeSet<String>, report: &mut Report) -> Result<(), NetdevError> {
+/// Removes mesh's devices that no plan wants: VXLAN devices first (only
+/// those with this host's VTEP address and port: a device someone else
+/// made is left alone), then host ends of veths (their sandbox ends go
+/// with them), then bridges.
+async fn remove_unwanted(
+    handle: &Handle,
+    underlay: Underlay,
+    wanted: &BTreeSet<String>,
+    report: &mut Report,
+) -> Result<(), NetdevError> {
     let links = kernel::links(handle).await?;
+    let ours = |link: &Link| match link.vxlan {
+        Some((_, local, port)) => local == Some(underlay.local) && port == Some(underlay.port),
+        None => true,
+    };
     for prefix in ["mvx", "mve", "mbr"] {
-        for link in links.values().filter(|l| l.name.starts_with(prefix) && !wanted.contains(&l.name)) {
+        for link in links.values().filter(|l| l.name.starts_with(prefix) && !wanted.contains(&l.name) && ours(l)) {
             kernel::remove_link(handle, link.index).await?;
             report.removed += 1;
         }

@@ -199,3 +199,63 @@ fn restarting_an_agent_loses_no_packet() -> anyhow::Result<()> {
     ensure!(summary.contains(" 0% packet loss"), "packets lost across the restart:\n{summary}");
     Ok(())
 }
+
+/// Every sandbox namespace of host `i` that exists.
+fn sandbox_namespaces(lab: &Lab, i: usize) -> anyhow::Result<BTreeSet<String>> {
+    let prefix = lab.sandbox_netns(i, "");
+    let listing = run("ip", ["netns", "list"])?.stdout;
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+#[test]
+fn existing_namespaces_attach_and_bad_input_leaves_nothing_behind() -> anyhow::Result<()> {
+    let lab = cluster_with_sandboxes(2)?;
+    let ip2 = ip_of(&lab, "s2")?;
+
+    // A container's namespace, made outside mesh, is attached and detached.
+    let outside = lab.sandbox_netns(1, "outside");
+    ensure!(run("ip", ["netns", "add", &outside])?.success, "ip netns add");
+    let path = format!("/run/netns/{outside}");
+    lab.mesh_ok(1, &["sandbox", "create", "ext", "--network", "dev", "--netns", &path])?;
+    lab.wait_for("the attached namespace pings s2", CONVERGE, |lab| pings(lab, 1, "outside", &ip2))?;
+    lab.mesh_ok(1, &["sandbox", "rm", "ext"])?;
+    lab.wait_for("its interface removed", CONVERGE, |lab| {
+        Ok(!lab.sandbox_exec(1, "outside", "ip", &["link", "show", "eth0"])?.success)
+    })?;
+    ensure!(sandbox_namespaces(&lab, 1)?.contains(&outside), "a namespace mesh did not make is left alone");
+
+    let before = (sandbox_namespaces(&lab, 1)?, lab.mesh_ok(1, &["sandbox", "ls", "--format", "json"])?);
+    let out = lab.mesh(1, &["sandbox", "create", "bad", "--network", "dev", "--netns", "/etc/hostname"])?;
+    ensure!(!out.success && out.stderr.contains("is not a network namespace"), "--netns a file: {out:?}");
+
+    // A device in the way with other settings.
+    let made = lab.exec(
+        1,
+        "ip",
+        &["link", "add", "mvx5151", "type", "vxlan", "id", "77", "dstport", "4790", "local", "198.18.0.1"],
+    )?;
+    ensure!(made.success, "ip link add: {}", made.stderr);
+    lab.mesh_ok(1, &["network", "create", "other", "--vni", "5151"])?;
+    let out = lab.mesh(1, &["sandbox", "create", "bad", "--network", "other"])?;
+    ensure!(!out.success && out.stderr.contains("exists with other settings"), "a device in the way: {out:?}");
+    let after = (sandbox_namespaces(&lab, 1)?, lab.mesh_ok(1, &["sandbox", "ls", "--format", "json"])?);
+    ensure!(before == after, "bad input left something behind: {before:?} vs {after:?}");
+    Ok(())
+}
+
+#[test]
+fn an_advertise_address_on_no_interface_is_a_clear_error() -> anyhow::Result<()> {
+    let mut lab = Lab::new(1)?;
+    lab.start_agent(1, &["--advertise", "198.18.0.99"])?;
+    lab.mesh_ok(1, &["init"])?;
+    lab.mesh_ok(1, &["network", "create", "dev"])?;
+    let out = lab.mesh(1, &["sandbox", "create", "web", "--network", "dev"])?;
+    ensure!(!out.success && out.stderr.contains("advertise address 198.18.0.99"), "{}", out.stderr);
+    ensure!(sandbox_namespaces(&lab, 1)?.is_empty(), "nothing was built");
+    Ok(())
+}

@@ -3,9 +3,10 @@
 //! plane's.)
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use mesh_membership::records::view::View;
-use mesh_membership::records::{check_name, mac_for, EndpointSpec, RecordKey, MAX_ALIASES};
+use mesh_membership::records::{check_name, mac_for, Driver, EndpointSpec, RecordKey, MAX_ALIASES};
 use mesh_membership::{Core, NodeId};
 
 use super::bodies::{self, Names};
@@ -20,8 +21,17 @@ impl Agent {
     pub(crate) async fn sandbox_create(&self, body: SandboxCreateBody) -> Result<SandboxBody, AgentError> {
         let name = body.name.clone();
         check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        self.require_membership()?;
-        self.dataplane.create_sandbox(&name).map_err(AgentError::Conflict)?;
+        let network = body.network.clone();
+        let vni = self
+            .read(move |core| {
+                let view = core.view();
+                let network = view.network(&network).ok_or_else(|| no_such_network(&network))?;
+                Ok::<_, AgentError>((network.spec.driver == Driver::Overlay).then_some(network.spec.vni))
+            })
+            .await??;
+        self.dataplane.preflight(vni).await.map_err(AgentError::Conflict)?;
+        let netns = body.netns.as_deref().map(Path::new);
+        self.dataplane.create_sandbox(&name, netns).map_err(AgentError::Conflict)?;
         let created = self
             .change(move |core, now| {
                 let spec = endpoint_spec(core, &body)?;

@@ -35,6 +35,10 @@ struct CreateArgs {
     /// A static address on the network's subnet; allocated by default.
     #[arg(long)]
     ip: Option<String>,
+    /// Attach this existing network namespace (a container's, e.g.
+    /// /proc/PID/ns/net) instead of creating one named after the sandbox.
+    #[arg(long)]
+    netns: Option<String>,
     #[command(flatten)]
     output: OutputOpts,
 }
@@ -56,6 +60,7 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
                 network: create.network.clone(),
                 aliases: create.aliases.clone(),
                 ip: create.ip.clone(),
+                netns: create.netns.clone(),
             };
             let sandbox: SandboxBody = create.output.client.client().post(api::SANDBOXES, &body).await?;
             match create.output.format {
