@@ -146,6 +146,8 @@ pub(crate) struct SandboxCreateBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SandboxBody {
     pub(crate) network: String,
+    /// The sandbox's network namespace on this host.
+    pub(crate) netns: Option<String>,
     #[serde(flatten)]
     pub(crate) endpoint: EndpointBody,
 }

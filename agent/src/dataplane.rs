@@ -20,7 +20,7 @@ use mesh_membership::records::Driver;
 use mesh_membership::{MemberInfo, Membership, NodeId, Status};
 use mesh_netdev::netns;
 use mesh_netdev::reconcile::{self, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::datadir::{Attachment, DataDir};
@@ -44,13 +44,16 @@ pub(crate) struct Dataplane {
     underlay: Underlay,
     attachments: Mutex<BTreeMap<String, Attachment>>,
     changed: Notify,
+    /// The namespaces wired to their network by the last pass.
+    wired: watch::Sender<Vec<PathBuf>>,
 }
 
 impl Dataplane {
     /// The data plane of a host whose VTEP is `local`.
     pub(crate) fn open(datadir: DataDir, prefix: String, underlay: Underlay) -> anyhow::Result<Self> {
         let attachments = Mutex::new(datadir.attachments()?);
-        Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new() })
+        let (wired, _) = watch::channel(Vec::new());
+        Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new(), wired })
     }
 
     /// Checks that network `vni` can be built on this host.
@@ -116,6 +119,20 @@ impl Dataplane {
         Ok(true)
     }
 
+    /// The namespace of sandbox `name`, if it is attached.
+    pub(crate) fn netns_of(&self, name: &str) -> Option<PathBuf> {
+        let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
+        attachments.get(name).map(|a| a.netns.clone())
+    }
+
+    /// Waits until the sandbox at `netns` is wired to its network (at
+    /// most `limit`); returns whether it is.
+    pub(crate) async fn wait_wired(&self, netns: &Path, limit: Duration) -> bool {
+        let mut wired = self.wired.subscribe();
+        let waited = tokio::time::timeout(limit, wired.wait_for(|paths| paths.iter().any(|p| p == netns))).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
     /// Reconciles now rather than at the next period.
     pub(crate) fn poke(&self) {
         self.changed.notify_one();
@@ -151,6 +168,7 @@ impl Dataplane {
             let plans = self.plans(&view, &members, me, &down_since);
             match kernel.reconcile(self.underlay, &plans, mode).await {
                 Ok(report) => {
+                    self.wired.send_replace(report.wired.clone());
                     if report.set + report.removed > 0 {
                         tracing::debug!(set = report.set, removed = report.removed, "kernel reconciled");
                     }

@@ -71,6 +71,8 @@ pub struct Report {
     pub removed: usize,
     /// What failed (the rest of the pass went on).
     pub errors: Vec<String>,
+    /// The sandboxes (namespaces) wired to their network after the pass.
+    pub wired: Vec<PathBuf>,
 }
 
 /// The bridge of network `vni`.
@@ -269,10 +271,14 @@ async fn reconcile_network(
     for local in &plan.locals {
         let (host, _) = veth_names(&local.netns, plan.vni);
         if links.contains_key(&host) {
+            report.wired.push(local.netns.clone());
             continue;
         }
         match attach(handle, local, plan.vni, bridge_index, mtu).await {
-            Ok(()) => report.set += 1,
+            Ok(()) => {
+                report.set += 1;
+                report.wired.push(local.netns.clone());
+            }
             Err(error) => report.errors.push(format!("sandbox {}: {error}", local.netns.display())),
         }
     }

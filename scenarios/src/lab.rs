@@ -182,7 +182,9 @@ impl Lab {
     pub fn mesh(&self, i: usize, args: &[&str]) -> anyhow::Result<Output> {
         let socket = self.socket(i);
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--socket", socket.to_str().context("socket path is not UTF-8")?]);
+        // Before `--`, after which everything belongs to `mesh run`'s command.
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.splice(at..at, ["--socket", socket.to_str().context("socket path is not UTF-8")?]);
         run(self.mesh.to_str().context("mesh path is not UTF-8")?, all)
     }
 

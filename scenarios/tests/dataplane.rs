@@ -259,3 +259,24 @@ fn an_advertise_address_on_no_interface_is_a_clear_error() -> anyhow::Result<()>
     ensure!(sandbox_namespaces(&lab, 1)?.is_empty(), "nothing was built");
     Ok(())
 }
+
+#[test]
+fn mesh_run_runs_a_command_in_a_sandbox_and_a_null_network_has_loopback_only() -> anyhow::Result<()> {
+    let lab = cluster_with_sandboxes(2)?;
+    let ip2 = ip_of(&lab, "s2")?;
+    // Wired before `sandbox create` returns: a command can use it at once.
+    let out = lab.mesh(1, &["run", "--network", "dev", "--name", "job", "--", "ping", "-c", "1", "-W", "2", &ip2])?;
+    ensure!(out.success && out.stdout.contains("1 received"), "mesh run ping: {out:?}");
+    let own = lab.mesh_ok(1, &["sandbox", "ls", "--format", "json"])?;
+    ensure!(!own.contains("\"job\""), "the run's sandbox is removed: {own}");
+    ensure!(!sandbox_namespaces(&lab, 1)?.contains(&lab.sandbox_netns(1, "job")), "and its namespace");
+    let out = lab.mesh(1, &["run", "--network", "dev", "--", "false"])?;
+    ensure!(!out.success, "the command's failure is mesh run's");
+
+    lab.mesh_ok(1, &["network", "create", "nothing", "--driver", "null"])?;
+    lab.mesh_ok(1, &["sandbox", "create", "lonely", "--network", "nothing"])?;
+    let links = lab.sandbox_exec(1, "lonely", "ip", &["-o", "link", "show"])?.stdout;
+    ensure!(links.lines().count() == 1 && links.contains("lo:") && links.contains("UP"), "loopback only, up: {links}");
+    ensure!(lab.sandbox_exec(1, "lonely", "ping", &["-c", "1", "-W", "1", "127.0.0.1"])?.success, "loopback answers");
+    Ok(())
+}

@@ -76,5 +76,5 @@ pub(super) fn endpoint(endpoint: &EndpointView, names: &Names) -> EndpointBody {
 
 /// A sandbox of this host.
 pub(super) fn sandbox(view: &EndpointView, names: &Names) -> SandboxBody {
-    SandboxBody { network: view.spec.network.clone(), endpoint: endpoint(view, names) }
+    SandboxBody { network: view.spec.network.clone(), netns: None, endpoint: endpoint(view, names) }
 }

@@ -15,6 +15,9 @@ use super::{unix_ms, Agent, AgentError};
 use crate::api::{SandboxBody, SandboxCreateBody};
 use crate::ipam;
 
+/// How long `sandbox create` waits for the sandbox to be wired.
+const WIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Agent {
     /// Creates a sandbox's endpoint on a network, with a free address or
     /// the one asked for.
@@ -31,7 +34,7 @@ impl Agent {
             .await??;
         self.dataplane.preflight(vni).await.map_err(AgentError::Conflict)?;
         let netns = body.netns.as_deref().map(Path::new);
-        self.dataplane.create_sandbox(&name, netns).map_err(AgentError::Conflict)?;
+        let netns = self.dataplane.create_sandbox(&name, netns).map_err(AgentError::Conflict)?;
         let created = self
             .change(move |core, now| {
                 let spec = endpoint_spec(core, &body)?;
@@ -40,7 +43,7 @@ impl Agent {
             })
             .await;
         let sandbox = match created {
-            Ok(sandbox) => sandbox,
+            Ok(sandbox) => SandboxBody { netns: Some(netns.display().to_string()), ..sandbox },
             Err(error) => {
                 if let Err(cleanup) = self.dataplane.remove_sandbox(&name) {
                     tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
@@ -49,20 +52,30 @@ impl Agent {
             }
         };
         self.dataplane.poke();
+        if vni.is_some() && !self.dataplane.wait_wired(&netns, WIRE_LIMIT).await {
+            return Err(AgentError::Internal(anyhow::anyhow!(
+                "sandbox {name} is created but not wired to its network yet (the agent log says why); it keeps trying"
+            )));
+        }
         tracing::info!(sandbox = %name, network = %sandbox.network, ip = ?sandbox.endpoint.ip, "created sandbox");
         Ok(sandbox)
     }
 
     /// This host's sandboxes, by name.
     pub(crate) async fn sandboxes(&self) -> Result<Vec<SandboxBody>, AgentError> {
-        self.read(|core| {
-            let (view, names, me) = (core.view(), Names::new(&core.members()), core.identity().id);
-            let mut own: Vec<SandboxBody> =
-                view.endpoints().filter(|e| e.owner == me).map(|e| bodies::sandbox(e, &names)).collect();
-            own.sort_by(|a, b| a.endpoint.name.cmp(&b.endpoint.name));
-            own
-        })
-        .await
+        let mut own = self
+            .read(|core| {
+                let (view, names, me) = (core.view(), Names::new(&core.members()), core.identity().id);
+                let own: Vec<SandboxBody> =
+                    view.endpoints().filter(|e| e.owner == me).map(|e| bodies::sandbox(e, &names)).collect();
+                own
+            })
+            .await?;
+        for sandbox in &mut own {
+            sandbox.netns = self.dataplane.netns_of(&sandbox.endpoint.name).map(|p| p.display().to_string());
+        }
+        own.sort_by(|a, b| a.endpoint.name.cmp(&b.endpoint.name));
+        Ok(own)
     }
 
     /// Removes this host's sandbox `name`.

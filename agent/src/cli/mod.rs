@@ -6,12 +6,15 @@ mod join;
 mod leave;
 mod members;
 mod network;
+mod run;
 mod sandbox;
 mod status;
 mod table;
 mod token;
 
 use std::path::PathBuf;
+
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -46,6 +49,9 @@ enum Command {
     Network(network::NetworkArgs),
     /// Create, list and remove this host's sandboxes.
     Sandbox(sandbox::SandboxArgs),
+    /// Run a command in a fresh sandbox on a network; the sandbox is
+    /// removed when the command exits.
+    Run(run::RunArgs),
 }
 
 /// How a client command reaches its agent.
@@ -81,14 +87,14 @@ enum Format {
 }
 
 /// Parses the command line and runs the command.
-pub(crate) fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     if let Command::Agent(args) = cli.command {
-        return agent::run(args);
+        return agent::run(args).map(|()| ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Agent(_) => unreachable!("handled above"),
             Command::Init(opts) => init::run(&opts).await,
             Command::Join(args) => join::run(&args).await,
@@ -98,7 +104,9 @@ pub(crate) fn run() -> anyhow::Result<()> {
             Command::Status(opts) => status::run(&opts).await,
             Command::Network(args) => network::run(&args).await,
             Command::Sandbox(args) => sandbox::run(&args).await,
-        }
+            Command::Run(args) => return run::run(&args).await,
+        };
+        done.map(|()| ExitCode::SUCCESS)
     })
 }
 
