@@ -33,5 +33,6 @@ ensure_rust() {
 }
 
 # What the lab and the tests use: ip/bridge, nsenter/setpriv, ping, tcpdump,
-# serf for the membership baseline, nftables for loss injection.
-LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables)
+# serf for the membership baseline, nftables for loss injection, iperf3 for
+# the overlay benchmark.
+LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3)

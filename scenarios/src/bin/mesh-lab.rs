@@ -60,6 +60,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Measure iperf3 across the overlay between two hosts, beside a
+    /// hand-built VXLAN pair and the raw underlay.
+    BenchOverlay {
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Remove namespaces and agents left by lab runs that crashed.
     Clean,
 }
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::BenchMembership { hosts, no_serf } => bench::membership::run(hosts, !no_serf),
         Command::BenchRecords { hosts, changes, no_serf } => bench::records::run(hosts, changes, !no_serf),
+        Command::BenchOverlay { seconds } => bench::overlay::run(seconds),
         Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => bench::sim::run(&bench::sim::SimBench {
             nodes,
             changes,

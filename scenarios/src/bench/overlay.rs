@@ -1,0 +1,114 @@
+//! Throughput across the overlay: iperf3 between sandboxes on two lab
+//! hosts (mesh's bridge, veth and VXLAN device), beside iperf3 over a
+//! VXLAN pair built by hand with `ip` between the same hosts, and over the
+//! raw underlay, in the same run. The agent is not in the data path, so
+//! the overlay should match the hand-built pair.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::median;
+use crate::lab::Lab;
+
+/// Measures for `seconds` each (three rounds) and prints the table.
+pub fn run(seconds: u32) -> anyhow::Result<()> {
+    let mut lab = Lab::new(2)?;
+    println!("overlay throughput on 2 lab hosts, {seconds} s per figure");
+    lab.form_cluster()?;
+    lab.wait_for("both alive", Duration::from_secs(30), |lab| {
+        Ok(lab.members_api(1)?.iter().filter(|m| m.status == "alive").count() == 2)
+    })?;
+    lab.mesh_ok(1, &["network", "create", "bench", "--subnet", "10.77.0.0/24", "--vni", "7777"])?;
+    lab.wait_for("the network on h2", Duration::from_secs(30), |lab| {
+        Ok(lab.mesh(2, &["network", "inspect", "bench"])?.success)
+    })?;
+    lab.mesh_ok(1, &["sandbox", "create", "client", "--network", "bench", "--ip", "10.77.0.10"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "server", "--network", "bench", "--ip", "10.77.0.20"])?;
+
+    // The hand-built pair: the same path as mesh's (a namespace, a veth,
+    // a bridge, a VXLAN device) made with `ip`, with no agent involved.
+    for (i, local, remote) in [(1, "198.18.0.1", "198.18.0.2"), (2, "198.18.0.2", "198.18.0.1")] {
+        let hand = lab.sandbox_netns(i, "hand");
+        let address = format!("10.88.0.{i}/24");
+        run_all(&["netns", "add", &hand], |args| crate::run("ip", args))?;
+        let in_host: [&[&str]; 6] = [
+            &["link", "add", "hbr", "type", "bridge"],
+            &["link", "set", "hbr", "up"],
+            &[
+                "link", "add", "hvx", "type", "vxlan", "id", "8888", "local", local, "remote", remote, "dstport",
+                "4799", "dev", "eth0",
+            ],
+            &["link", "set", "hvx", "master", "hbr", "mtu", "1450", "up"],
+            &["link", "add", "hve", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", &hand],
+            &["link", "set", "hve", "master", "hbr", "up"],
+        ];
+        for args in in_host {
+            run_all(args, |args| lab.exec(i, "ip", args))?;
+        }
+        let in_sandbox: [&[&str]; 3] = [
+            &["link", "set", "lo", "up"],
+            &["link", "set", "eth0", "mtu", "1450", "up"],
+            &["addr", "add", &address, "dev", "eth0"],
+        ];
+        for args in in_sandbox {
+            run_all(args, |args| lab.sandbox_exec(i, "hand", "ip", args))?;
+        }
+    }
+
+    // Alternate the three, three times, and keep each one's median.
+    let (mut mesh, mut hand, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        mesh.push(measure(&mut lab, seconds, Some("server"), "10.77.0.20", Some("client"))?);
+        hand.push(measure(&mut lab, seconds, Some("hand"), "10.88.0.2", Some("hand"))?);
+        raw.push(measure(&mut lab, seconds, None, "198.18.0.2", None)?);
+    }
+    let (mesh, hand, raw) = (median(&mut mesh), median(&mut hand), median(&mut raw));
+    println!();
+    println!("| figure, iperf3 TCP, {seconds} s | Gbit/s | ratio to the hand-built VXLAN pair (same run) |");
+    println!("|---|---|---|");
+    println!("| mesh overlay, sandbox to sandbox | {mesh:.2} | {:.3} |", mesh / hand);
+    println!("| hand-built VXLAN pair, sandbox to sandbox (same path, no agent) | {hand:.2} | 1.000 |");
+    println!("| raw underlay, host to host | {raw:.2} | {:.3} |", raw / hand);
+    Ok(())
+}
+
+/// Runs one `ip` command through `run`, failing with its error.
+fn run_all(args: &[&str], run: impl Fn(&[&str]) -> anyhow::Result<crate::Output>) -> anyhow::Result<()> {
+    let out = run(args)?;
+    if !out.success {
+        bail!("ip {}: {}", args.join(" "), out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// Runs an iperf3 server in `server_sandbox` on h2 (or h2 itself) and a
+/// client in `client_sandbox` on h1 (or h1 itself) against `address`;
+/// returns the received throughput in Gbit/s.
+fn measure(
+    lab: &mut Lab,
+    seconds: u32,
+    server_sandbox: Option<&str>,
+    address: &str,
+    client_sandbox: Option<&str>,
+) -> anyhow::Result<f64> {
+    let server_netns = match server_sandbox {
+        Some(name) => lab.sandbox_netns(2, name),
+        None => lab.netns(2).to_owned(),
+    };
+    lab.spawn(2, "iperf3-server", "nsenter", &[&format!("--net=/run/netns/{server_netns}"), "iperf3", "-s", "-1"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let time = seconds.to_string();
+    let args = ["-c", address, "-t", &time, "-J"];
+    let out = match client_sandbox {
+        Some(name) => lab.sandbox_exec(1, name, "iperf3", &args)?,
+        None => lab.exec(1, "iperf3", &args)?,
+    };
+    lab.kill_spawned();
+    if !out.success {
+        bail!("iperf3 to {address}: {}", out.stderr.trim());
+    }
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).context("iperf3 JSON")?;
+    let bits = report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 reported no throughput")?;
+    Ok(bits / 1e9)
+}
