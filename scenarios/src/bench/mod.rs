@@ -5,11 +5,14 @@
 //!   CPU, beside Serf on the same lab.
 //! - [`records`]: how fast a sandbox reaches every host's view, beside a
 //!   Serf user event on the same lab.
+//! - [`entries`]: 10,000 remote endpoints programmed into one host,
+//!   beside iproute2's batch mode.
 //! - [`overlay`]: iperf3 across the overlay, beside a hand-built VXLAN
 //!   pair and the raw underlay.
 //! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
 //!   beside memberlist's gossip model on the same simulated network.
 
+pub mod entries;
 pub mod membership;
 pub mod overlay;
 pub mod records;

@@ -67,6 +67,13 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// Measure programming N remote endpoints into one host, beside
+    /// iproute2's batch mode.
+    BenchEntries {
+        /// Number of remote endpoints.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+    },
     /// Remove namespaces and agents left by lab runs that crashed.
     Clean,
 }
@@ -82,6 +89,7 @@ fn main() -> ExitCode {
         Command::BenchMembership { hosts, no_serf } => bench::membership::run(hosts, !no_serf),
         Command::BenchRecords { hosts, changes, no_serf } => bench::records::run(hosts, changes, !no_serf),
         Command::BenchOverlay { seconds } => bench::overlay::run(seconds),
+        Command::BenchEntries { count } => bench::entries::run(count),
         Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => bench::sim::run(&bench::sim::SimBench {
             nodes,
             changes,

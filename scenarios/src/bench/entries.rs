@@ -1,0 +1,116 @@
+//! Programming many remote endpoints into one host: mesh's reconciler
+//! (dump, diff, pipelined requests) taking a view of N remote endpoints
+//! from nothing to the kernel, beside the same entries given to iproute2
+//! in batch mode (`bridge -batch`, `ip -batch`), in the same run; and the
+//! cost of a steady-state pass (dump and diff, nothing to change).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mesh_netdev::netns;
+use mesh_netdev::reconcile::{vxlan_name, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
+
+use crate::lab::{host_ip, Lab};
+
+/// The VNI the benchmark uses.
+const VNI: u32 = 9999;
+
+/// Measures with `count` remote endpoints and prints the table.
+pub fn run(count: usize) -> anyhow::Result<()> {
+    if count == 0 || count > 60_000 {
+        bail!("give between 1 and 60000 endpoints");
+    }
+    let lab = Lab::new(1)?;
+    println!("programming {count} remote endpoints (FDB + neighbour) into one lab host");
+    let host = PathBuf::from(format!("/run/netns/{}", lab.netns(1)));
+    let sandbox = lab.sandbox_netns(1, "local");
+    let remotes: Vec<Remote> = (0..count).map(remote).collect();
+    let figures = netns::run_in(&host, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(mesh_netdev::NetdevError::Socket)?;
+        runtime.block_on(measure(sandbox, remotes))
+    })?;
+    let (mesh, steady) = figures;
+    let batch = iproute2_batch(&lab, count)?;
+    println!();
+    println!("| figure, {count} remote endpoints | mesh | iproute2 batch (same run) | mesh / batch |");
+    println!("|---|---|---|---|");
+    println!(
+        "| from nothing to every entry in the kernel | {:.3} s | {:.3} s | {:.2} |",
+        mesh.as_secs_f64(),
+        batch.as_secs_f64(),
+        mesh.as_secs_f64() / batch.as_secs_f64()
+    );
+    println!("| a steady-state pass (dump + diff, no change) | {:.1} ms | - | - |", steady.as_secs_f64() * 1000.0);
+    println!("(a pass runs on every view change and every 2 s: its CPU is the steady-state cost)");
+    Ok(())
+}
+
+/// Remote endpoint `k`: an address in 10.128.0.0/10 and one of 200 VTEPs.
+fn remote(k: usize) -> Remote {
+    let k = u32::try_from(k).unwrap_or(u32::MAX);
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 2)) + k);
+    let [a, b, c, d] = ip.octets();
+    Remote { mac: [0x02, 0x6d, a, b, c, d], ip, vtep: host_ip(2 + (k as usize % 200)) }
+}
+
+async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Duration), mesh_netdev::NetdevError> {
+    let local = netns::create(&sandbox)?;
+    mesh_netdev::reconcile::prepare_sandbox(&local)?;
+    let kernel = Reconciler::open()?;
+    let underlay = Underlay { local: host_ip(1), port: 4789 };
+    let plan = |remotes: Vec<Remote>| NetworkPlan {
+        vni: VNI,
+        mtu: None,
+        locals: vec![LocalPlan {
+            netns: local.clone(),
+            mac: [2, 0x6d, 10, 127, 0, 1],
+            address: Some((Ipv4Addr::new(10, 127, 0, 1), 10)),
+            gateway: None,
+        }],
+        remotes,
+    };
+    kernel.reconcile(underlay, &[plan(Vec::new())], Mode::Full).await?;
+    let full = [plan(remotes)];
+    let start = Instant::now();
+    let report = kernel.reconcile(underlay, &full, Mode::Full).await?;
+    let programmed = start.elapsed();
+    if !report.errors.is_empty() {
+        return Err(mesh_netdev::NetdevError::Conflict(report.errors.join("; ")));
+    }
+    let start = Instant::now();
+    kernel.reconcile(underlay, &full, Mode::Full).await?;
+    let steady = start.elapsed();
+    kernel.reconcile(underlay, &[plan(Vec::new())], Mode::Full).await?;
+    Ok((programmed, steady))
+}
+
+/// The same entries through `bridge -batch` and `ip -batch`; returns the time both took.
+fn iproute2_batch(lab: &Lab, count: usize) -> anyhow::Result<Duration> {
+    let device = vxlan_name(VNI);
+    let dir = tempfile::Builder::new().prefix("mesh-bench-entries-").tempdir()?;
+    let (mut fdb, mut neigh) = (String::new(), String::new());
+    for remote in (0..count).map(remote) {
+        let mac: Vec<String> = remote.mac.iter().map(|b| format!("{b:02x}")).collect();
+        let mac = mac.join(":");
+        writeln!(fdb, "fdb add {mac} dev {device} dst {} self permanent", remote.vtep)?;
+        writeln!(neigh, "neigh add {} lladdr {mac} dev {device} nud permanent", remote.ip)?;
+    }
+    let (fdb_file, neigh_file) = (dir.path().join("fdb"), dir.path().join("neigh"));
+    std::fs::write(&fdb_file, fdb)?;
+    std::fs::write(&neigh_file, neigh)?;
+    // The device exists (the reconciler made it and removed only the entries).
+    let start = Instant::now();
+    for (tool, file) in [("bridge", &fdb_file), ("ip", &neigh_file)] {
+        let out = lab.exec(1, tool, &["-batch", file.to_str().context("temp path")?])?;
+        if !out.success {
+            bail!("{tool} -batch: {}", out.stderr.lines().next().unwrap_or_default());
+        }
+    }
+    Ok(start.elapsed())
+}
