@@ -212,29 +212,32 @@ pub async fn configure_sandbox_end(
 
 /// The permanent FDB entries (MAC → VTEP) on the device `index`.
 pub async fn fdb(handle: &Handle, index: u32) -> Result<BTreeMap<[u8; 6], Ipv4Addr>, NetdevError> {
-    let mut out = BTreeMap::new();
-    let mut stream = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-    while let Some(message) = stream.try_next().await.map_err(netlink("fdb dump"))? {
-        if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
-            continue;
-        }
-        if let (Some(mac), Some(IpAddr::V4(dst))) = (mac_of(&message), destination_of(&message)) {
-            out.insert(mac, dst);
-        }
-    }
-    Ok(out)
+    let entries = permanent_entries(handle, AddressFamily::Bridge, index, "fdb dump").await?;
+    Ok(entries.into_iter().collect())
 }
 
 /// The permanent neighbour entries (IP → MAC) on the device `index`.
 pub async fn neighbours(handle: &Handle, index: u32) -> Result<BTreeMap<Ipv4Addr, [u8; 6]>, NetdevError> {
-    let mut out = BTreeMap::new();
-    let mut stream = handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
-    while let Some(message) = stream.try_next().await.map_err(netlink("neighbour dump"))? {
+    let entries = permanent_entries(handle, AddressFamily::Inet, index, "neighbour dump").await?;
+    Ok(entries.into_iter().map(|(mac, ip)| (ip, mac)).collect())
+}
+
+/// The (MAC, IPv4 address) pairs of the permanent entries of `family`
+/// on the device `index`.
+async fn permanent_entries(
+    handle: &Handle,
+    family: AddressFamily,
+    index: u32,
+    what: &'static str,
+) -> Result<Vec<([u8; 6], Ipv4Addr)>, NetdevError> {
+    let mut out = Vec::new();
+    let mut stream = handle.neighbours().get().set_address_family(family).execute();
+    while let Some(message) = stream.try_next().await.map_err(netlink(what))? {
         if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
             continue;
         }
         if let (Some(mac), Some(IpAddr::V4(ip))) = (mac_of(&message), destination_of(&message)) {
-            out.insert(ip, mac);
+            out.push((mac, ip));
         }
     }
     Ok(out)
