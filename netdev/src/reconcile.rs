@@ -90,13 +90,28 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("mvx{vni}")
 }
 
-/// The host and sandbox ends of the veth pair of the sandbox at `netns` on network `vni`.
-pub fn veth_names(netns: &Path, vni: u32) -> (String, String) {
+/// The host and sandbox ends of the veth pair of sandbox `local` on
+/// network `vni`. The name covers the sandbox's MAC and address, so a
+/// sandbox whose address changes (after a conflict) gets a new pair.
+pub fn veth_names(local: &LocalPlan, vni: u32) -> (String, String) {
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in netns.as_os_str().as_encoded_bytes().iter().chain(&vni.to_le_bytes()) {
+    let address = local.address.map(|(ip, prefix)| (ip.octets(), prefix));
+    let identity = wiring_bytes(&local.mac, address, vni);
+    for byte in local.netns.as_os_str().as_encoded_bytes().iter().chain(&identity) {
         hash = (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193);
     }
     (format!("mve{hash:08x}"), format!("mvp{hash:08x}"))
+}
+
+/// The bytes that tell one wiring of a sandbox from another.
+fn wiring_bytes(mac: &[u8; 6], address: Option<([u8; 4], u8)>, vni: u32) -> Vec<u8> {
+    let mut bytes = mac.to_vec();
+    if let Some((ip, prefix)) = address {
+        bytes.extend(ip);
+        bytes.push(prefix);
+    }
+    bytes.extend(vni.to_le_bytes());
+    bytes
 }
 
 /// Entry changes on one VXLAN device.
@@ -209,12 +224,17 @@ async fn reconcile(
     let mut report = Report::default();
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     for plan in plans {
-        let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
         wanted.insert(bridge_name(plan.vni));
         wanted.insert(vxlan_name(plan.vni));
-        for local in &plan.locals {
-            wanted.insert(veth_names(&local.netns, plan.vni).0);
-        }
+        wanted.extend(plan.locals.iter().map(|local| veth_names(local, plan.vni).0));
+    }
+    // Removals first: a sandbox whose address changed gets a new veth, and
+    // its old one (holding `eth0` in the sandbox) must go before.
+    if mode == Mode::Full {
+        remove_unwanted(handle, underlay, &wanted, &mut report).await?;
+    }
+    for plan in plans {
+        let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
         let spec = |bridge| VxlanSpec {
             vni: plan.vni,
             local: underlay.local,
@@ -226,9 +246,6 @@ async fn reconcile(
         if let Err(error) = reconcile_network(handle, plan, mtu, spec, mode, &mut report).await {
             report.errors.push(format!("network vni {}: {error}", plan.vni));
         }
-    }
-    if mode == Mode::Full {
-        remove_unwanted(handle, underlay, &wanted, &mut report).await?;
     }
     Ok(report)
 }
@@ -274,7 +291,7 @@ async fn reconcile_network(
         report.set += 1;
     }
     for local in &plan.locals {
-        let (host, _) = veth_names(&local.netns, plan.vni);
+        let (host, _) = veth_names(local, plan.vni);
         if links.contains_key(&host) {
             report.wired.push(local.netns.clone());
             continue;
@@ -321,7 +338,7 @@ async fn attach(handle: &Handle, local: &LocalPlan, vni: u32, bridge: u32, mtu: 
     if !netns::is_netns(&local.netns) {
         return Err(NetdevError::Namespace { path: local.netns.clone(), reason: "is not a network namespace".into() });
     }
-    let (host, peer) = veth_names(&local.netns, vni);
+    let (host, peer) = veth_names(local, vni);
     kernel::add_veth(handle, &host, &peer, bridge, mtu).await?;
     let configured = async {
         kernel::move_to_netns(handle, &peer, &local.netns).await?;
@@ -424,7 +441,15 @@ mod tests {
     #[test]
     fn names_fit_the_kernel_limit() {
         assert!(vxlan_name(16_777_215).len() <= 15 && bridge_name(16_777_215).len() <= 15);
-        let (host, peer) = veth_names(Path::new("/run/netns/a-very-long-sandbox-name-indeed"), 16_777_215);
+        let local = LocalPlan {
+            netns: "/run/netns/a-very-long-sandbox-name-indeed".into(),
+            mac: [2, 0x6d, 10, 0, 0, 2],
+            address: Some((Ipv4Addr::new(10, 0, 0, 2), 24)),
+            gateway: None,
+        };
+        let (host, peer) = veth_names(&local, 16_777_215);
         assert!(host.len() <= 15 && peer.len() <= 15 && host != peer);
+        let moved = LocalPlan { address: Some((Ipv4Addr::new(10, 0, 0, 3), 24)), ..local.clone() };
+        assert_ne!(veth_names(&moved, 16_777_215).0, host, "a new address gets a new pair");
     }
 }

@@ -163,6 +163,12 @@ fn a_healed_partition_converges_with_nothing_lost_and_no_duplicate() -> anyhow::
         ensure!(fixed["ip"] == taken.as_str(), "h{i}: the static address wins: {tiny}");
         ensure!(dynamic["ip"] != taken.as_str() && dynamic["readdressed_from"] == taken.as_str(), "h{i}: {tiny}");
     }
+    // The moved sandbox is rewired with its new address.
+    let moved = endpoint(&inspect(&lab, 1, "tiny")?, "dyn").context("dyn")?["ip"].as_str().context("ip")?.to_owned();
+    lab.wait_for("dyn's eth0 to carry its new address", CONVERGE, |lab| {
+        let addresses = lab.sandbox_exec(1, "dyn", "ip", &["-4", "-o", "addr", "show", "dev", "eth0"])?.stdout;
+        Ok(addresses.contains(&format!("{moved}/")) && !addresses.contains(&format!("{taken}/")))
+    })?;
     let log = lab.log_tail(2, 400);
     ensure!(log.contains("conflict"), "the conflicts are logged:\n{log}");
     Ok(())
