@@ -191,18 +191,8 @@ impl Reconciler {
         let (index, _) = kernel::interface_with(&self.handle, underlay.local)
             .await?
             .ok_or(NetdevError::NoUnderlay(underlay.local))?;
-        let links = kernel::links(&self.handle).await?;
-        if let Some(bridge) = links.get(&bridge_name(vni)).filter(|l| l.kind.as_deref() != Some("bridge")) {
-            return Err(NetdevError::Conflict(format!("{} exists and is not a bridge; remove it", bridge.name)));
-        }
-        match links.get(&vxlan_name(vni)) {
-            Some(link) => {
-                let wanted =
-                    VxlanSpec { vni, local: underlay.local, underlay: index, port: underlay.port, mtu: 0, bridge: 0 };
-                check_vxlan(link, &wanted)
-            }
-            None => Ok(()),
-        }
+        let wanted = VxlanSpec { vni, local: underlay.local, underlay: index, port: underlay.port, mtu: 0, bridge: 0 };
+        check_in_the_way(&kernel::links(&self.handle).await?, &wanted)
     }
 }
 
@@ -260,9 +250,9 @@ async fn reconcile_network(
 ) -> Result<(), NetdevError> {
     let (bridge, vxlan) = (bridge_name(plan.vni), vxlan_name(plan.vni));
     let mut links = kernel::links(handle).await?;
+    check_in_the_way(&links, &spec(0))?;
     let bridge_index = match links.get(&bridge) {
-        Some(link) if link.kind.as_deref() == Some("bridge") => link.index,
-        Some(_) => return Err(NetdevError::Conflict(format!("{bridge} exists and is not a bridge; remove it"))),
+        Some(link) => link.index,
         None => {
             kernel::add_bridge(handle, &bridge, mtu).await?;
             report.set += 1;
@@ -271,13 +261,10 @@ async fn reconcile_network(
         }
     };
     let wanted = spec(bridge_index);
-    match links.get(&vxlan) {
-        Some(link) => check_vxlan(link, &wanted)?,
-        None => {
-            kernel::add_vxlan(handle, &vxlan, wanted).await?;
-            report.set += 1;
-            links = kernel::links(handle).await?;
-        }
+    if !links.contains_key(&vxlan) {
+        kernel::add_vxlan(handle, &vxlan, wanted).await?;
+        report.set += 1;
+        links = kernel::links(handle).await?;
     }
     let vxlan_index = links.get(&vxlan).map(|l| l.index).ok_or(NetdevError::Missing("the new VXLAN device"))?;
     if links.get(&vxlan).and_then(|l| l.controller) != Some(bridge_index) {
@@ -314,6 +301,16 @@ async fn reconcile_network(
         diff.remove_neighbours.clear();
     }
     apply_entries(handle, vxlan_index, diff, report).await
+}
+
+/// Refuses a bridge of the network's name that is not a bridge, or a
+/// VXLAN device of its name with other settings than `wanted`; devices
+/// that are absent or match are fine (they are made or adopted).
+fn check_in_the_way(links: &BTreeMap<String, Link>, wanted: &VxlanSpec) -> Result<(), NetdevError> {
+    if let Some(bridge) = links.get(&bridge_name(wanted.vni)).filter(|l| l.kind.as_deref() != Some("bridge")) {
+        return Err(NetdevError::Conflict(format!("{} exists and is not a bridge; remove it", bridge.name)));
+    }
+    links.get(&vxlan_name(wanted.vni)).map_or(Ok(()), |link| check_vxlan(link, wanted))
 }
 
 fn check_vxlan(link: &Link, wanted: &VxlanSpec) -> Result<(), NetdevError> {
