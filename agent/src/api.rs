@@ -133,21 +133,32 @@ pub(crate) struct EndpointBody {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct SandboxCreateBody {
     pub(crate) name: String,
-    pub(crate) network: String,
+    /// The networks to join, in the order of the sandbox's interfaces.
+    pub(crate) networks: Vec<String>,
     pub(crate) aliases: Vec<String>,
-    /// A static address; allocated when absent.
+    /// A static address on the first network; allocated when absent.
     pub(crate) ip: Option<String>,
     /// An existing network namespace to attach (a container's); a new
     /// one named after the sandbox when absent.
     pub(crate) netns: Option<String>,
 }
 
-/// A sandbox of this host: its endpoint, and the network it is on.
+/// A sandbox of this host: its namespace and its endpoint on each network.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SandboxBody {
-    pub(crate) network: String,
+    pub(crate) name: String,
     /// The sandbox's network namespace on this host.
     pub(crate) netns: Option<String>,
+    /// One per network, in the order of its interfaces.
+    pub(crate) endpoints: Vec<SandboxEndpointBody>,
+}
+
+/// A sandbox's endpoint on one network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SandboxEndpointBody {
+    pub(crate) network: String,
+    /// Its interface inside the sandbox (`eth0`...); none on a null network.
+    pub(crate) interface: Option<String>,
     #[serde(flatten)]
     pub(crate) endpoint: EndpointBody,
 }

@@ -36,6 +36,15 @@ pub(crate) struct Attachment {
     pub(crate) netns: PathBuf,
     /// Whether the agent made the namespace (and removes it with the sandbox).
     pub(crate) created: bool,
+    /// The networks it is on, in the order of its interfaces (`eth0` first).
+    pub(crate) networks: Vec<String>,
+}
+
+impl Attachment {
+    /// The sandbox's interface on `network`, if it is on it.
+    pub(crate) fn interface(&self, network: &str) -> Option<String> {
+        self.networks.iter().position(|n| n == network).map(|i| format!("eth{i}"))
+    }
 }
 
 /// A member's cluster credentials as stored.

@@ -44,8 +44,8 @@ pub(crate) struct Dataplane {
     underlay: Underlay,
     attachments: Mutex<BTreeMap<String, Attachment>>,
     changed: Notify,
-    /// The namespaces wired to their network by the last pass.
-    wired: watch::Sender<Vec<PathBuf>>,
+    /// The sandbox interfaces (namespace, VNI) wired by the last pass.
+    wired: watch::Sender<Vec<(PathBuf, u32)>>,
 }
 
 impl Dataplane {
@@ -63,9 +63,15 @@ impl Dataplane {
         kernel.preflight(self.underlay, vni).await.map_err(|e| e.to_string())
     }
 
-    /// Gives sandbox `name` a network stack: the namespace at `netns` if
-    /// given (a container's), else a new one named `PREFIX` + `name`.
-    pub(crate) fn create_sandbox(&self, name: &str, netns: Option<&Path>) -> Result<PathBuf, String> {
+    /// Gives sandbox `name` a network stack for `networks` (its
+    /// interfaces in that order): the namespace at `netns` if given (a
+    /// container's), else a new one named `PREFIX` + `name`.
+    pub(crate) fn create_sandbox(
+        &self,
+        name: &str,
+        netns: Option<&Path>,
+        networks: &[String],
+    ) -> Result<PathBuf, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         if attachments.contains_key(name) {
             return Err(format!("a sandbox named {name} already exists on this host"));
@@ -77,8 +83,8 @@ impl Dataplane {
                     path.display()
                 ))
             }
-            Some(path) => Attachment { netns: path.to_owned(), created: false },
-            None => Attachment { netns: self.make_netns(name)?, created: true },
+            Some(path) => Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec() },
+            None => Attachment { netns: self.make_netns(name)?, created: true, networks: networks.to_vec() },
         };
         let path = attachment.netns.clone();
         attachments.insert(name.to_owned(), attachment);
@@ -119,17 +125,24 @@ impl Dataplane {
         Ok(true)
     }
 
-    /// The namespace of sandbox `name`, if it is attached.
-    pub(crate) fn netns_of(&self, name: &str) -> Option<PathBuf> {
-        let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
-        attachments.get(name).map(|a| a.netns.clone())
+    /// Every sandbox's attachment, by name.
+    pub(crate) fn attachments(&self) -> BTreeMap<String, Attachment> {
+        self.attachments.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Waits until the sandbox at `netns` is wired to its network (at
-    /// most `limit`); returns whether it is.
-    pub(crate) async fn wait_wired(&self, netns: &Path, limit: Duration) -> bool {
+    /// Where sandbox `name` is attached, if it is.
+    pub(crate) fn attachment(&self, name: &str) -> Option<Attachment> {
+        let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
+        attachments.get(name).cloned()
+    }
+
+    /// Waits until the sandbox at `netns` is wired to every network of
+    /// `vnis` (at most `limit`); returns whether it is.
+    pub(crate) async fn wait_wired(&self, netns: &Path, vnis: &[u32], limit: Duration) -> bool {
         let mut wired = self.wired.subscribe();
-        let waited = tokio::time::timeout(limit, wired.wait_for(|paths| paths.iter().any(|p| p == netns))).await;
+        let all_wired =
+            |done: &Vec<(PathBuf, u32)>| vnis.iter().all(|vni| done.iter().any(|(p, v)| p == netns && v == vni));
+        let waited = tokio::time::timeout(limit, wired.wait_for(all_wired)).await;
         matches!(waited, Ok(Ok(_)))
     }
 
@@ -217,6 +230,7 @@ impl Dataplane {
                     let attachment = attachments.get(&e.name)?;
                     Some(LocalPlan {
                         netns: attachment.netns.clone(),
+                        interface: attachment.interface(&e.spec.network)?,
                         mac: e.spec.mac,
                         address: e.spec.ip.zip(prefix),
                         gateway: None,

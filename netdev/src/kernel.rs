@@ -185,26 +185,27 @@ pub async fn loopback_up(handle: &Handle) -> Result<(), NetdevError> {
     handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(netlink("loopback up"))
 }
 
-/// Inside a sandbox namespace: renames `peer` to `eth0` with `mac` and
-/// `mtu`, brings it up, gives it `address`, and a default route through
-/// `gateway` if there is one.
+/// Inside a sandbox namespace: renames `peer` to `name` (`eth0`...) with
+/// `mac` and `mtu`, brings it up, gives it `address`, and a default route
+/// through `gateway` if there is one.
 pub async fn configure_sandbox_end(
     handle: &Handle,
     peer: &str,
+    name: &str,
     mac: [u8; 6],
     mtu: u32,
     address: Option<(Ipv4Addr, u8)>,
     gateway: Option<Ipv4Addr>,
 ) -> Result<(), NetdevError> {
-    let eth0 =
+    let index =
         links(handle).await?.get(peer).map(|l| l.index).ok_or(NetdevError::Missing("the veth in the sandbox"))?;
-    let message = LinkUnspec::new_with_index(eth0).name("eth0").address(mac.to_vec()).mtu(mtu).up().build();
+    let message = LinkUnspec::new_with_index(index).name(name.to_owned()).address(mac.to_vec()).mtu(mtu).up().build();
     handle.link().set(message).execute().await.map_err(netlink("sandbox interface"))?;
     if let Some((ip, prefix)) = address {
-        handle.address().add(eth0, IpAddr::V4(ip), prefix).execute().await.map_err(netlink("sandbox address"))?;
+        handle.address().add(index, IpAddr::V4(ip), prefix).execute().await.map_err(netlink("sandbox address"))?;
     }
     if let Some(gateway) = gateway {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(gateway).build();
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(index).gateway(gateway).build();
         handle.route().add(route).execute().await.map_err(netlink("sandbox default route"))?;
     }
     Ok(())

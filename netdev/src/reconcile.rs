@@ -48,6 +48,9 @@ pub struct NetworkPlan {
 pub struct LocalPlan {
     /// The sandbox's namespace.
     pub netns: PathBuf,
+    /// The name of its interface on this network inside the sandbox
+    /// (`eth0`, `eth1`... in the order the sandbox joined its networks).
+    pub interface: String,
     /// Its MAC.
     pub mac: [u8; 6],
     /// Its address and prefix length.
@@ -76,8 +79,8 @@ pub struct Report {
     pub removed: usize,
     /// What failed (the rest of the pass went on).
     pub errors: Vec<String>,
-    /// The sandboxes (namespaces) wired to their network after the pass.
-    pub wired: Vec<PathBuf>,
+    /// The sandbox interfaces wired after the pass: namespace and VNI.
+    pub wired: Vec<(PathBuf, u32)>,
 }
 
 /// The bridge of network `vni`.
@@ -280,13 +283,13 @@ async fn reconcile_network(
     for local in &plan.locals {
         let (host, _) = veth_names(local, plan.vni);
         if links.contains_key(&host) {
-            report.wired.push(local.netns.clone());
+            report.wired.push((local.netns.clone(), plan.vni));
             continue;
         }
         match attach(handle, local, plan.vni, bridge_index, mtu).await {
             Ok(()) => {
                 report.set += 1;
-                report.wired.push(local.netns.clone());
+                report.wired.push((local.netns.clone(), plan.vni));
             }
             Err(error) => report.errors.push(format!("sandbox {}: {error}", local.netns.display())),
         }
@@ -339,9 +342,9 @@ async fn attach(handle: &Handle, local: &LocalPlan, vni: u32, bridge: u32, mtu: 
     kernel::add_veth(handle, &host, &peer, bridge, mtu).await?;
     let configured = async {
         kernel::move_to_netns(handle, &peer, &local.netns).await?;
-        let (mac, address, gateway) = (local.mac, local.address, local.gateway);
+        let (interface, mac, address, gateway) = (local.interface.clone(), local.mac, local.address, local.gateway);
         netns::netlink_in(&local.netns, move |handle| async move {
-            kernel::configure_sandbox_end(&handle, &peer, mac, mtu, address, gateway).await
+            kernel::configure_sandbox_end(&handle, &peer, &interface, mac, mtu, address, gateway).await
         })
     }
     .await;
@@ -440,6 +443,7 @@ mod tests {
         assert!(vxlan_name(16_777_215).len() <= 15 && bridge_name(16_777_215).len() <= 15);
         let local = LocalPlan {
             netns: "/run/netns/a-very-long-sandbox-name-indeed".into(),
+            interface: "eth0".into(),
             mac: [2, 0x6d, 10, 0, 0, 2],
             address: Some((Ipv4Addr::new(10, 0, 0, 2), 24)),
             gateway: None,

@@ -280,3 +280,46 @@ fn mesh_run_runs_a_command_in_a_sandbox_and_a_null_network_has_loopback_only() -
     ensure!(lab.sandbox_exec(1, "lonely", "ping", &["-c", "1", "-W", "1", "127.0.0.1"])?.success, "loopback answers");
     Ok(())
 }
+
+#[test]
+fn a_sandbox_on_two_networks_reaches_both_and_goes_from_both() -> anyhow::Result<()> {
+    let lab = cluster_with_sandboxes(2)?;
+    lab.mesh_ok(1, &["network", "create", "back", "--subnet", "10.21.0.0/24", "--vni", "4343"])?;
+    lab.wait_for("back on h2", CONVERGE, |lab| Ok(lab.mesh(2, &["network", "inspect", "back"])?.success))?;
+    lab.mesh_ok(2, &["sandbox", "create", "db", "--network", "back"])?;
+    lab.mesh_ok(1, &["sandbox", "create", "app", "--network", "dev", "--network", "back"])?;
+
+    let own: Value = serde_json::from_str(&lab.mesh_ok(1, &["sandbox", "ls", "--format", "json"])?)?;
+    let app = own.as_array().and_then(|s| s.iter().find(|s| s["name"] == "app")).context("app listed")?;
+    let wiring: Vec<(String, String)> = app["endpoints"]
+        .as_array()
+        .context("endpoints")?
+        .iter()
+        .map(|e| (e["network"].as_str().unwrap_or("?").to_owned(), e["interface"].as_str().unwrap_or("?").to_owned()))
+        .collect();
+    ensure!(wiring == [("dev".into(), "eth0".into()), ("back".into(), "eth1".into())], "interfaces: {wiring:?}");
+    let addresses = lab.sandbox_exec(1, "app", "ip", &["-o", "-4", "addr", "show"])?.stdout;
+    ensure!(addresses.contains("eth0    inet 10.20.0.") && addresses.contains("eth1    inet 10.21.0."), "{addresses}");
+
+    let ip2 = ip_of(&lab, "s2")?;
+    let back: Value = serde_json::from_str(&lab.mesh_ok(1, &["network", "inspect", "back", "--format", "json"])?)?;
+    let db = back["endpoints"].as_array().and_then(|e| e.iter().find(|e| e["name"] == "db"));
+    let db = db.and_then(|e| e["ip"].as_str()).context("db has an address")?.to_owned();
+    lab.wait_for("app pings s2 on dev", CONVERGE, |lab| pings(lab, 1, "app", &ip2))?;
+    lab.wait_for("app pings db on back", CONVERGE, |lab| pings(lab, 1, "app", &db))?;
+
+    let out = lab.mesh(1, &["sandbox", "create", "twice", "--network", "dev", "--network", "dev"])?;
+    ensure!(!out.success && out.stderr.contains("given twice"), "{out:?}");
+    lab.mesh_ok(1, &["network", "create", "nothing", "--driver", "null"])?;
+    let out = lab.mesh(1, &["sandbox", "create", "mixed", "--network", "dev", "--network", "nothing"])?;
+    ensure!(!out.success && out.stderr.contains("cannot be joined with others"), "{out:?}");
+
+    lab.mesh_ok(1, &["sandbox", "rm", "app"])?;
+    lab.wait_for("app gone from both networks on h2", CONVERGE, |lab| {
+        let dev = lab.mesh_ok(2, &["network", "inspect", "dev", "--format", "json"])?;
+        let back = lab.mesh_ok(2, &["network", "inspect", "back", "--format", "json"])?;
+        Ok(!dev.contains("\"app\"") && !back.contains("\"app\""))
+    })?;
+    ensure!(!sandbox_namespaces(&lab, 1)?.contains(&lab.sandbox_netns(1, "app")), "its namespace is removed");
+    Ok(())
+}

@@ -164,7 +164,7 @@ fn a_restarted_owner_restores_its_endpoints_and_retracts_forgotten_ones() {
     sim.restart(1).restore(owned);
     sim.join(1, 0);
     sim.run_for(Duration::from_secs(3));
-    let key = |name: &str| RecordKey::Endpoint { owner: identity(1, 0).id, name: name.into() };
+    let key = |name: &str| RecordKey::Endpoint { owner: identity(1, 0).id, name: name.into(), network: "dev".into() };
     for i in 0..4 {
         let core = sim.node(i);
         assert!(core.record(&key("kept")).is_some_and(|r| !r.is_deleted()), "n{i} keeps the persisted endpoint");

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 
 use mesh_membership::records::view::{EndpointState, EndpointView, NetworkView, View};
+use mesh_membership::records::Driver;
 use mesh_membership::{MemberInfo, NodeId};
 
-use crate::api::{EndpointBody, NetworkBody, SandboxBody};
+use crate::api::{EndpointBody, NetworkBody, SandboxBody, SandboxEndpointBody};
+use crate::datadir::Attachment;
 
 /// Node names by id, from the member list.
 pub(super) struct Names(HashMap<NodeId, String>);
@@ -74,7 +76,28 @@ pub(super) fn endpoint(endpoint: &EndpointView, names: &Names) -> EndpointBody {
     }
 }
 
-/// A sandbox of this host.
-pub(super) fn sandbox(view: &EndpointView, names: &Names) -> SandboxBody {
-    SandboxBody { network: view.spec.network.clone(), netns: None, endpoint: endpoint(view, names) }
+/// Sandbox `name` of this host (`me`), attached as `attachment`: its
+/// endpoints in the order of its interfaces.
+pub(super) fn sandbox(
+    view: &View,
+    me: NodeId,
+    name: &str,
+    attachment: Option<&Attachment>,
+    names: &Names,
+) -> SandboxBody {
+    let order = |network: &str| attachment.and_then(|a| a.networks.iter().position(|n| n == network));
+    let mut endpoints: Vec<SandboxEndpointBody> = view
+        .endpoints()
+        .filter(|e| e.owner == me && e.name == name)
+        .map(|e| {
+            let overlay = view.network(&e.spec.network).is_some_and(|n| n.spec.driver == Driver::Overlay);
+            SandboxEndpointBody {
+                network: e.spec.network.clone(),
+                interface: attachment.filter(|_| overlay).and_then(|a| a.interface(&e.spec.network)),
+                endpoint: endpoint(e, names),
+            }
+        })
+        .collect();
+    endpoints.sort_by_key(|e| (order(&e.network).unwrap_or(usize::MAX), e.network.clone()));
+    SandboxBody { name: name.to_owned(), netns: attachment.map(|a| a.netns.display().to_string()), endpoints }
 }

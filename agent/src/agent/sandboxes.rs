@@ -2,11 +2,13 @@
 //! addresses. (The kernel side, a namespace and a veth, is the data
 //! plane's.)
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Instant;
 
-use mesh_membership::records::view::View;
-use mesh_membership::records::{check_name, mac_for, Driver, EndpointSpec, RecordKey, MAX_ALIASES};
+use mesh_membership::records::view::{NetworkView, View};
+use mesh_membership::records::{check_name, mac_for, Driver, EndpointSpec, MAX_ALIASES};
 use mesh_membership::{Core, NodeId};
 
 use super::bodies::{self, Names};
@@ -17,89 +19,132 @@ use crate::ipam;
 
 /// How long `sandbox create` waits for the sandbox to be wired.
 const WIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most networks one sandbox joins.
+pub(crate) const MAX_NETWORKS: usize = 16;
 
 impl Agent {
-    /// Creates a sandbox's endpoint on a network, with a free address or
-    /// the one asked for.
+    /// Creates a sandbox with an endpoint on each of its networks, with
+    /// free addresses or the one asked for.
     pub(crate) async fn sandbox_create(&self, body: SandboxCreateBody) -> Result<SandboxBody, AgentError> {
         let name = body.name.clone();
         check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        let network = body.network.clone();
-        let vni = self
-            .read(move |core| {
-                let view = core.view();
-                let network = view.network(&network).ok_or_else(|| no_such_network(&network))?;
-                Ok::<_, AgentError>((network.spec.driver == Driver::Overlay).then_some(network.spec.vni))
-            })
-            .await??;
-        self.dataplane.preflight(vni).await.map_err(AgentError::Conflict)?;
+        check_networks(&body.networks)?;
+        let networks = body.networks.clone();
+        let vnis = self.read(move |core| overlay_vnis(&core.view(), &networks)).await??;
+        for vni in &vnis {
+            self.dataplane.preflight(Some(*vni)).await.map_err(AgentError::Conflict)?;
+        }
         let netns = body.netns.as_deref().map(Path::new);
-        let netns = self.dataplane.create_sandbox(&name, netns).map_err(AgentError::Conflict)?;
-        let created = self
-            .change(move |core, now| {
-                let spec = endpoint_spec(core, &body)?;
-                core.put_endpoint(now, &body.name, spec).map_err(publish_error)?;
-                own_sandbox(core, &body.name)
-            })
-            .await;
-        let sandbox = match created {
-            Ok(sandbox) => SandboxBody { netns: Some(netns.display().to_string()), ..sandbox },
-            Err(error) => {
-                if let Err(cleanup) = self.dataplane.remove_sandbox(&name) {
-                    tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
-                }
-                return Err(error);
+        let netns = self.dataplane.create_sandbox(&name, netns, &body.networks).map_err(AgentError::Conflict)?;
+        let published = self.change(move |core, now| publish_endpoints(core, now, &body)).await;
+        if let Err(error) = published {
+            if let Err(cleanup) = self.dataplane.remove_sandbox(&name) {
+                tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
             }
-        };
+            return Err(error);
+        }
         self.dataplane.poke();
-        if vni.is_some() && !self.dataplane.wait_wired(&netns, WIRE_LIMIT).await {
+        if !self.dataplane.wait_wired(&netns, &vnis, WIRE_LIMIT).await {
             return Err(AgentError::Internal(anyhow::anyhow!(
-                "sandbox {name} is created but not wired to its network yet (the agent log says why); it keeps trying"
+                "sandbox {name} is created but not wired to its networks yet (the agent log says why); it keeps trying"
             )));
         }
-        tracing::info!(sandbox = %name, network = %sandbox.network, ip = ?sandbox.endpoint.ip, "created sandbox");
+        let sandbox = self.sandbox(&name).await?;
+        let addresses: Vec<_> = sandbox.endpoints.iter().map(|e| (&e.network, &e.endpoint.ip)).collect();
+        tracing::info!(sandbox = %name, ?addresses, "created sandbox");
         Ok(sandbox)
+    }
+
+    /// This host's sandbox `name`.
+    async fn sandbox(&self, name: &str) -> Result<SandboxBody, AgentError> {
+        let attachment = self.dataplane.attachment(name);
+        let owned = name.to_owned();
+        self.read(move |core| {
+            let (view, names, me) = (core.view(), Names::new(&core.members()), core.identity().id);
+            bodies::sandbox(&view, me, &owned, attachment.as_ref(), &names)
+        })
+        .await
     }
 
     /// This host's sandboxes, by name.
     pub(crate) async fn sandboxes(&self) -> Result<Vec<SandboxBody>, AgentError> {
-        let mut own = self
-            .read(|core| {
-                let (view, names, me) = (core.view(), Names::new(&core.members()), core.identity().id);
-                let own: Vec<SandboxBody> =
-                    view.endpoints().filter(|e| e.owner == me).map(|e| bodies::sandbox(e, &names)).collect();
-                own
-            })
-            .await?;
-        for sandbox in &mut own {
-            sandbox.netns = self.dataplane.netns_of(&sandbox.endpoint.name).map(|p| p.display().to_string());
-        }
-        own.sort_by(|a, b| a.endpoint.name.cmp(&b.endpoint.name));
-        Ok(own)
+        let attachments = self.dataplane.attachments();
+        self.read(move |core| {
+            let (view, names, me) = (core.view(), Names::new(&core.members()), core.identity().id);
+            let mut own: BTreeSet<String> = attachments.keys().cloned().collect();
+            own.extend(view.endpoints().filter(|e| e.owner == me).map(|e| e.name.clone()));
+            own.iter().map(|name| bodies::sandbox(&view, me, name, attachments.get(name), &names)).collect()
+        })
+        .await
     }
 
-    /// Removes this host's sandbox `name`.
+    /// Removes this host's sandbox `name`: its endpoints, then its namespace.
     pub(crate) async fn sandbox_rm(&self, name: &str) -> Result<(), AgentError> {
         let owned = name.to_owned();
-        let deleted = self.change(move |core, now| core.delete_endpoint(now, &owned).map_err(publish_error)).await;
+        let deleted = self
+            .change(move |core, now| {
+                let me = core.identity().id;
+                let networks: Vec<String> = core
+                    .view()
+                    .endpoints()
+                    .filter(|e| e.owner == me && e.name == owned)
+                    .map(|e| e.spec.network.clone())
+                    .collect();
+                for network in &networks {
+                    core.delete_endpoint(now, &owned, network).map_err(publish_error)?;
+                }
+                Ok(networks.len())
+            })
+            .await?;
         let attached = self.dataplane.remove_sandbox(name).map_err(AgentError::Conflict)?;
-        match deleted {
-            Err(AgentError::NotFound(_)) if !attached => Err(AgentError::NotFound(format!(
+        if deleted == 0 && !attached {
+            return Err(AgentError::NotFound(format!(
                 "no sandbox named {name} on this host (`mesh sandbox ls` lists them)"
-            ))),
-            Err(AgentError::NotFound(_)) | Ok(()) => {
-                tracing::info!(sandbox = %name, "removed sandbox");
-                Ok(())
-            }
-            Err(error) => Err(error),
+            )));
         }
+        tracing::info!(sandbox = %name, "removed sandbox");
+        Ok(())
     }
 }
 
-/// Checks a create request against the view and picks the address.
-fn endpoint_spec(core: &Core, body: &SandboxCreateBody) -> Result<EndpointSpec, AgentError> {
+/// Checks the list of networks a sandbox is to join.
+fn check_networks(networks: &[String]) -> Result<(), AgentError> {
+    let bad = |e: String| Err(AgentError::BadRequest(e));
+    if networks.is_empty() {
+        return bad("a sandbox needs at least one network".into());
+    }
+    if networks.len() > MAX_NETWORKS {
+        return bad(format!("a sandbox joins at most {MAX_NETWORKS} networks"));
+    }
+    if let Some(twice) = networks.iter().enumerate().find_map(|(i, n)| networks[..i].contains(n).then_some(n)) {
+        return bad(format!("network {twice} is given twice"));
+    }
+    Ok(())
+}
+
+/// The VNIs of `networks` (overlay ones; a null network has none).
+/// Refuses a network that does not exist, and a null network beside others
+/// (it means loopback only).
+fn overlay_vnis(view: &View, networks: &[String]) -> Result<Vec<u32>, AgentError> {
+    let mut vnis = Vec::new();
+    for name in networks {
+        let network = view.network(name).ok_or_else(|| no_such_network(name))?;
+        match network.spec.driver {
+            Driver::Overlay => vnis.push(network.spec.vni),
+            Driver::Null if networks.len() > 1 => {
+                return Err(AgentError::BadRequest(format!(
+                    "network {name} is a null network (loopback only) and cannot be joined with others"
+                )))
+            }
+            Driver::Null => {}
+        }
+    }
+    Ok(vnis)
+}
+
+/// Publishes the sandbox's endpoint on each of its networks: all or none.
+fn publish_endpoints(core: &mut Core, now: Instant, body: &SandboxCreateBody) -> Result<(), AgentError> {
     let bad = |e: String| AgentError::BadRequest(e);
-    check_name("sandbox", &body.name).map_err(|e| bad(e.to_string()))?;
     if body.aliases.len() > MAX_ALIASES {
         return Err(bad(format!("at most {MAX_ALIASES} aliases per sandbox")));
     }
@@ -107,36 +152,60 @@ fn endpoint_spec(core: &Core, body: &SandboxCreateBody) -> Result<EndpointSpec, 
         check_name("alias", alias).map_err(|e| bad(e.to_string()))?;
     }
     let me = core.identity().id;
-    let key = RecordKey::Endpoint { owner: me, name: body.name.clone() };
-    if core.record(&key).is_some_and(|r| !r.is_deleted()) {
+    if core.view().endpoints().any(|e| e.owner == me && e.name == body.name) {
         return Err(AgentError::Conflict(format!("a sandbox named {} already exists on this host", body.name)));
     }
     let view = core.view();
-    let network = view.network(&body.network).ok_or_else(|| no_such_network(&body.network))?;
-    if let Some(other) = network.endpoints.iter().find(|e| e.name == body.name) {
+    let mut specs = Vec::new();
+    for (i, network) in body.networks.iter().enumerate() {
+        let ip = if i == 0 { body.ip.as_deref() } else { None };
+        specs.push(endpoint_spec(core, &view, me, &body.name, network, ip, &body.aliases)?);
+    }
+    for (i, spec) in specs.into_iter().enumerate() {
+        if let Err(error) = core.put_endpoint(now, &body.name, spec) {
+            for network in &body.networks[..i] {
+                let _ = core.delete_endpoint(now, &body.name, network);
+            }
+            return Err(publish_error(error));
+        }
+    }
+    Ok(())
+}
+
+/// Checks sandbox `name`'s endpoint on `network` against the view and
+/// picks its address (`ip` if given).
+fn endpoint_spec(
+    core: &Core,
+    view: &View,
+    me: NodeId,
+    name: &str,
+    network: &str,
+    ip: Option<&str>,
+    aliases: &[String],
+) -> Result<EndpointSpec, AgentError> {
+    let on = view.network(network).ok_or_else(|| no_such_network(network))?;
+    if let Some(other) = on.endpoints.iter().find(|e| e.name == name) {
         let names = Names::new(&core.members());
         return Err(AgentError::Conflict(format!(
-            "the name {} is already used on network {} by a sandbox on {}",
-            body.name,
-            body.network,
+            "the name {name} is already used on network {network} by a sandbox on {}",
             names.of(other.owner)
         )));
     }
-    let ip = address_for(&view, me, body)?;
+    let static_ip = ip.is_some();
+    let ip = address_for(on, me, ip)?;
     Ok(EndpointSpec {
-        network: body.network.clone(),
-        aliases: dedup(&body.aliases),
+        network: network.to_owned(),
+        aliases: dedup(aliases),
         ip,
         mac: ip.map_or_else(random_mac, mac_for),
-        static_ip: body.ip.is_some(),
+        static_ip,
         created_ms: unix_ms(),
         readdressed_from: None,
     })
 }
 
-fn address_for(view: &View, me: NodeId, body: &SandboxCreateBody) -> Result<Option<Ipv4Addr>, AgentError> {
-    let network = view.network(&body.network).ok_or_else(|| no_such_network(&body.network))?;
-    match (&body.ip, network.spec.subnet) {
+fn address_for(network: &NetworkView, me: NodeId, ip: Option<&str>) -> Result<Option<Ipv4Addr>, AgentError> {
+    match (ip, network.spec.subnet) {
         (None, None) => Ok(None),
         (Some(text), _) => {
             let ip: Ipv4Addr = text
@@ -146,16 +215,9 @@ fn address_for(view: &View, me: NodeId, body: &SandboxCreateBody) -> Result<Opti
             Ok(Some(ip))
         }
         (None, Some(subnet)) => ipam::allocate(network, me).map(Some).ok_or_else(|| {
-            AgentError::Conflict(format!("network {} has no free address left in {subnet}", body.network))
+            AgentError::Conflict(format!("network {} has no free address left in {subnet}", network.spec.name))
         }),
     }
-}
-
-/// A sandbox of this node as the API shows it.
-fn own_sandbox(core: &Core, name: &str) -> Result<SandboxBody, AgentError> {
-    let (view, names, me) = (core.view(), Names::new(&core.members()), core.identity().id);
-    let sandbox = view.endpoints().find(|e| e.owner == me && e.name == name).map(|e| bodies::sandbox(e, &names));
-    sandbox.ok_or_else(|| AgentError::Internal(anyhow::anyhow!("sandbox {name} vanished from the view")))
 }
 
 fn dedup(aliases: &[String]) -> Vec<String> {

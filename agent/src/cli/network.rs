@@ -145,21 +145,26 @@ fn describe(network: &NetworkBody) -> String {
 /// Endpoints as an aligned table.
 pub(crate) fn endpoint_table(endpoints: &[EndpointBody]) -> String {
     let rows = endpoints.iter().map(|e| {
-        let mut state = e.state.clone();
-        if let Some(conflict) = &e.conflict {
-            state = format!("{state}: {conflict}");
-        }
-        if let Some(from) = &e.readdressed_from {
-            state = format!("{state} (moved from {from})");
-        }
         vec![
             e.name.clone(),
             e.ip.clone().unwrap_or_else(|| "-".into()),
             e.mac.clone(),
             e.node.clone(),
             if e.aliases.is_empty() { "-".into() } else { e.aliases.join(",") },
-            state,
+            state_of(e),
         ]
     });
     table::render(&["ENDPOINT", "IP", "MAC", "NODE", "ALIASES", "STATE"], rows)
+}
+
+/// An endpoint's state with its conflict and former address, if any.
+pub(crate) fn state_of(endpoint: &EndpointBody) -> String {
+    let mut state = endpoint.state.clone();
+    if let Some(conflict) = &endpoint.conflict {
+        state = format!("{state}: {conflict}");
+    }
+    if let Some(from) = &endpoint.readdressed_from {
+        state = format!("{state} (moved from {from})");
+    }
+    state
 }

@@ -12,9 +12,9 @@ use crate::api::{self, Done, SandboxBody, SandboxCreateBody};
 /// Flags of `mesh run`.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The network to attach the sandbox to.
-    #[arg(long)]
-    network: String,
+    /// A network to attach the sandbox to (repeatable).
+    #[arg(long = "network", value_name = "NET", required = true)]
+    networks: Vec<String>,
     /// The sandbox's name [default: run-XXXXXX].
     #[arg(long)]
     name: Option<String>,
@@ -35,7 +35,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let name = args.name.clone().unwrap_or_else(|| format!("run-{:06x}", rand::random::<u32>() & 0xff_ffff));
     let body = SandboxCreateBody {
         name: name.clone(),
-        network: args.network.clone(),
+        networks: args.networks.clone(),
         aliases: args.aliases.clone(),
         ip: None,
         netns: None,

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::{print_json, ClientOpts, Format, OutputOpts};
+use super::{print_json, table, ClientOpts, Format, OutputOpts};
 use crate::api::{self, Done, SandboxBody, SandboxCreateBody};
 
 /// This host's sandboxes (a container's network stack) and their endpoints.
@@ -26,13 +26,14 @@ enum SandboxCommand {
 struct CreateArgs {
     /// The sandbox's name (a DNS label, unique on its network).
     name: String,
-    /// The network to attach it to.
-    #[arg(long)]
-    network: String,
+    /// A network to attach it to (repeatable: its interfaces are eth0,
+    /// eth1... in the order given).
+    #[arg(long = "network", value_name = "NET", required = true)]
+    networks: Vec<String>,
     /// A service name it publishes besides its own (repeatable).
     #[arg(long = "alias", value_name = "SVC")]
     aliases: Vec<String>,
-    /// A static address on the network's subnet; allocated by default.
+    /// A static address on the first network's subnet; allocated by default.
     #[arg(long)]
     ip: Option<String>,
     /// Attach this existing network namespace (a container's, e.g.
@@ -57,7 +58,7 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
         SandboxCommand::Create(create) => {
             let body = SandboxCreateBody {
                 name: create.name.clone(),
-                network: create.network.clone(),
+                networks: create.networks.clone(),
                 aliases: create.aliases.clone(),
                 ip: create.ip.clone(),
                 netns: create.netns.clone(),
@@ -66,8 +67,12 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
             match create.output.format {
                 Format::Json => print_json(&sandbox),
                 Format::Table => {
-                    let ip = sandbox.endpoint.ip.as_deref().unwrap_or("no address");
-                    println!("created sandbox {} on {} ({ip})", sandbox.endpoint.name, sandbox.network);
+                    let on: Vec<String> = sandbox
+                        .endpoints
+                        .iter()
+                        .map(|e| format!("{} ({})", e.network, e.endpoint.ip.as_deref().unwrap_or("no address")))
+                        .collect();
+                    println!("created sandbox {} on {}", sandbox.name, on.join(", "));
                     Ok(())
                 }
             }
@@ -77,8 +82,7 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
             match opts.format {
                 Format::Json => print_json(&sandboxes),
                 Format::Table => {
-                    let endpoints: Vec<_> = sandboxes.into_iter().map(|s| s.endpoint).collect();
-                    print!("{}", super::network::endpoint_table(&endpoints));
+                    print!("{}", sandbox_table(&sandboxes));
                     Ok(())
                 }
             }
@@ -89,4 +93,21 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One row per endpoint of each sandbox.
+fn sandbox_table(sandboxes: &[SandboxBody]) -> String {
+    let rows = sandboxes.iter().flat_map(|sandbox| {
+        sandbox.endpoints.iter().map(|e| {
+            vec![
+                sandbox.name.clone(),
+                e.network.clone(),
+                e.interface.clone().unwrap_or_else(|| "-".into()),
+                e.endpoint.ip.clone().unwrap_or_else(|| "-".into()),
+                if e.endpoint.aliases.is_empty() { "-".into() } else { e.endpoint.aliases.join(",") },
+                super::network::state_of(&e.endpoint),
+            ]
+        })
+    });
+    table::render(&["SANDBOX", "NETWORK", "INTERFACE", "IP", "ALIASES", "STATE"], rows)
 }

@@ -21,7 +21,7 @@ pub use self::peers::{push_fanout, PeerOracle};
 pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, SYNC_EVERY};
 use crate::identity::{NodeId, NodeIdentity};
 use crate::records::gossip::{RecordGossip, SharedStore};
-use crate::records::Record;
+use crate::records::{Record, RecordKey};
 use crate::timers::TimerQueue;
 use crate::wire::{self, Frame, WireError};
 
@@ -154,7 +154,7 @@ pub struct Core {
     shared: SharedStore,
     /// This node's live endpoints, as it last published them: the truth
     /// it restores if a peer holds something else under its name.
-    own: BTreeMap<String, Record>,
+    own: BTreeMap<RecordKey, Record>,
     /// The next version this node gives a record; it only grows.
     next_version: u64,
     /// A wall-clock reading and the instant it was taken, to timestamp

@@ -83,9 +83,7 @@ impl Core {
             self.next_version = self.next_version.max(record.version.saturating_add(1));
             match self.shared.lock().store.apply(record.clone(), now_ms) {
                 Ok(true) if mine && !record.is_deleted() => {
-                    if let RecordKey::Endpoint { name, .. } = &record.key {
-                        self.own.insert(name.clone(), record.clone());
-                    }
+                    self.own.insert(record.key.clone(), record);
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "ignored an invalid persisted record"),
@@ -152,26 +150,28 @@ impl Core {
         self.publish(now, Record { key, version, value: Value::Deleted { at_ms } })
     }
 
-    /// Creates or replaces this node's endpoint `name`.
+    /// Creates or replaces this node's endpoint of sandbox `name` on the
+    /// network `spec` names.
     pub fn put_endpoint(&mut self, now: Instant, name: &str, spec: EndpointSpec) -> Result<Record, PublishError> {
         self.tick(now);
-        let key = RecordKey::Endpoint { owner: self.identity().id, name: name.to_owned() };
-        let record = Record { key, version: self.next_version, value: Value::Endpoint(spec) };
+        let key = spec.key(self.identity().id, name);
+        let record = Record { key: key.clone(), version: self.next_version, value: Value::Endpoint(spec) };
         self.publish(now, record.clone())?;
         self.next_version += 1;
-        self.own.insert(name.to_owned(), record.clone());
+        self.own.insert(key, record.clone());
         Ok(record)
     }
 
-    /// Deletes this node's endpoint `name`.
-    pub fn delete_endpoint(&mut self, now: Instant, name: &str) -> Result<(), PublishError> {
+    /// Deletes this node's endpoint of sandbox `name` on `network`.
+    pub fn delete_endpoint(&mut self, now: Instant, name: &str, network: &str) -> Result<(), PublishError> {
         self.tick(now);
-        let Some(existing) = self.own.get(name) else { return Err(PublishError::NotFound) };
+        let key = RecordKey::Endpoint { owner: self.identity().id, name: name.to_owned(), network: network.to_owned() };
+        let Some(existing) = self.own.get(&key) else { return Err(PublishError::NotFound) };
         let version = self.next_version.max(existing.version + 1);
         let at_ms = self.wall_ms(now);
-        self.publish(now, Record { key: existing.key.clone(), version, value: Value::Deleted { at_ms } })?;
+        self.publish(now, Record { key: key.clone(), version, value: Value::Deleted { at_ms } })?;
         self.next_version = version + 1;
-        self.own.remove(name);
+        self.own.remove(&key);
         Ok(())
     }
 
@@ -352,12 +352,12 @@ impl Core {
     fn assert_ownership(&mut self, now: Instant, fresh: &[Record]) {
         let me = self.identity().id;
         for record in fresh {
-            let RecordKey::Endpoint { owner, name } = &record.key else { continue };
-            if *owner != me || self.own.get(name) == Some(record) {
+            let RecordKey::Endpoint { owner, name, .. } = &record.key else { continue };
+            if *owner != me || self.own.get(&record.key) == Some(record) {
                 continue;
             }
             self.next_version = self.next_version.max(record.version + 1);
-            let truth = match self.own.get(name) {
+            let truth = match self.own.get(&record.key) {
                 Some(own) => own.value.clone(),
                 None if record.is_deleted() => continue,
                 None => Value::Deleted { at_ms: self.wall_ms(now) },
@@ -366,7 +366,7 @@ impl Core {
             let restored = Record { key: record.key.clone(), version: self.next_version, value: truth };
             self.next_version += 1;
             if !restored.is_deleted() {
-                self.own.insert(name.clone(), restored.clone());
+                self.own.insert(record.key.clone(), restored.clone());
             }
             if let Err(error) = self.publish(now, restored) {
                 tracing::warn!(%error, "could not restore an own record");

@@ -126,12 +126,14 @@ pub struct EndpointSpec {
 pub enum RecordKey {
     /// A network.
     Network(NetworkId),
-    /// An endpoint, named uniquely on its owner.
+    /// An endpoint: one sandbox's attachment to one network.
     Endpoint {
         /// The host it lives on, the only node that may change it.
         owner: NodeId,
-        /// Its name (the sandbox's name).
+        /// Its name (the sandbox's name, unique on its owner).
         name: String,
+        /// The network it is on (its spec names the same one).
+        network: String,
     },
 }
 
@@ -196,8 +198,11 @@ impl Record {
         match (&self.key, &self.value) {
             (_, Value::Deleted { .. }) => Ok(()),
             (RecordKey::Network(_), Value::Network(spec)) => spec.validate(),
-            (RecordKey::Endpoint { name, .. }, Value::Endpoint(spec)) => {
+            (RecordKey::Endpoint { name, network, .. }, Value::Endpoint(spec)) => {
                 check_name("endpoint", name)?;
+                if *network != spec.network {
+                    return Err(InvalidRecord("the endpoint's key and value name different networks".into()));
+                }
                 spec.validate()
             }
             _ => Err(InvalidRecord("the record's key and value are of different kinds".into())),
@@ -252,6 +257,11 @@ impl NetworkSpec {
 }
 
 impl EndpointSpec {
+    /// The key of this endpoint as sandbox `name` of node `owner`.
+    pub fn key(&self, owner: NodeId, name: &str) -> RecordKey {
+        RecordKey::Endpoint { owner, name: name.to_owned(), network: self.network.clone() }
+    }
+
     /// An endpoint on `network` with the allocated address `ip` (and the
     /// MAC derived from it), no aliases.
     pub fn allocated(network: &str, ip: Ipv4Addr, created_ms: u64) -> Self {
@@ -349,11 +359,7 @@ pub(crate) mod testing {
 
     /// A live endpoint record.
     pub(crate) fn endpoint_record(owner: u8, name: &str, version: u64, spec: EndpointSpec) -> Record {
-        Record {
-            key: RecordKey::Endpoint { owner: node(owner), name: name.into() },
-            version,
-            value: Value::Endpoint(spec),
-        }
+        Record { key: spec.key(node(owner), name), version, value: Value::Endpoint(spec) }
     }
 }
 
@@ -409,10 +415,18 @@ mod tests {
     fn a_key_and_value_of_different_kinds_are_refused() {
         let spec = network("dev", 10, "10.0.0.0/24", 1);
         let record = Record {
-            key: RecordKey::Endpoint { owner: node(1), name: "a".into() },
+            key: RecordKey::Endpoint { owner: node(1), name: "a".into(), network: "dev".into() },
             version: 1,
             value: Value::Network(spec),
         };
+        assert!(record.validate().is_err());
+    }
+
+    #[test]
+    fn an_endpoint_keyed_under_another_network_is_refused() {
+        let mut record = endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1));
+        assert!(record.validate().is_ok());
+        record.key = RecordKey::Endpoint { owner: node(1), name: "a".into(), network: "web".into() };
         assert!(record.validate().is_err());
     }
 }

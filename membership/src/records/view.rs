@@ -90,7 +90,7 @@ impl View {
         for record in store.iter() {
             match (&record.key, &record.value) {
                 (RecordKey::Network(id), Value::Network(spec)) => networks.push((*id, spec)),
-                (RecordKey::Endpoint { owner, name }, Value::Endpoint(spec)) => {
+                (RecordKey::Endpoint { owner, name, .. }, Value::Endpoint(spec)) => {
                     let state = match status.get(owner).copied().unwrap_or(Status::Down) {
                         Status::Alive | Status::Suspect => EndpointState::Active,
                         Status::Down => EndpointState::OwnerDown,

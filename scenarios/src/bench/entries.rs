@@ -69,6 +69,7 @@ async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Dur
         mtu: None,
         locals: vec![LocalPlan {
             netns: local.clone(),
+            interface: "eth0".into(),
             mac: [2, 0x6d, 10, 127, 0, 1],
             address: Some((Ipv4Addr::new(10, 127, 0, 1), 10)),
             gateway: None,
