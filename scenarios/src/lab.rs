@@ -115,6 +115,11 @@ impl Lab {
         self.host(i).dir.join("mesh.sock")
     }
 
+    /// The data dir of host `i`'s agent.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.host(i).dir.join("data")
+    }
+
     /// The agent address of host `i`.
     pub fn agent_addr(&self, i: usize) -> String {
         format!("{}:{AGENT_PORT}", host_ip(i))
@@ -139,7 +144,7 @@ impl Lab {
             .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns)])
             .arg(&self.mesh)
             .args(["agent", "--name", &format!("h{i}"), "--data-dir"])
-            .arg(host.dir.join("data"))
+            .arg(self.data_dir(i))
             .arg("--socket")
             .arg(&socket)
             .args(["--netns-prefix", &self.sandbox_netns(i, "")])

@@ -6,7 +6,8 @@
 //! - [`records`]: how fast a sandbox reaches every host's view, beside a
 //!   Serf user event on the same lab.
 //! - [`entries`]: 10,000 remote endpoints programmed into one host,
-//!   beside iproute2's batch mode.
+//!   beside iproute2's batch mode, directly and through the agents
+//!   ([`view_to_kernel`]).
 //! - [`overlay`]: iperf3 across the overlay, beside a hand-built VXLAN
 //!   pair and the raw underlay.
 //! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
@@ -18,6 +19,7 @@ pub mod overlay;
 pub mod records;
 pub mod sim;
 mod systems;
+mod view_to_kernel;
 
 /// The median of `values` (sorts them).
 fn median(values: &mut [f64]) -> f64 {
