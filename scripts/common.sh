@@ -34,5 +34,5 @@ ensure_rust() {
 
 # What the lab and the tests use: ip/bridge, nsenter/setpriv, ping, tcpdump,
 # serf for the membership baseline, nftables for loss injection, iperf3 for
-# the overlay benchmark.
-LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3)
+# the overlay benchmark, dig, dnsperf and dnsmasq for DNS.
+LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base)

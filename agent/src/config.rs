@@ -46,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) log_level: Option<String>,
     pub(crate) vxlan_port: Option<u16>,
     pub(crate) netns_prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) upstream_dns: Vec<String>,
 }
 
 impl Config {
@@ -76,6 +78,7 @@ impl Config {
             log_level: flags.log_level.or(self.log_level),
             vxlan_port: flags.vxlan_port.or(self.vxlan_port),
             netns_prefix: flags.netns_prefix.or(self.netns_prefix),
+            upstream_dns: if flags.upstream_dns.is_empty() { self.upstream_dns } else { flags.upstream_dns },
         }
     }
 
@@ -111,6 +114,16 @@ impl Config {
         if let Some(prefix) = self.netns_prefix.as_deref().filter(|p| p.contains('/') || p.len() > 64) {
             bail!("bad netns prefix {prefix:?}: at most 64 characters, no '/'");
         }
+        let upstream_dns = if self.upstream_dns.is_empty() {
+            host_nameservers(RESOLV_CONF)
+        } else {
+            let parsed: anyhow::Result<Vec<SocketAddr>> = self
+                .upstream_dns
+                .iter()
+                .map(|text| parse_addr(text, 53).with_context(|| format!("bad upstream DNS server {text:?}")))
+                .collect();
+            parsed?
+        };
         Ok(Settings {
             name,
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
@@ -124,6 +137,7 @@ impl Config {
             log_level: self.log_level.unwrap_or_else(|| "info".into()),
             vxlan_port: self.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT),
             netns_prefix: self.netns_prefix.unwrap_or_default(),
+            upstream_dns,
         })
     }
 }
@@ -147,6 +161,30 @@ pub(crate) struct Settings {
     /// Prepended to the names of the namespaces sandboxes get (for several
     /// agents on one machine, as in the lab).
     pub(crate) netns_prefix: String,
+    /// Where names mesh does not hold are resolved.
+    pub(crate) upstream_dns: Vec<SocketAddr>,
+}
+
+/// The host's resolver configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The `nameserver` lines of the resolv.conf at `path` (none if it cannot
+/// be read: forwarded names then fail with SERVFAIL, and the log says why).
+fn host_nameservers(path: &str) -> Vec<SocketAddr> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        tracing::warn!(path, "cannot read the host's resolvers: names mesh does not hold will not resolve");
+        return Vec::new();
+    };
+    nameservers(&text)
+}
+
+/// The addresses of the `nameserver` lines of resolv.conf `text`.
+fn nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
 }
 
 /// Parses `IP` or `IP:PORT`, taking `default_port` when none is given.
@@ -203,8 +241,19 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_come_from_flags_or_resolv_conf() -> anyhow::Result<()> {
+        let text = "# comment\nsearch example.org\nnameserver 192.0.2.53\nnameserver 2001:db8::53 \nnameserver bogus\n";
+        assert_eq!(nameservers(text), [SocketAddr::from(([192, 0, 2, 53], 53)), "[2001:db8::53]:53".parse()?]);
+        let flags =
+            Config { name: Some("h".into()), upstream_dns: vec!["198.18.0.9:5353".into()], ..Config::default() };
+        assert_eq!(flags.resolve()?.upstream_dns, [SocketAddr::from(([198, 18, 0, 9], 5353))]);
+        Ok(())
+    }
+
+    #[test]
     fn bad_input_is_refused_with_a_reason() {
         let err = |text: &str| Config::parse(text).and_then(Config::resolve).err().map(|e| format!("{e:#}"));
+        assert!(err("name = \"a\"\nupstream_dns = [\"x\"]").is_some_and(|e| e.contains("upstream DNS")));
         assert!(err("nmae = \"x\"").is_some_and(|e| e.contains("unknown field")));
         assert!(err("bind = \"nowhere\"").is_some_and(|e| e.contains("bind")));
         assert!(err("name = \"a b\"").is_some_and(|e| e.contains("bad node name")));

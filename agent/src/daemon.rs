@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::control::server;
 use crate::datadir::DataDir;
 use crate::dataplane::Dataplane;
+use crate::names::SandboxDns;
 use mesh_netdev::reconcile::Underlay;
 
 /// Runs the agent until a termination signal.
@@ -37,7 +38,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let underlay = Underlay { local, port: settings.vxlan_port };
     let dataplane = Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay)?);
-    let agent = Agent::start(settings.name.clone(), advertise, datadir, endpoint, dataplane, shutdown.clone())?;
+    let dns = Arc::new(SandboxDns::new(&settings.upstream_dns, shutdown.clone()));
+    let agent = Agent::start(settings.name.clone(), advertise, datadir, endpoint, dataplane, dns, shutdown.clone())?;
     tracing::info!(name = %settings.name, %advertise, socket = %settings.socket.display(), "agent started");
     if let (false, Some(token)) = (settings.join.is_empty(), &settings.token) {
         tokio::spawn(Arc::clone(&agent).join_with_retry(settings.join.clone(), token.to_string()));

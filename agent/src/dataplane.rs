@@ -65,13 +65,14 @@ impl Dataplane {
 
     /// Gives sandbox `name` a network stack for `networks` (its
     /// interfaces in that order): the namespace at `netns` if given (a
-    /// container's), else a new one named `PREFIX` + `name`.
+    /// container's, its loopback brought up), else a new one named
+    /// `PREFIX` + `name`.
     pub(crate) fn create_sandbox(
         &self,
         name: &str,
         netns: Option<&Path>,
         networks: &[String],
-    ) -> Result<PathBuf, String> {
+    ) -> Result<Attachment, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         if attachments.contains_key(name) {
             return Err(format!("a sandbox named {name} already exists on this host"));
@@ -83,18 +84,20 @@ impl Dataplane {
                     path.display()
                 ))
             }
-            Some(path) => Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec() },
+            Some(path) => {
+                reconcile::prepare_sandbox(path).map_err(|e| e.to_string())?;
+                Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec() }
+            }
             None => Attachment { netns: self.make_netns(name)?, created: true, networks: networks.to_vec() },
         };
-        let path = attachment.netns.clone();
-        attachments.insert(name.to_owned(), attachment);
+        attachments.insert(name.to_owned(), attachment.clone());
         if let Err(error) = self.save(&attachments) {
             if let Some(made) = attachments.remove(name).filter(|a| a.created) {
                 let _ = netns::remove(&made.netns);
             }
             return Err(error);
         }
-        Ok(path)
+        Ok(attachment)
     }
 
     fn make_netns(&self, name: &str) -> Result<PathBuf, String> {
@@ -113,16 +116,16 @@ impl Dataplane {
     }
 
     /// Forgets sandbox `name` and removes its namespace if the agent made
-    /// it. Returns whether there was such a sandbox.
-    pub(crate) fn remove_sandbox(&self, name: &str) -> Result<bool, String> {
+    /// it. Returns where it was attached, if it was.
+    pub(crate) fn remove_sandbox(&self, name: &str) -> Result<Option<Attachment>, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(attachment) = attachments.remove(name) else { return Ok(false) };
+        let Some(attachment) = attachments.remove(name) else { return Ok(None) };
         self.save(&attachments)?;
         self.changed.notify_one();
         if attachment.created {
             netns::remove(&attachment.netns).map_err(|e| e.to_string())?;
         }
-        Ok(true)
+        Ok(Some(attachment))
     }
 
     /// Every sandbox's attachment, by name.

@@ -16,6 +16,7 @@ mod datadir;
 mod dataplane;
 mod ipam;
 mod logging;
+mod names;
 mod upkeep;
 
 use std::process::ExitCode;

@@ -4,5 +4,16 @@
 //! every other name to the upstream resolvers. It takes plain name-table
 //! types and knows nothing of membership.
 //!
-//! Nothing is served yet: the server arrives with the service-discovery work,
-//! once endpoints exist to be named.
+//! - [`table`]: the names, and what a name means for a given sandbox;
+//! - [`answer`]: one packet in, one answer out (no sockets);
+//! - [`forward`]: the upstream resolvers;
+//! - [`server`]: the UDP and TCP listeners, one pair per sandbox.
+
+pub mod answer;
+pub mod forward;
+pub mod server;
+pub mod table;
+
+pub use forward::OWN_ADDRESS;
+pub use server::{bind, Resolver, Sockets};
+pub use table::{Endpoint, NameTable, Node, Scope};

@@ -79,6 +79,55 @@ where
     .map_err(|_| NetdevError::Namespace { path: path.to_owned(), reason: "the namespace thread panicked".into() })?
 }
 
+/// Where `ip netns exec NAME` finds files to put over `/etc` (such as the
+/// `resolv.conf` that points a sandbox at mesh's resolver).
+pub const ETC_DIR: &str = "/etc/netns";
+
+/// The per-namespace `/etc` files of the named namespace at `path`.
+pub fn etc_of(path: &Path) -> Option<PathBuf> {
+    path.strip_prefix(NETNS_DIR)
+        .ok()
+        .filter(|name| !name.as_os_str().is_empty())
+        .map(|name| Path::new(ETC_DIR).join(name))
+}
+
+/// Runs `work` as `ip netns exec` runs a command: inside the namespace at
+/// `path`, and, if it is a named one with files under [`ETC_DIR`], in a
+/// mount namespace of its own where they cover their `/etc` namesakes.
+/// Processes `work` starts inherit both.
+pub fn run_as_exec<R, F>(path: &Path, work: F) -> Result<R, NetdevError>
+where
+    R: Send + 'static,
+    F: FnOnce() -> Result<R, NetdevError> + Send + 'static,
+{
+    let etc = etc_of(path).filter(|dir| dir.is_dir());
+    let target = path.to_owned();
+    run_in(path, move || {
+        if let Some(dir) = etc {
+            cover_etc(&dir).map_err(|errno| NetdevError::Namespace {
+                path: target,
+                reason: format!("cannot put {} over /etc: {errno}", dir.display()),
+            })?;
+        }
+        work()
+    })
+}
+
+/// In a new mount namespace of the calling thread, binds each file of
+/// `dir` over the file of the same name in `/etc`.
+fn cover_etc(dir: &Path) -> nix::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)?;
+    let entries = std::fs::read_dir(dir).map_err(|_| nix::errno::Errno::ENOENT)?;
+    for entry in entries.flatten() {
+        let target = Path::new("/etc").join(entry.file_name());
+        if target.exists() {
+            mount(Some(&entry.path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `work` with a netlink handle opened inside the namespace at `path`.
 pub fn netlink_in<R, F, Fut>(path: &Path, work: F) -> Result<R, NetdevError>
 where

@@ -8,7 +8,7 @@ use crate::lab::Lab;
 
 /// Builds a 3-host lab, forms a cluster with `mesh init` and `mesh join`,
 /// creates the network `dev` and a sandbox per host (`svc1`-`svc3`), pings
-/// svc1 from h2's svc2 across the VXLAN tunnel, shows the tunnel on the
+/// svc1 by name from h2's svc2 across the VXLAN tunnel, shows the tunnel on the
 /// underlay and the tables the agent programmed, and tears everything down.
 pub fn run() -> anyhow::Result<()> {
     println!("== building a lab of 3 hosts (network namespaces on an underlay bridge)");
@@ -62,13 +62,17 @@ pub fn run() -> anyhow::Result<()> {
         .and_then(|e| e["ip"].as_str())
         .context("svc1 has an address")?
         .to_owned();
-    lab.wait_for("svc2 to reach svc1", Duration::from_secs(10), |lab| {
-        Ok(lab.sandbox_exec(2, "svc2", "ping", &["-c", "1", "-W", "1", &svc1])?.success)
+    lab.wait_for("svc2 to reach svc1 by name", Duration::from_secs(10), |lab| {
+        Ok(lab.sandbox_exec(2, "svc2", "ping", &["-c", "1", "-W", "1", "svc1"])?.success)
     })?;
-    println!("== h1: tcpdump -n -i eth0 udp port 4789 (the underlay), while h2's svc2 pings svc1 ({svc1}) by address");
+    println!("== h2: svc2's /etc/resolv.conf (written by the agent; `ip netns exec` puts it in place)");
+    print!("{}", indent(&lab.sandbox_exec(2, "svc2", "cat", &["/etc/resolv.conf"])?.stdout));
+    println!("== h2: svc2 asks the resolver inside its namespace: dig +short svc1.dev.mesh (svc1 is {svc1})");
+    print!("{}", indent(&lab.sandbox_exec(2, "svc2", "dig", &["+short", "svc1.dev.mesh"])?.stdout));
+    println!("== h1: tcpdump -n -i eth0 udp port 4789 (the underlay), while h2's svc2 pings svc1 by name");
     lab.spawn(1, "tcpdump", "tcpdump", &["-l", "-n", "-c", "4", "-i", "eth0", "udp", "port", "4789"])?;
     std::thread::sleep(Duration::from_millis(500));
-    let ping = lab.sandbox_exec(2, "svc2", "ping", &["-c", "2", "-i", "0.2", &svc1])?;
+    let ping = lab.sandbox_exec(2, "svc2", "ping", &["-c", "2", "-i", "0.2", "svc1"])?;
     print!("{}", indent(&ping.stdout));
     let log = lab.spawn_log(1, "tcpdump");
     lab.wait_for("tcpdump to see the tunnel", Duration::from_secs(5), |_| {

@@ -172,8 +172,13 @@ impl Lab {
     /// Starts every agent, runs `mesh init` on host 1 and `mesh join` on the
     /// others, and returns the join token.
     pub fn form_cluster(&mut self) -> anyhow::Result<String> {
+        self.form_cluster_with(&[])
+    }
+
+    /// [`Lab::form_cluster`] with extra agent flags.
+    pub fn form_cluster_with(&mut self, extra: &[&str]) -> anyhow::Result<String> {
         for i in 1..=self.len() {
-            self.start_agent(i, &[])?;
+            self.start_agent(i, extra)?;
         }
         let token = self.mesh_ok(1, &["init"])?.trim().to_owned();
         let peer = self.agent_addr(1);
@@ -215,12 +220,13 @@ impl Lab {
         format!("{}-{name}", self.netns(i))
     }
 
-    /// Runs a command inside sandbox `name` of host `i`.
+    /// Runs a command inside sandbox `name` of host `i`, as `ip netns
+    /// exec` does (with the sandbox's own resolv.conf, if it has one).
     pub fn sandbox_exec(&self, i: usize, name: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let netns = format!("--net=/run/netns/{}", self.sandbox_netns(i, name));
-        let mut all = vec![netns.as_str(), program];
+        let netns = self.sandbox_netns(i, name);
+        let mut all = vec!["netns", "exec", netns.as_str(), program];
         all.extend(args);
-        run("nsenter", all)
+        run("ip", all)
     }
 
     /// Starts a long-running process in host `i`'s namespace; it is killed
@@ -406,6 +412,18 @@ impl Drop for Lab {
                 let _ = run("ip", ["netns", "del", name]);
             }
         }
+        remove_etc_dirs(|name| name.starts_with(&self.prefix));
+    }
+}
+
+/// Removes the per-namespace `/etc/netns/NAME` directories (the agents'
+/// resolv.conf files) whose name `doomed` accepts.
+fn remove_etc_dirs(doomed: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir("/etc/netns") else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(&doomed) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -422,14 +440,18 @@ pub enum Leftovers {
 /// Returns the namespaces removed.
 pub fn clean_leftovers(which: Leftovers) -> anyhow::Result<Vec<String>> {
     let me = std::process::id().to_string();
-    let listing = must("ip", ["netns", "list"])?;
-    let mut removed = Vec::new();
-    for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+    let doomed = |name: &str| {
+        let Some(rest) = name.strip_prefix(PREFIX) else { return false };
         let owner = rest.split('-').next().unwrap_or_default();
         let ours = owner == me;
         let alive = Path::new(&format!("/proc/{owner}")).exists();
-        if (ours && which == Leftovers::OfDeadRuns) || (alive && !ours) {
+        !((ours && which == Leftovers::OfDeadRuns) || (alive && !ours))
+    };
+    let listing = must("ip", ["netns", "list"])?;
+    let mut removed = Vec::new();
+    remove_etc_dirs(doomed);
+    for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
+        if !doomed(name) {
             continue;
         }
         for pid in run("ip", ["netns", "pids", name])?.stdout.split_whitespace() {

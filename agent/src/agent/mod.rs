@@ -22,6 +22,7 @@ use crate::api::{MemberBody, StatusBody};
 use crate::config::DEFAULT_PORT;
 use crate::datadir::{ClusterFiles, DataDir, State};
 use crate::dataplane::Dataplane;
+use crate::names::SandboxDns;
 
 /// How many peer addresses the data dir remembers for rejoining.
 const MAX_REMEMBERED_PEERS: usize = 256;
@@ -68,6 +69,8 @@ pub(crate) struct Agent {
     joining: tokio::sync::Mutex<()>,
     /// This host's sandboxes and kernel state.
     dataplane: Arc<Dataplane>,
+    /// The resolver in each sandbox.
+    dns: Arc<SandboxDns>,
     shutdown: CancellationToken,
 }
 
@@ -79,8 +82,14 @@ impl Agent {
         datadir: DataDir,
         endpoint: quinn::Endpoint,
         dataplane: Arc<Dataplane>,
+        dns: Arc<SandboxDns>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
+        for (name, attachment) in dataplane.attachments() {
+            if let Err(error) = dns.serve(&name, &attachment) {
+                tracing::warn!(%error, "no DNS in a sandbox");
+            }
+        }
         let agent = Arc::new(Self {
             name,
             node: datadir.node_id()?,
@@ -91,6 +100,7 @@ impl Agent {
             session: RwLock::new(None),
             joining: tokio::sync::Mutex::new(()),
             dataplane,
+            dns,
             shutdown,
         });
         if let Some(files) = agent.datadir.cluster()? {
@@ -303,6 +313,7 @@ impl Agent {
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
         tokio::spawn(crate::upkeep::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
         tokio::spawn(Arc::clone(&self.dataplane).run(membership.clone(), self.shutdown.child_token()));
+        tokio::spawn(Arc::clone(&self.dns).follow(membership.clone()));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =
             Some(Session { membership: membership.clone(), token });
         Ok(membership)

@@ -35,16 +35,21 @@ impl Agent {
             self.dataplane.preflight(Some(*vni)).await.map_err(AgentError::Conflict)?;
         }
         let netns = body.netns.as_deref().map(Path::new);
-        let netns = self.dataplane.create_sandbox(&name, netns, &body.networks).map_err(AgentError::Conflict)?;
-        let published = self.change(move |core, now| publish_endpoints(core, now, &body)).await;
+        let attachment = self.dataplane.create_sandbox(&name, netns, &body.networks).map_err(AgentError::Conflict)?;
+        let served = self.dns.serve(&name, &attachment).map_err(AgentError::Conflict);
+        let published = match served {
+            Ok(()) => self.change(move |core, now| publish_endpoints(core, now, &body)).await,
+            Err(error) => Err(error),
+        };
         if let Err(error) = published {
+            self.dns.forget(&name, &attachment);
             if let Err(cleanup) = self.dataplane.remove_sandbox(&name) {
                 tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
             }
             return Err(error);
         }
         self.dataplane.poke();
-        if !self.dataplane.wait_wired(&netns, &vnis, WIRE_LIMIT).await {
+        if !self.dataplane.wait_wired(&attachment.netns, &vnis, WIRE_LIMIT).await {
             return Err(AgentError::Internal(anyhow::anyhow!(
                 "sandbox {name} is created but not wired to its networks yet (the agent log says why); it keeps trying"
             )));
@@ -97,7 +102,10 @@ impl Agent {
             })
             .await?;
         let attached = self.dataplane.remove_sandbox(name).map_err(AgentError::Conflict)?;
-        if deleted == 0 && !attached {
+        if let Some(attachment) = &attached {
+            self.dns.forget(name, attachment);
+        }
+        if deleted == 0 && attached.is_none() {
             return Err(AgentError::NotFound(format!(
                 "no sandbox named {name} on this host (`mesh sandbox ls` lists them)"
             )));

@@ -52,6 +52,10 @@ pub(crate) struct AgentArgs {
     /// machine [default: none: `mesh sandbox create web` makes netns `web`].
     #[arg(long)]
     netns_prefix: Option<String>,
+    /// A resolver for names mesh does not hold (repeatable) [default: the
+    /// nameservers of /etc/resolv.conf].
+    #[arg(long = "upstream-dns", value_name = "IP[:PORT]")]
+    upstream_dns: Vec<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -73,6 +77,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         log_level: args.log_level,
         vxlan_port: args.vxlan_port,
         netns_prefix: args.netns_prefix,
+        upstream_dns: args.upstream_dns,
     };
     let settings = file.overlay(flags).resolve()?;
     crate::logging::init(settings.log_format, &settings.log_level)?;

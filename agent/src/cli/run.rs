@@ -49,7 +49,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Some(netns) => {
             let command = args.command.clone();
             tokio::task::spawn_blocking(move || {
-                mesh_netdev::netns::run_in(&netns, move || {
+                mesh_netdev::netns::run_as_exec(&netns, move || {
                     std::process::Command::new(&command[0]).args(&command[1..]).status().map_err(|source| {
                         mesh_netdev::NetdevError::Io { what: "cannot run", path: command[0].clone().into(), source }
                     })

@@ -1,0 +1,182 @@
+//! The resolver: one name table and one forwarder shared by every
+//! listener, each listener (a sandbox's UDP and TCP sockets) with its own
+//! scope and tasks, so a flood from one sandbox does not stall another.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::{self, encode, respond, Outcome};
+use crate::forward::Forwarder;
+use crate::table::{NameTable, Scope};
+
+/// Tasks reading each UDP socket (the machines this runs on have a few cores).
+const UDP_WORKERS: usize = 2;
+/// Most TCP connections one listener serves at once.
+const MAX_TCP: usize = 64;
+/// How long a TCP connection may sit idle.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The largest TCP message.
+const MAX_TCP_MESSAGE: usize = 65_535;
+/// Largest UDP datagram read.
+const MAX_DATAGRAM: usize = 4096;
+
+/// A listener's sockets, bound (in the namespace they serve) but not yet served.
+#[derive(Debug)]
+pub struct Sockets {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+}
+
+/// Binds UDP and TCP sockets on `addr` in the calling thread's network namespace.
+pub fn bind(addr: SocketAddr) -> io::Result<Sockets> {
+    let udp = std::net::UdpSocket::bind(addr)?;
+    udp.set_nonblocking(true)?;
+    let tcp = std::net::TcpListener::bind(addr)?;
+    tcp.set_nonblocking(true)?;
+    Ok(Sockets { udp, tcp })
+}
+
+/// The names mesh answers and the way to every other name.
+pub struct Resolver {
+    table: watch::Sender<Arc<NameTable>>,
+    forwarder: Forwarder,
+    rotation: AtomicUsize,
+}
+
+impl Resolver {
+    /// A resolver with an empty table, forwarding to `upstreams`.
+    pub fn new(upstreams: &[SocketAddr]) -> Arc<Self> {
+        let (table, _) = watch::channel(Arc::new(NameTable::default()));
+        Arc::new(Self { table, forwarder: Forwarder::new(upstreams), rotation: AtomicUsize::new(0) })
+    }
+
+    /// Answers from `table` from now on.
+    pub fn set_table(&self, table: NameTable) {
+        self.table.send_replace(Arc::new(table));
+    }
+
+    /// The table answered from now.
+    pub fn table(&self) -> Arc<NameTable> {
+        self.table.borrow().clone()
+    }
+
+    /// Serves `sockets` for a sandbox on the networks of `scope` until
+    /// `shutdown`. Must be called within a Tokio runtime.
+    pub fn serve(self: &Arc<Self>, sockets: Sockets, scope: Scope, shutdown: CancellationToken) -> io::Result<()> {
+        let udp = Arc::new(UdpSocket::from_std(sockets.udp)?);
+        let tcp = TcpListener::from_std(sockets.tcp)?;
+        let scope = Arc::new(scope);
+        for _ in 0..UDP_WORKERS {
+            let (resolver, udp, scope, shutdown) = (self.clone(), udp.clone(), scope.clone(), shutdown.clone());
+            tokio::spawn(async move { shutdown.run_until_cancelled(resolver.serve_udp(udp, scope)).await });
+        }
+        let resolver = self.clone();
+        tokio::spawn(async move {
+            let stop = shutdown.clone();
+            stop.run_until_cancelled(resolver.serve_tcp(tcp, scope, shutdown)).await
+        });
+        Ok(())
+    }
+
+    fn next_rotation(&self) -> usize {
+        self.rotation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>, scope: Arc<Scope>) {
+        let mut buffer = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (len, peer) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::debug!(%error, "dns: receive failed");
+                    continue;
+                }
+            };
+            let outcome = answer::answer(&buffer[..len], &self.table(), &scope, self.next_rotation());
+            match outcome {
+                Outcome::Ignore => {}
+                Outcome::Reply { message, udp_limit } => send_udp(&socket, &message, udp_limit, peer).await,
+                Outcome::Forward { request, query, udp_limit } => {
+                    let Some(permit) = self.forwarder.permit() else {
+                        send_udp(&socket, &respond(&request, ResponseCode::ServFail), udp_limit, peer).await;
+                        continue;
+                    };
+                    let (resolver, socket) = (self.clone(), socket.clone());
+                    tokio::spawn(async move {
+                        let message = resolver.forwarder.forward(&request, &query).await;
+                        send_udp(&socket, &message, udp_limit, peer).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener, scope: Arc<Scope>, shutdown: CancellationToken) {
+        let connections = Arc::new(Semaphore::new(MAX_TCP));
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::debug!(%error, "dns: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
+            let (resolver, scope, shutdown) = (self.clone(), scope.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.run_until_cancelled(resolver.serve_connection(stream, &scope)).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Answers the queries of one TCP connection until it closes or idles.
+    async fn serve_connection(&self, mut stream: TcpStream, scope: &Scope) {
+        let mut buffer = vec![0u8; MAX_TCP_MESSAGE];
+        loop {
+            let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return };
+            let len = usize::from(len);
+            if tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buffer[..len])).await.is_err() {
+                return;
+            }
+            let message = match answer::answer(&buffer[..len], &self.table(), scope, self.next_rotation()) {
+                Outcome::Ignore => return,
+                Outcome::Reply { message, .. } => message,
+                Outcome::Forward { request, query, .. } => self.forward_one(&request, &query).await,
+            };
+            let Some(bytes) = encode(&message, MAX_TCP_MESSAGE) else { return };
+            let Ok(len) = u16::try_from(bytes.len()) else { return };
+            let mut framed = Vec::with_capacity(bytes.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            if stream.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn forward_one(&self, request: &Message, query: &Query) -> Message {
+        match self.forwarder.permit() {
+            Some(_permit) => self.forwarder.forward(request, query).await,
+            None => respond(request, ResponseCode::ServFail),
+        }
+    }
+}
+
+async fn send_udp(socket: &UdpSocket, message: &Message, limit: usize, peer: SocketAddr) {
+    let Some(bytes) = encode(message, limit) else { return };
+    if let Err(error) = socket.send_to(&bytes, peer).await {
+        tracing::debug!(%error, "dns: send failed");
+    }
+}
