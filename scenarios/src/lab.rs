@@ -232,10 +232,15 @@ impl Lab {
     /// Starts a long-running process in host `i`'s namespace; it is killed
     /// with the lab. Its output goes to `NAME.log` in the host's directory.
     pub fn spawn(&mut self, i: usize, name: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let host = self.host(i);
+        let netns = self.netns(i).to_owned();
+        self.spawn_in(i, &netns, name, program, args)
+    }
+
+    /// Like [`Lab::spawn`], in namespace `netns` (a sandbox of host `i`).
+    pub fn spawn_in(&mut self, i: usize, netns: &str, name: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
         let log = File::create(self.spawn_log(i, name))?;
         let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns), program])
+            .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{netns}"), program])
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

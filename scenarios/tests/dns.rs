@@ -135,7 +135,11 @@ fn removed_and_cut_off_names_stop_resolving() -> anyhow::Result<()> {
     })?;
     println!("a cut-off host's name stopped resolving on another host {} ms after the cut", took.as_millis());
     lab.cut(1, false)?;
-    lab.wait_for("svc1 back once h1 is", CONVERGE, |lab| Ok(dig_short(lab, 2, "svc2", &["svc1.dev.mesh"])?.len() == 1))?;
+    lab.wait_for(
+        "svc1 back once h1 is",
+        CONVERGE,
+        |lab| Ok(dig_short(lab, 2, "svc2", &["svc1.dev.mesh"])?.len() == 1),
+    )?;
     Ok(())
 }
 
@@ -197,7 +201,10 @@ fn hostile_input_harms_no_other_client() -> anyhow::Result<()> {
     let rogue = PathBuf::from(format!("/run/netns/{}", lab.sandbox_netns(2, "rogue")));
     let flood = std::thread::spawn(move || blast(rogue, packets));
     for _ in 0..20 {
-        ensure!(dig_short(&lab, 2, "svc2", &["svc1"])? == [ip1.clone()], "another sandbox is answered during the flood");
+        ensure!(
+            dig_short(&lab, 2, "svc2", &["svc1"])? == [ip1.clone()],
+            "another sandbox is answered during the flood"
+        );
     }
     let answered = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
     ensure!(answered >= typed, "every well-formed query of every type is answered ({answered} answers)");

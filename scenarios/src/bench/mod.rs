@@ -8,12 +8,17 @@
 //! - [`entries`]: 10,000 remote endpoints programmed into one host,
 //!   beside iproute2's batch mode, directly and through the agents
 //!   ([`view_to_kernel`]).
+//! - [`dns`]: dnsperf against mesh's resolver serving 1,000 names, beside
+//!   dnsmasq serving the same names; and how soon a new sandbox's name
+//!   resolves on another host.
 //! - [`overlay`]: iperf3 across the overlay, beside a hand-built VXLAN
 //!   pair and the raw underlay.
 //! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
 //!   beside memberlist's gossip model on the same simulated network.
 
+pub mod dns;
 pub mod entries;
+mod injected;
 pub mod membership;
 pub mod overlay;
 pub mod records;

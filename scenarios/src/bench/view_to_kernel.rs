@@ -12,12 +12,11 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use mesh_membership::records::{mac_for, EndpointSpec, Record, RecordKey, Value};
-use mesh_membership::Owned;
+use anyhow::Context;
 use mesh_netdev::{kernel, netns, reconcile::vxlan_name};
 use serde_json::Value as Json;
 
+use super::injected;
 use crate::lab::Lab;
 use crate::{api, procfs};
 
@@ -61,7 +60,7 @@ pub(super) fn measure(lab: &mut Lab, count: usize) -> anyhow::Result<Figures> {
     let cpu_one = cpu_per_second(pid)?;
 
     lab.terminate(2)?;
-    inject(&lab.data_dir(2).join("records.json"), count)?;
+    injected::add(lab, 2, FIRST, count)?;
     let socket = lab.socket(1);
     let (_, generation) = active_endpoints(&socket, 0, Duration::ZERO)?;
     let kernel = std::thread::spawn(move || wait_kernel(&host, count + 1));
@@ -89,29 +88,9 @@ pub(super) fn measure(lab: &mut Lab, count: usize) -> anyhow::Result<Figures> {
     })
 }
 
-/// Adds `count` endpoints to a stopped agent's saved records, owned by it
-/// (the owner of the endpoint it already has), on network `bench`.
-fn inject(path: &std::path::Path, count: usize) -> anyhow::Result<()> {
-    let mut owned: Owned = serde_json::from_slice(&std::fs::read(path)?).context("records.json")?;
-    let seed = owned.endpoints.first().context("h2 holds its seed endpoint")?.clone();
-    let (RecordKey::Endpoint { owner, .. }, Value::Endpoint(spec)) = (&seed.key, &seed.value) else {
-        bail!("the seed record is not an endpoint");
-    };
-    for k in 0..count {
-        let ip = Ipv4Addr::from(u32::from(FIRST) + u32::try_from(k)?);
-        let spec = EndpointSpec { ip: Some(ip), mac: mac_for(ip), static_ip: true, ..spec.clone() };
-        let name = format!("e{k}");
-        let value = Value::Endpoint(spec.clone());
-        owned.endpoints.push(Record { key: spec.key(*owner, &name), version: owned.next_version, value });
-        owned.next_version += 1;
-    }
-    std::fs::write(path, serde_json::to_vec(&owned)?)?;
-    Ok(())
-}
-
 /// Host 1's count of active endpoints on `bench` once its view's
 /// generation passes `after` (or `wait` runs out), and that generation.
-fn active_endpoints(socket: &std::path::Path, after: u64, wait: Duration) -> anyhow::Result<(usize, u64)> {
+pub(super) fn active_endpoints(socket: &std::path::Path, after: u64, wait: Duration) -> anyhow::Result<(usize, u64)> {
     let path = format!("/v1/changes?after={after}&network=bench&timeout_ms={}", wait.as_millis());
     let body: Json = serde_json::from_str(&api::get_waiting(socket, &path, wait)?)?;
     let active = body["endpoints"].as_array().map_or(0, Vec::len);

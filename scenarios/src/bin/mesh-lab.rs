@@ -74,6 +74,19 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         count: usize,
     },
+    /// Measure mesh's resolver with dnsperf beside dnsmasq serving the
+    /// same names, and how soon a new sandbox's name resolves elsewhere.
+    BenchDns {
+        /// Number of names served.
+        #[arg(long, default_value_t = 1000)]
+        names: usize,
+        /// Seconds of each saturated dnsperf run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Number of timed sandbox creations.
+        #[arg(long, default_value_t = 50)]
+        creates: usize,
+    },
     /// Remove namespaces and agents left by lab runs that crashed.
     Clean,
 }
@@ -90,6 +103,7 @@ fn main() -> ExitCode {
         Command::BenchRecords { hosts, changes, no_serf } => bench::records::run(hosts, changes, !no_serf),
         Command::BenchOverlay { seconds } => bench::overlay::run(seconds),
         Command::BenchEntries { count } => bench::entries::run(count),
+        Command::BenchDns { names, seconds, creates } => bench::dns::run(names, seconds, creates),
         Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => bench::sim::run(&bench::sim::SimBench {
             nodes,
             changes,

@@ -1,0 +1,208 @@
+//! DNS: dnsperf against mesh's resolver inside a sandbox serving N names
+//! (endpoints of another host, from the replicated view), beside dnsmasq
+//! serving the same N names from a hosts file in the same sandbox, with
+//! the same dnsperf settings in the same run; then how soon the name of a
+//! sandbox created on host 1 resolves on host 2.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+
+use super::{injected, median, percentile, view_to_kernel};
+use crate::lab::Lab;
+
+/// The first injected endpoint's address (the network is 10.64.0.0/16).
+const FIRST: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 10);
+/// dnsmasq's address inside the client sandbox (mesh's is 127.0.0.11).
+const DNSMASQ: &str = "127.0.0.12";
+/// dnsperf's simulated clients (the figure on record for dnsmasq uses 4).
+const CLIENTS: &str = "4";
+/// The fixed loads of the latency runs, queries per second: a light one
+/// and a busy one (about half of what either server sustains here).
+const LATENCY_LOADS: [&str; 2] = ["10000", "40000"];
+/// How long each latency run lasts, seconds.
+const LATENCY_SECONDS: &str = "3";
+/// Generous bound on each wait (not a performance claim).
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// What dnsperf measured of one server.
+struct Perf {
+    qps: f64,
+    average_ms: f64,
+    /// Median and p99 latency at each of [`LATENCY_LOADS`].
+    paced: Vec<(f64, f64)>,
+    lost: String,
+}
+
+/// Runs the benchmark with `names` names for `seconds` per throughput run
+/// and `creates` timed sandbox creations.
+pub fn run(names: usize, seconds: u64, creates: usize) -> anyhow::Result<()> {
+    if !(1..=60_000).contains(&names) || seconds == 0 || creates == 0 {
+        bail!("give 1-60000 names, a positive duration and a positive number of creates");
+    }
+    let mut lab = Lab::new(2)?;
+    println!("DNS on 2 lab hosts: {names} names served from host 1's sandbox");
+    lab.form_cluster()?;
+    lab.wait_for("both alive", LIMIT, |lab| {
+        Ok(lab.members_api(1)?.iter().filter(|m| m.status == "alive").count() == 2)
+    })?;
+    lab.mesh_ok(1, &["network", "create", "bench", "--subnet", "10.64.0.0/16", "--vni", "9997"])?;
+    lab.wait_for("bench on h2", LIMIT, |lab| Ok(lab.mesh(2, &["network", "inspect", "bench"])?.success))?;
+    lab.mesh_ok(1, &["sandbox", "create", "client", "--network", "bench", "--ip", "10.64.255.251"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "seed", "--network", "bench", "--ip", "10.64.255.250"])?;
+    lab.terminate(2)?;
+    injected::add(&lab, 2, FIRST, names)?;
+    lab.start_agent(2, &[])?;
+    let socket = lab.socket(1);
+    lab.wait_for("every name in h1's view", LIMIT, |_| {
+        Ok(view_to_kernel::active_endpoints(&socket, 0, Duration::ZERO)?.0 == names + 2)
+    })?;
+
+    let dir = tempfile::Builder::new().prefix("mesh-bench-dns-").tempdir()?;
+    let (mut queries, mut hosts) = (String::new(), String::new());
+    for k in 0..names {
+        writeln!(queries, "{} A", injected::name(k))?;
+        writeln!(hosts, "{} {}", injected::address(FIRST, k), injected::name(k))?;
+    }
+    let (queries_file, hosts_file) = (dir.path().join("queries"), dir.path().join("hosts"));
+    std::fs::write(&queries_file, queries)?;
+    std::fs::write(&hosts_file, hosts)?;
+    let hosts_arg = format!("--addn-hosts={}", hosts_file.display());
+    let listen = format!("--listen-address={DNSMASQ}");
+    let dnsmasq = ["--no-daemon", "--no-resolv", "--no-hosts", "--user=root", "--bind-interfaces", &listen, &hosts_arg];
+    let client_netns = lab.sandbox_netns(1, "client");
+    lab.spawn_in(1, &client_netns, "dnsmasq", "dnsmasq", &dnsmasq)?;
+    let probe = injected::name(0);
+    lab.wait_for("dnsmasq answers", LIMIT, |lab| {
+        let out = lab.sandbox_exec(1, "client", "dig", &["+short", &format!("@{DNSMASQ}"), &probe])?;
+        Ok(!out.stdout.trim().is_empty())
+    })?;
+
+    let file = queries_file.to_str().context("temp path")?;
+    let mesh = perf(&lab, "127.0.0.11", file, seconds)?;
+    let baseline = perf(&lab, DNSMASQ, file, seconds)?;
+    lab.kill_spawned();
+    println!();
+    println!("| dnsperf, {names} names, {CLIENTS} clients, {seconds} s | mesh | dnsmasq (same run) | mesh / dnsmasq |");
+    println!("|---|---|---|---|");
+    println!(
+        "| queries per second, saturated | {:.0} | {:.0} | {:.2} |",
+        mesh.qps,
+        baseline.qps,
+        mesh.qps / baseline.qps
+    );
+    let row = |what: &str, a: f64, b: f64| println!("| {what} | {a:.3} ms | {b:.3} ms | {:.2} |", a / b);
+    row("average latency, saturated", mesh.average_ms, baseline.average_ms);
+    for (load, (mesh, baseline)) in LATENCY_LOADS.iter().zip(mesh.paced.iter().zip(&baseline.paced)) {
+        row(&format!("median latency at {load} qps"), mesh.0, baseline.0);
+        row(&format!("p99 latency at {load} qps"), mesh.1, baseline.1);
+    }
+    println!("| queries lost | {} | {} | - |", mesh.lost, baseline.lost);
+
+    let delays = create_to_resolve(&lab, creates)?;
+    println!();
+    println!("| `sandbox create` on h1 returns → its name resolves on h2 ({creates} creates) | median | p99 |");
+    println!("|---|---|---|");
+    let (mut after, mut from_start): (Vec<f64>, Vec<f64>) = delays.into_iter().unzip();
+    println!("| from the command's return | {:.1} ms | {:.1} ms |", median(&mut after), percentile(&mut after, 99.0));
+    println!(
+        "| from the command's start | {:.1} ms | {:.1} ms |",
+        median(&mut from_start),
+        percentile(&mut from_start, 99.0)
+    );
+    println!("(Docker swarm on this machine, measured before: 25-60 ms from `docker run` returning; the benchmark suite runs it side by side)");
+    Ok(())
+}
+
+/// dnsperf against `server` from the client sandbox: a saturated run of
+/// `seconds`, then a run at a fixed load for the latency percentiles.
+fn perf(lab: &Lab, server: &str, queries: &str, seconds: u64) -> anyhow::Result<Perf> {
+    let seconds = seconds.to_string();
+    let saturated =
+        lab.sandbox_exec(1, "client", "dnsperf", &["-s", server, "-d", queries, "-c", CLIENTS, "-l", &seconds])?;
+    if !saturated.success {
+        bail!("dnsperf against {server}: {}", saturated.stderr.trim());
+    }
+    let stat = |label: &str| {
+        saturated.stdout.lines().find_map(|l| l.trim().strip_prefix(label)).map(|rest| rest.trim().to_owned())
+    };
+    let qps: f64 = stat("Queries per second:").context("no queries per second")?.parse()?;
+    let average_ms = stat("Average Latency (s):")
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .context("no average latency")?
+        * 1000.0;
+    let lost = stat("Queries lost:").unwrap_or_default();
+    let mut paced = Vec::new();
+    for load in LATENCY_LOADS {
+        let args = ["-s", server, "-d", queries, "-c", CLIENTS, "-l", LATENCY_SECONDS, "-Q", load, "-v"];
+        let out = lab.sandbox_exec(1, "client", "dnsperf", &args)?;
+        let mut latencies: Vec<f64> = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("> NOERROR"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .map(|s| s * 1000.0)
+            .collect();
+        if latencies.is_empty() {
+            bail!("dnsperf against {server} at {load} qps got no answers");
+        }
+        paced.push((median(&mut latencies), percentile(&mut latencies, 99.0)));
+    }
+    Ok(Perf { qps, average_ms, paced, lost })
+}
+
+/// For each of `creates` sandboxes made on host 1: the delay from the
+/// command's return, and from its start, to its name first answered by
+/// the resolver in host 2's sandbox (asked every 0.5 ms), in ms.
+fn create_to_resolve(lab: &Lab, creates: usize) -> anyhow::Result<Vec<(f64, f64)>> {
+    let watcher = PathBuf::from(format!("/run/netns/{}", lab.sandbox_netns(2, "seed")));
+    let mut delays = Vec::new();
+    for k in 0..creates {
+        let name = format!("t{k}");
+        let asked = Name::from_ascii(format!("{name}.bench.mesh."))?;
+        let (path, poll) = (watcher.clone(), asked.clone());
+        let resolved = std::thread::spawn(move || first_answer(&path, &poll));
+        std::thread::sleep(Duration::from_millis(20));
+        let start = Instant::now();
+        lab.mesh_ok(1, &["sandbox", "create", &name, "--network", "bench"])?;
+        let returned = Instant::now();
+        let at = resolved.join().map_err(|_| anyhow::anyhow!("the resolver watcher panicked"))??;
+        let ms = |from: Instant| at.saturating_duration_since(from).as_secs_f64() * 1000.0;
+        delays.push((ms(returned), ms(start)));
+        lab.mesh_ok(1, &["sandbox", "rm", &name])?;
+    }
+    Ok(delays)
+}
+
+/// Asks the resolver in the namespace at `netns` for `name` until it
+/// answers with an address; returns when it first did.
+fn first_answer(netns: &std::path::Path, name: &Name) -> anyhow::Result<Instant> {
+    let mut query = Message::query();
+    query.add_query(Query::query(name.clone(), RecordType::A));
+    let packet = query.to_vec()?;
+    let found = mesh_netdev::netns::run_in(netns, move || {
+        let io = |source| mesh_netdev::NetdevError::Io { what: "dns probe", path: "127.0.0.11".into(), source };
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
+        socket.set_read_timeout(Some(Duration::from_micros(500))).map_err(io)?;
+        let resolver = SocketAddr::from(([127, 0, 0, 11], 53));
+        let deadline = Instant::now() + LIMIT;
+        let mut buffer = [0u8; 1500];
+        while Instant::now() < deadline {
+            socket.send_to(&packet, resolver).map_err(io)?;
+            while let Ok(len) = socket.recv(&mut buffer) {
+                let answered = Message::from_vec(&buffer[..len])
+                    .is_ok_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty());
+                if answered {
+                    return Ok(Some(Instant::now()));
+                }
+            }
+        }
+        Ok(None)
+    })?;
+    found.with_context(|| format!("{name} did not resolve on h2 within {LIMIT:?}"))
+}
