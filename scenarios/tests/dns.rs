@@ -87,6 +87,21 @@ fn names_aliases_and_addresses_resolve_across_hosts() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn mesh_run_resolves_and_a_restarted_agent_serves_again() -> anyhow::Result<()> {
+    let mut lab = cluster(2, &[])?;
+    let ip1 = ip_of(&lab, "svc1")?;
+    lab.wait_for("svc1 resolves on h2", CONVERGE, |lab| Ok(dig_short(lab, 2, "svc2", &["svc1"])? == [ip1.clone()]))?;
+    let out = lab.mesh(2, &["run", "--network", "dev", "--", "getent", "hosts", "svc1"])?;
+    ensure!(out.success && out.stdout.starts_with(&ip1), "mesh run gets the sandbox's resolv.conf: {out:?}");
+    lab.terminate(2)?;
+    lab.start_agent(2, &["--upstream-dns", UPSTREAM])?;
+    lab.wait_for("svc2's resolver back after a restart", CONVERGE, |lab| {
+        Ok(dig_short(lab, 2, "svc2", &["svc1"])? == [ip1.clone()])
+    })?;
+    Ok(())
+}
+
 /// Starts dnsmasq on host 1 answering `outside.example`, and NXDOMAIN
 /// for the rest of `example`.
 fn start_upstream(lab: &mut Lab) -> anyhow::Result<()> {
