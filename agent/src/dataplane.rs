@@ -74,16 +74,8 @@ impl Dataplane {
         networks: &[String],
     ) -> Result<Attachment, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
-        if attachments.contains_key(name) {
-            return Err(format!("a sandbox named {name} already exists on this host"));
-        }
+        self.check_new(&attachments, name, netns)?;
         let attachment = match netns {
-            Some(path) if !netns::is_netns(path) => {
-                return Err(format!(
-                    "{} is not a network namespace (give a path such as /proc/PID/ns/net or /run/netns/NAME)",
-                    path.display()
-                ))
-            }
             Some(path) => {
                 reconcile::prepare_sandbox(path).map_err(|e| e.to_string())?;
                 Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec() }
@@ -100,13 +92,41 @@ impl Dataplane {
         Ok(attachment)
     }
 
+    /// Checks that sandbox `name` can be given a network stack (see
+    /// [`Dataplane::create_sandbox`]) without making anything.
+    pub(crate) fn check_sandbox(&self, name: &str, netns: Option<&Path>) -> Result<(), String> {
+        self.check_new(&self.attachments.lock().unwrap_or_else(PoisonError::into_inner), name, netns)
+    }
+
+    fn check_new(
+        &self,
+        attachments: &BTreeMap<String, Attachment>,
+        name: &str,
+        netns: Option<&Path>,
+    ) -> Result<(), String> {
+        if attachments.contains_key(name) {
+            return Err(format!("a sandbox named {name} already exists on this host"));
+        }
+        match netns {
+            Some(path) if !netns::is_netns(path) => Err(format!(
+                "{} is not a network namespace (give a path such as /proc/PID/ns/net or /run/netns/NAME)",
+                path.display()
+            )),
+            Some(_) => Ok(()),
+            None => {
+                let netns_name = format!("{}{name}", self.prefix);
+                if netns::path_of(&netns_name).exists() {
+                    return Err(format!(
+                        "a network namespace named {netns_name} already exists (`ip netns del {netns_name}` if it is stale)"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn make_netns(&self, name: &str) -> Result<PathBuf, String> {
         let netns_name = format!("{}{name}", self.prefix);
-        if netns::path_of(&netns_name).exists() {
-            return Err(format!(
-                "a network namespace named {netns_name} already exists (`ip netns del {netns_name}` if it is stale)"
-            ));
-        }
         let path = netns::create(&netns_name).map_err(|e| e.to_string())?;
         if let Err(error) = reconcile::prepare_sandbox(&path) {
             let _ = netns::remove(&path);

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mesh_membership::records::view::{NetworkView, View};
@@ -15,6 +15,7 @@ use super::bodies::{self, Names};
 use super::networks::{no_such_network, publish_error};
 use super::{unix_ms, Agent, AgentError};
 use crate::api::{SandboxBody, SandboxCreateBody};
+use crate::datadir::Attachment;
 use crate::ipam;
 
 /// How long `sandbox create` waits for the sandbox to be wired.
@@ -34,20 +35,22 @@ impl Agent {
         for vni in &vnis {
             self.dataplane.preflight(Some(*vni)).await.map_err(AgentError::Conflict)?;
         }
-        let netns = body.netns.as_deref().map(Path::new);
-        let attachment = self.dataplane.create_sandbox(&name, netns, &body.networks).map_err(AgentError::Conflict)?;
-        let served = self.dns.serve(&name, &attachment).map_err(AgentError::Conflict);
-        let published = match served {
-            Ok(()) => self.change(move |core, now| publish_endpoints(core, now, &body)).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = published {
-            self.dns.forget(&name, &attachment);
-            if let Err(cleanup) = self.dataplane.remove_sandbox(&name) {
-                tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
+        let netns = body.netns.clone().map(PathBuf::from);
+        self.dataplane.check_sandbox(&name, netns.as_deref()).map_err(AgentError::Conflict)?;
+        // Published first: other hosts program it while this one builds
+        // the namespace; withdrawn if the build fails.
+        let networks = body.networks.clone();
+        self.change(move |core, now| publish_endpoints(core, now, &body)).await?;
+        let attachment = match self.build_sandbox(&name, netns.as_deref(), &networks) {
+            Ok(attachment) => attachment,
+            Err(error) => {
+                let owned = name.clone();
+                if let Err(cleanup) = self.change(move |core, now| withdraw_endpoints(core, now, &owned)).await {
+                    tracing::warn!(sandbox = %name, error = %cleanup, "could not withdraw a sandbox that failed");
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+        };
         self.dataplane.poke();
         if !self.dataplane.wait_wired(&attachment.netns, &vnis, WIRE_LIMIT).await {
             return Err(AgentError::Internal(anyhow::anyhow!(
@@ -58,6 +61,20 @@ impl Agent {
         let addresses: Vec<_> = sandbox.endpoints.iter().map(|e| (&e.network, &e.endpoint.ip)).collect();
         tracing::info!(sandbox = %name, ?addresses, "created sandbox");
         Ok(sandbox)
+    }
+
+    /// Gives sandbox `name` its namespace and resolver; on failure leaves
+    /// neither.
+    fn build_sandbox(&self, name: &str, netns: Option<&Path>, networks: &[String]) -> Result<Attachment, AgentError> {
+        let attachment = self.dataplane.create_sandbox(name, netns, networks).map_err(AgentError::Conflict)?;
+        if let Err(error) = self.dns.serve(name, &attachment) {
+            self.dns.forget(name, &attachment);
+            if let Err(cleanup) = self.dataplane.remove_sandbox(name) {
+                tracing::warn!(sandbox = %name, error = %cleanup, "could not remove the sandbox's namespace");
+            }
+            return Err(AgentError::Conflict(error));
+        }
+        Ok(attachment)
     }
 
     /// This host's sandbox `name`.
@@ -86,21 +103,7 @@ impl Agent {
     /// Removes this host's sandbox `name`: its endpoints, then its namespace.
     pub(crate) async fn sandbox_rm(&self, name: &str) -> Result<(), AgentError> {
         let owned = name.to_owned();
-        let deleted = self
-            .change(move |core, now| {
-                let me = core.identity().id;
-                let networks: Vec<String> = core
-                    .view()
-                    .endpoints()
-                    .filter(|e| e.owner == me && e.name == owned)
-                    .map(|e| e.spec.network.clone())
-                    .collect();
-                for network in &networks {
-                    core.delete_endpoint(now, &owned, network).map_err(publish_error)?;
-                }
-                Ok(networks.len())
-            })
-            .await?;
+        let deleted = self.change(move |core, now| withdraw_endpoints(core, now, &owned)).await?;
         let attached = self.dataplane.remove_sandbox(name).map_err(AgentError::Conflict)?;
         if let Some(attachment) = &attached {
             self.dns.forget(name, attachment);
@@ -113,6 +116,17 @@ impl Agent {
         tracing::info!(sandbox = %name, "removed sandbox");
         Ok(())
     }
+}
+
+/// Deletes every endpoint of this node's sandbox `name`; returns how many.
+fn withdraw_endpoints(core: &mut Core, now: Instant, name: &str) -> Result<usize, AgentError> {
+    let me = core.identity().id;
+    let networks: Vec<String> =
+        core.view().endpoints().filter(|e| e.owner == me && e.name == name).map(|e| e.spec.network.clone()).collect();
+    for network in &networks {
+        core.delete_endpoint(now, name, network).map_err(publish_error)?;
+    }
+    Ok(networks.len())
 }
 
 /// Checks the list of networks a sandbox is to join.

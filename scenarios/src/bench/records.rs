@@ -87,22 +87,14 @@ fn measure_mesh(lab: &mut Lab, changes: usize) -> anyhow::Result<Delays> {
             scope.spawn(move || watch_mesh(&lab.socket(i), seen, stop));
         }
         std::thread::sleep(Duration::from_millis(200));
-        let mut starts = Vec::new();
-        for k in 0..changes {
-            let origin = k % n + 1;
-            let body = format!(r#"{{"name":"c{k}","network":"bench","aliases":["svc"]}}"#);
-            let sent = Instant::now();
-            let posted = api::post(&lab.socket(origin), "/v1/sandboxes", &body);
-            starts.push((origin, sent, Instant::now()));
-            posted.with_context(|| format!("sandbox c{k} on h{origin}"))?;
-            std::thread::sleep(PAUSE);
-        }
+        let made = make_sandboxes(lab, changes);
         let deadline = Instant::now() + SETTLE;
-        while Instant::now() < deadline && !all_seen(&seen, changes) {
+        while made.is_ok() && Instant::now() < deadline && !all_seen(&seen, changes) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The watchers stop whatever happened, or the scope never ends.
         stop.store(true, Ordering::Relaxed);
-        Ok(starts)
+        made
     })?;
     let arrivals: Vec<HashMap<String, Instant>> =
         seen.into_iter().map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)).collect();
@@ -111,6 +103,23 @@ fn measure_mesh(lab: &mut Lab, changes: usize) -> anyhow::Result<Delays> {
         |host, k| arrivals[host - 1].get(&format!("c{k}")).copied(),
         |at, start| at.saturating_duration_since(start).as_secs_f64() * 1000.0,
     ))
+}
+
+/// Creates sandboxes `c0`... on the hosts in turn, [`PAUSE`] apart; returns
+/// each one's host and when its command started and returned.
+fn make_sandboxes(lab: &Lab, changes: usize) -> anyhow::Result<Vec<Start<Instant>>> {
+    let n = lab.len();
+    let mut starts = Vec::new();
+    for k in 0..changes {
+        let origin = k % n + 1;
+        let body = format!(r#"{{"name":"c{k}","networks":["bench"],"aliases":["svc"]}}"#);
+        let sent = Instant::now();
+        let posted = api::post(&lab.socket(origin), "/v1/sandboxes", &body);
+        starts.push((origin, sent, Instant::now()));
+        posted.with_context(|| format!("sandbox c{k} on h{origin}"))?;
+        std::thread::sleep(PAUSE);
+    }
+    Ok(starts)
 }
 
 /// Long-polls one host's view, noting when each endpoint first appears.
