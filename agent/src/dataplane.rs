@@ -190,18 +190,18 @@ impl Dataplane {
         let mut first_peer: Option<Instant> = None;
         let mut last_errors = Vec::new();
         loop {
-            let Ok((view, members, me)) =
-                membership.with_core(|core, _| (core.view(), core.members(), core.identity().id)).await
-            else {
+            let current = views.borrow_and_update().clone();
+            let view = &current.view;
+            let Ok((members, me)) = membership.with_core(|core, _| (core.members(), core.identity().id)).await else {
                 break;
             };
-            track_down(&view, &mut down_since);
+            track_down(view, &mut down_since);
             if members.iter().skip(1).any(|m| matches!(m.status, Status::Alive | Status::Suspect)) {
                 first_peer.get_or_insert_with(Instant::now);
             }
             let warm = first_peer.is_some_and(|at| at.elapsed() >= WARM_AFTER_PEER) || started.elapsed() >= WARM_ALONE;
             let mode = if warm { Mode::Full } else { Mode::AddOnly };
-            let plans = self.plans(&view, &members, me, &down_since);
+            let plans = self.plans(view, &members, me, &down_since);
             match kernel.reconcile(self.underlay, &plans, mode).await {
                 Ok(report) => {
                     self.wired.send_replace(report.wired.clone());

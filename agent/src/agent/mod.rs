@@ -283,6 +283,11 @@ impl Agent {
         membership.with_core(move |core, _| f(core)).await.map_err(|e| AgentError::Internal(e.into()))
     }
 
+    /// The view as the membership task last derived it (no new derivation).
+    fn current_view(&self) -> Result<Arc<mesh_membership::CurrentView>, AgentError> {
+        Ok(self.require_membership()?.watch_view().borrow().clone())
+    }
+
     /// Whether this node is in a cluster.
     pub(crate) fn membership(&self) -> Option<Membership> {
         let session = self.session.read().unwrap_or_else(PoisonError::into_inner);

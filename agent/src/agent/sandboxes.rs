@@ -30,8 +30,7 @@ impl Agent {
         let name = body.name.clone();
         check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         check_networks(&body.networks)?;
-        let networks = body.networks.clone();
-        let vnis = self.read(move |core| overlay_vnis(&core.view(), &networks)).await??;
+        let vnis = overlay_vnis(&self.current_view()?.view, &body.networks)?;
         for vni in &vnis {
             self.dataplane.preflight(Some(*vni)).await.map_err(AgentError::Conflict)?;
         }
@@ -174,10 +173,10 @@ fn publish_endpoints(core: &mut Core, now: Instant, body: &SandboxCreateBody) ->
         check_name("alias", alias).map_err(|e| bad(e.to_string()))?;
     }
     let me = core.identity().id;
-    if core.view().endpoints().any(|e| e.owner == me && e.name == body.name) {
+    let view = core.view();
+    if view.endpoints().any(|e| e.owner == me && e.name == body.name) {
         return Err(AgentError::Conflict(format!("a sandbox named {} already exists on this host", body.name)));
     }
-    let view = core.view();
     let mut specs = Vec::new();
     for (i, network) in body.networks.iter().enumerate() {
         let ip = if i == 0 { body.ip.as_deref() } else { None };

@@ -180,7 +180,14 @@ impl View {
 /// held by an endpoint that wins: static before allocated, then oldest,
 /// then by owner and name. Sorts the endpoints by name then owner.
 fn settle_addresses(network: &NetworkSpec, endpoints: &mut [EndpointView]) {
-    endpoints.sort_by_key(|e| (!e.spec.static_ip, e.spec.created_ms, e.owner, e.name.clone()));
+    endpoints.sort_by(|a, b| {
+        (!a.spec.static_ip, a.spec.created_ms, a.owner, &a.name).cmp(&(
+            !b.spec.static_ip,
+            b.spec.created_ms,
+            b.owner,
+            &b.name,
+        ))
+    });
     let mut holders: HashMap<Ipv4Addr, usize> = HashMap::new();
     for i in 0..endpoints.len() {
         if endpoints[i].state != EndpointState::Active {
