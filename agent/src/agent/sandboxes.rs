@@ -21,7 +21,7 @@ use crate::ipam;
 /// How long `sandbox create` waits for the sandbox to be wired.
 const WIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most networks one sandbox joins.
-pub(crate) const MAX_NETWORKS: usize = 16;
+const MAX_NETWORKS: usize = 16;
 
 impl Agent {
     /// Creates a sandbox with an endpoint on each of its networks, with
