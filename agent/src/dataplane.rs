@@ -56,11 +56,16 @@ impl Dataplane {
         Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new(), wired })
     }
 
-    /// Checks that network `vni` can be built on this host.
-    pub(crate) async fn preflight(&self, vni: Option<u32>) -> Result<(), String> {
-        let Some(vni) = vni else { return Ok(()) };
+    /// Checks that the networks `vnis` can be built on this host.
+    pub(crate) async fn preflight(&self, vnis: &[u32]) -> Result<(), String> {
+        if vnis.is_empty() {
+            return Ok(());
+        }
         let kernel = Reconciler::open().map_err(|e| e.to_string())?;
-        kernel.preflight(self.underlay, vni).await.map_err(|e| e.to_string())
+        for vni in vnis {
+            kernel.preflight(self.underlay, *vni).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Gives sandbox `name` a network stack for `networks` (its

@@ -31,9 +31,7 @@ impl Agent {
         check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         check_networks(&body.networks)?;
         let vnis = overlay_vnis(&self.current_view()?.view, &body.networks)?;
-        for vni in &vnis {
-            self.dataplane.preflight(Some(*vni)).await.map_err(AgentError::Conflict)?;
-        }
+        self.dataplane.preflight(&vnis).await.map_err(AgentError::Conflict)?;
         let netns = body.netns.clone().map(PathBuf::from);
         self.dataplane.check_sandbox(&name, netns.as_deref()).map_err(AgentError::Conflict)?;
         // Published first: other hosts program it while this one builds
