@@ -15,6 +15,10 @@ pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/mesh";
 pub(crate) const DEFAULT_SOCKET: &str = "/run/mesh/mesh.sock";
 /// VXLAN's IANA port.
 pub(crate) const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Where Docker looks for plugin sockets.
+pub(crate) const DEFAULT_DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
+/// The Docker engine's API socket.
+pub(crate) const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -48,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) netns_prefix: Option<String>,
     #[serde(default)]
     pub(crate) upstream_dns: Vec<String>,
+    pub(crate) docker_plugin_dir: Option<PathBuf>,
+    pub(crate) docker_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -79,6 +85,8 @@ impl Config {
             vxlan_port: flags.vxlan_port.or(self.vxlan_port),
             netns_prefix: flags.netns_prefix.or(self.netns_prefix),
             upstream_dns: if flags.upstream_dns.is_empty() { self.upstream_dns } else { flags.upstream_dns },
+            docker_plugin_dir: flags.docker_plugin_dir.or(self.docker_plugin_dir),
+            docker_socket: flags.docker_socket.or(self.docker_socket),
         }
     }
 
@@ -138,6 +146,12 @@ impl Config {
             vxlan_port: self.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT),
             netns_prefix: self.netns_prefix.unwrap_or_default(),
             upstream_dns,
+            docker_plugin_dir: match self.docker_plugin_dir {
+                Some(dir) if dir.as_os_str().is_empty() => None,
+                Some(dir) => Some(dir),
+                None => Some(DEFAULT_DOCKER_PLUGIN_DIR.into()),
+            },
+            docker_socket: self.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
         })
     }
 }
@@ -163,6 +177,10 @@ pub(crate) struct Settings {
     pub(crate) netns_prefix: String,
     /// Where names mesh does not hold are resolved.
     pub(crate) upstream_dns: Vec<SocketAddr>,
+    /// Where the Docker plugin socket goes; `None`: no Docker plugin.
+    pub(crate) docker_plugin_dir: Option<PathBuf>,
+    /// The Docker engine the plugin asks for names.
+    pub(crate) docker_socket: PathBuf,
 }
 
 /// The host's resolver configuration.

@@ -39,7 +39,24 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let underlay = Underlay { local, port: settings.vxlan_port };
     let dataplane = Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay)?);
     let dns = Arc::new(SandboxDns::new(&settings.upstream_dns, shutdown.clone()));
-    let agent = Agent::start(settings.name.clone(), advertise, datadir, endpoint, dataplane, dns, shutdown.clone())?;
+    if settings.docker_plugin_dir.is_some() {
+        if let Err(error) = dns.serve_host() {
+            tracing::warn!(%error, "no DNS for Docker's containers");
+        }
+    }
+    let agent = Agent::start(
+        settings.name.clone(),
+        advertise,
+        datadir.clone(),
+        endpoint,
+        Arc::clone(&dataplane),
+        dns,
+        shutdown.clone(),
+    )?;
+    if let Some(dir) = &settings.docker_plugin_dir {
+        let agent = Arc::clone(&agent);
+        crate::docker::start(dir, &settings.docker_socket, agent, dataplane, datadir, shutdown.clone()).await?;
+    }
     tracing::info!(name = %settings.name, %advertise, socket = %settings.socket.display(), "agent started");
     if let (false, Some(token)) = (settings.join.is_empty(), &settings.token) {
         tokio::spawn(Arc::clone(&agent).join_with_retry(settings.join.clone(), token.to_string()));
@@ -66,6 +83,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = api.await;
     let _ = std::fs::remove_file(&settings.socket);
+    if let Some(dir) = &settings.docker_plugin_dir {
+        let _ = std::fs::remove_file(dir.join(format!("{}.sock", crate::docker::DRIVER)));
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

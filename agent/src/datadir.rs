@@ -123,6 +123,16 @@ impl DataDir {
         self.write("sandboxes.json", &serde_json::to_vec_pretty(attachments)?, 0o600)
     }
 
+    /// Docker's mesh networks and endpoints, as the plugin bound them.
+    pub(crate) fn docker_bindings(&self) -> anyhow::Result<crate::docker::Bindings> {
+        self.read_json("docker.json")
+    }
+
+    /// Saves Docker's mesh networks and endpoints.
+    pub(crate) fn save_docker_bindings(&self, bindings: &crate::docker::Bindings) -> anyhow::Result<()> {
+        self.write("docker.json", &serde_json::to_vec_pretty(bindings)?, 0o600)
+    }
+
     /// Saves this node's own records, snapshot at core `generation`,
     /// unless a newer snapshot was saved already.
     pub(crate) fn save_records(&self, generation: u64, owned: &Owned) -> anyhow::Result<()> {

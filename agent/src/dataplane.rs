@@ -3,9 +3,13 @@
 //! on every view change and every [`RECONCILE_EVERY`].
 //!
 //! For each overlay network with a sandbox on this host: a bridge, a VXLAN
-//! device, a veth per local sandbox, and for every active endpoint on
+//! device, a veth per local sandbox (or per Docker endpoint, whose end
+//! Docker moves into the container: a hand-off), and for every active endpoint on
 //! another host an FDB entry (MAC → its host's VTEP) and a neighbour entry
-//! (IP → MAC). Endpoints whose host is down stay programmed for
+//! (IP → MAC). The bridge holds the network's gateway address and
+//! [`crate::names::HOST_DNS`], so sandboxes reach this host's resolver
+//! (Docker's containers do, through a route the plugin gives them).
+//! Endpoints whose host is down stay programmed for
 //! [`DOWN_GRACE`] (a host that is only briefly unreachable loses nothing),
 //! then are withdrawn; endpoints in conflict are never programmed.
 
@@ -19,7 +23,7 @@ use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::records::Driver;
 use mesh_membership::{MemberInfo, Membership, NodeId, Status};
 use mesh_netdev::netns;
-use mesh_netdev::reconcile::{self, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
+use mesh_netdev::reconcile::{self, Handoff, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +50,11 @@ pub(crate) struct Dataplane {
     changed: Notify,
     /// The sandbox interfaces (namespace, VNI) wired by the last pass.
     wired: watch::Sender<Vec<(PathBuf, u32)>>,
+    /// Interfaces made for another manager (Docker) to move into its
+    /// sandboxes, by id: the network and the MAC.
+    handoffs: Mutex<BTreeMap<String, (String, [u8; 6])>>,
+    /// The hand-offs whose interface existed after the last pass.
+    handed: watch::Sender<Vec<String>>,
 }
 
 impl Dataplane {
@@ -53,7 +62,9 @@ impl Dataplane {
     pub(crate) fn open(datadir: DataDir, prefix: String, underlay: Underlay) -> anyhow::Result<Self> {
         let attachments = Mutex::new(datadir.attachments()?);
         let (wired, _) = watch::channel(Vec::new());
-        Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new(), wired })
+        let (handed, _) = watch::channel(Vec::new());
+        let handoffs = Mutex::new(BTreeMap::new());
+        Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new(), wired, handoffs, handed })
     }
 
     /// Checks that the networks `vnis` can be built on this host.
@@ -174,6 +185,20 @@ impl Dataplane {
         matches!(waited, Ok(Ok(_)))
     }
 
+    /// Sets the interfaces to make for another manager: by id, the network
+    /// and the MAC. Ids no longer given have their interface removed.
+    pub(crate) fn set_handoffs(&self, handoffs: BTreeMap<String, (String, [u8; 6])>) {
+        *self.handoffs.lock().unwrap_or_else(PoisonError::into_inner) = handoffs;
+        self.changed.notify_one();
+    }
+
+    /// Waits until hand-off `id`'s interface exists (at most `limit`).
+    pub(crate) async fn wait_handed(&self, id: &str, limit: Duration) -> bool {
+        let mut handed = self.handed.subscribe();
+        let waited = tokio::time::timeout(limit, handed.wait_for(|ids| ids.iter().any(|i| i == id))).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
     /// Reconciles now rather than at the next period.
     pub(crate) fn poke(&self) {
         self.changed.notify_one();
@@ -210,6 +235,7 @@ impl Dataplane {
             match kernel.reconcile(self.underlay, &plans, mode).await {
                 Ok(report) => {
                     self.wired.send_replace(report.wired.clone());
+                    self.handed.send_replace(report.handed.clone());
                     if report.set + report.removed > 0 {
                         tracing::debug!(set = report.set, removed = report.removed, "kernel reconciled");
                     }
@@ -247,6 +273,7 @@ impl Dataplane {
             })
             .collect();
         let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
+        let handoffs = self.handoffs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut plans = Vec::new();
         for network in view.networks.values().filter(|n| n.spec.driver == Driver::Overlay) {
             let prefix = network.spec.subnet.map(|s| s.prefix_len());
@@ -265,7 +292,12 @@ impl Dataplane {
                     })
                 })
                 .collect();
-            if locals.is_empty() {
+            let handoffs: Vec<Handoff> = handoffs
+                .iter()
+                .filter(|(_, (on, _))| *on == network.spec.name)
+                .map(|(id, (_, mac))| Handoff { id: id.clone(), mac: *mac })
+                .collect();
+            if locals.is_empty() && handoffs.is_empty() {
                 continue;
             }
             let in_grace = |owner: &NodeId| down_since.get(owner).is_some_and(|at| at.elapsed() < DOWN_GRACE);
@@ -278,7 +310,10 @@ impl Dataplane {
                 })
                 .filter_map(|e| Some(Remote { mac: e.spec.mac, ip: e.spec.ip?, vtep: *vteps.get(&e.owner)? }))
                 .collect();
-            plans.push(NetworkPlan { vni: network.spec.vni, mtu: network.spec.mtu.map(u32::from), locals, remotes });
+            let mtu = network.spec.mtu.map(u32::from);
+            let gateway = network.spec.gateway.zip(prefix);
+            let bridge_addresses = gateway.into_iter().chain([(crate::names::HOST_DNS, 32)]).collect();
+            plans.push(NetworkPlan { vni: network.spec.vni, mtu, bridge_addresses, locals, handoffs, remotes });
         }
         plans
     }

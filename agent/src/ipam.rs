@@ -35,11 +35,13 @@ const FIRST_DEFAULT_VNI: u32 = 4096;
 /// How many VNIs default choices range over (4096-69631: short to read).
 const DEFAULT_VNIS: u32 = 65536;
 
-/// A free address on `network` for an endpoint of `node`, if any is left.
-pub(crate) fn allocate(network: &NetworkView, node: NodeId) -> Option<Ipv4Addr> {
+/// A free address on `network` for an endpoint of `node`, if any is left,
+/// besides those `reserved` here but not yet in the view.
+pub(crate) fn allocate(network: &NetworkView, node: NodeId, reserved: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let subnet = network.spec.subnet?;
-    let used: HashSet<Ipv4Addr> =
+    let mut used: HashSet<Ipv4Addr> =
         network.endpoints.iter().filter_map(|e| e.spec.ip).chain(network.spec.gateway).collect();
+    used.extend(reserved);
     let first = u32::from(subnet.network()) + 1;
     let count = u32::from(subnet.broadcast()).checked_sub(first)?;
     let offset = offset_in(&node.0, count);
@@ -63,9 +65,11 @@ pub(crate) fn check_static(network: &NetworkView, ip: Ipv4Addr) -> Result<(), St
     }
 }
 
-/// A free /24 of the default pool for a network called `name`.
-pub(crate) fn default_subnet(view: &View, name: &str) -> Option<Ipv4Net> {
-    let taken = taken_subnets(view);
+/// A free /24 of the default pool for a network called `name`, besides
+/// those `reserved` here but not yet in the view.
+pub(crate) fn default_subnet(view: &View, name: &str, reserved: &[Ipv4Net]) -> Option<Ipv4Net> {
+    let mut taken = taken_subnets(view);
+    taken.extend(reserved);
     let count = 1u32 << (DEFAULT_PREFIX - DEFAULT_POOL.prefix_len());
     let offset = offset_in(name.as_bytes(), count);
     let base = u32::from(DEFAULT_POOL.network());
@@ -149,7 +153,7 @@ mod tests {
         let mut dev = network("10.1.0.0/29");
         let node = NodeId([7; 16]);
         let mut given = Vec::new();
-        while let Some(ip) = allocate(&dev, node) {
+        while let Some(ip) = allocate(&dev, node, &HashSet::new()) {
             assert!(dev.spec.subnet.is_some_and(|s| mesh_membership::records::usable(s, ip)));
             assert_ne!(Some(ip), dev.spec.gateway);
             given.push(ip);
@@ -161,7 +165,8 @@ mod tests {
     #[test]
     fn different_nodes_start_in_different_places() {
         let dev = network("10.1.0.0/24");
-        let picks: HashSet<Ipv4Addr> = (0..8u8).filter_map(|b| allocate(&dev, NodeId([b; 16]))).collect();
+        let picks: HashSet<Ipv4Addr> =
+            (0..8u8).filter_map(|b| allocate(&dev, NodeId([b; 16]), &HashSet::new())).collect();
         assert!(picks.len() >= 7, "{picks:?}");
     }
 
@@ -178,13 +183,13 @@ mod tests {
     #[test]
     fn default_subnets_and_vnis_follow_the_name_and_avoid_taken_ones() {
         let mut view = View::default();
-        let first = default_subnet(&view, "dev").expect("a subnet");
-        assert_eq!(default_subnet(&view, "dev"), Some(first), "same name, same choice");
+        let first = default_subnet(&view, "dev", &[]).expect("a subnet");
+        assert_eq!(default_subnet(&view, "dev", &[]), Some(first), "same name, same choice");
         assert!(DEFAULT_POOL.contains(&first));
         let mut dev = network(&first.to_string());
         dev.spec.vni = default_vni(&view, "dev").expect("a vni");
         view.networks.insert("dev".into(), dev.clone());
-        assert_ne!(default_subnet(&view, "dev"), Some(first), "a taken subnet is skipped");
+        assert_ne!(default_subnet(&view, "dev", &[]), Some(first), "a taken subnet is skipped");
         assert_ne!(default_vni(&view, "dev"), Some(dev.spec.vni), "a taken VNI is skipped");
         assert_eq!(overlapping(&view, "10.0.0.0/8".parse().expect("net")).as_deref(), Some("dev"));
         assert_eq!(vni_user(&view, dev.spec.vni).as_deref(), Some("dev"));

@@ -14,9 +14,11 @@ mod control;
 mod daemon;
 mod datadir;
 mod dataplane;
+mod docker;
 mod ipam;
 mod logging;
 mod names;
+mod unix_http;
 mod upkeep;
 
 use std::process::ExitCode;

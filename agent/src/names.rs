@@ -8,7 +8,7 @@
 //! says so.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,6 +19,11 @@ use mesh_netdev::netns;
 use tokio_util::sync::CancellationToken;
 
 use crate::datadir::Attachment;
+
+/// The address this host's resolver answers on for everyone on the host
+/// (Docker's resolver forwards there, through the bridge of each network
+/// that holds it): link-local, so it is never routed off the host.
+pub(crate) const HOST_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
 
 /// What an agent-made sandbox's resolv.conf says.
 const RESOLV_CONF: &str = "# Written by mesh: names resolve through the agent's resolver in this namespace.\nnameserver 127.0.0.11\noptions ndots:0\n";
@@ -62,6 +67,16 @@ impl SandboxDns {
             write_resolv_conf(&attachment.netns).map_err(|e| format!("sandbox {name}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Serves every network's names on [`HOST_DNS`] port 53 in the
+    /// agent's own namespace.
+    pub(crate) fn serve_host(&self) -> Result<(), String> {
+        let listen = SocketAddr::new(IpAddr::V4(HOST_DNS), 53);
+        let sockets = mesh_dns::bind(listen).map_err(|e| format!("cannot serve DNS on {listen}: {e}"))?;
+        self.resolver
+            .serve(sockets, Scope::All, self.shutdown.child_token())
+            .map_err(|e| format!("cannot serve DNS on {listen}: {e}"))
     }
 
     /// Stops serving sandbox `name`.

@@ -65,7 +65,7 @@ fn readdress(core: &mut Core, now: std::time::Instant) {
             Some((network, endpoint))
         });
         let Some((network, endpoint)) = losing else { return };
-        let Some(ip) = ipam::allocate(network, me) else {
+        let Some(ip) = ipam::allocate(network, me, &Default::default()) else {
             tracing::warn!(sandbox = %endpoint.name, network = %network.spec.name, "address conflict, and no free address to move to");
             return;
         };

@@ -25,6 +25,8 @@ fn agent(dir: &Path, extra: &[&str]) -> Child {
         .arg(dir.join("data"))
         .arg("--socket")
         .arg(dir.join("sock"))
+        .arg("--docker-plugin-dir")
+        .arg(dir.join("plugins"))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
+use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
@@ -36,13 +37,24 @@ pub struct Sockets {
     tcp: std::net::TcpListener,
 }
 
-/// Binds UDP and TCP sockets on `addr` in the calling thread's network namespace.
+/// Binds UDP and TCP sockets on `addr` in the calling thread's network
+/// namespace. The address need not exist yet (`IP_FREEBIND`): the host's
+/// resolver address appears with the first network's bridge.
 pub fn bind(addr: SocketAddr) -> io::Result<Sockets> {
-    let udp = std::net::UdpSocket::bind(addr)?;
-    udp.set_nonblocking(true)?;
-    let tcp = std::net::TcpListener::bind(addr)?;
-    tcp.set_nonblocking(true)?;
-    Ok(Sockets { udp, tcp })
+    let open = |kind| -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), kind, None)?;
+        if addr.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    let udp = open(Type::DGRAM)?;
+    let tcp = open(Type::STREAM)?;
+    tcp.listen(128)?;
+    Ok(Sockets { udp: udp.into(), tcp: tcp.into() })
 }
 
 /// The names mesh answers and the way to every other name.

@@ -132,6 +132,25 @@ pub async fn interface_with(handle: &Handle, ip: Ipv4Addr) -> Result<Option<(u32
     Ok(Some((index, mtu)))
 }
 
+/// The IPv4 addresses (with prefix lengths) of the interface `index`.
+pub async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetdevError> {
+    let mut dump = handle.address().get().set_link_index_filter(index).execute();
+    let mut found = Vec::new();
+    while let Some(message) = dump.try_next().await.map_err(netlink("address dump"))? {
+        for attribute in &message.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attribute {
+                found.push((*ip, message.header.prefix_len));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Adds `ip/prefix` to the interface `index`.
+pub async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), NetdevError> {
+    handle.address().add(index, IpAddr::V4(ip), prefix).execute().await.map_err(netlink("address add"))
+}
+
 /// Creates the bridge `name`, up, with `mtu`.
 pub async fn add_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<(), NetdevError> {
     let message = LinkBridge::new(name).mtu(mtu).up().build();
@@ -158,6 +177,28 @@ pub async fn add_veth(handle: &Handle, host: &str, peer: &str, bridge: u32, mtu:
     handle.link().add(LinkVeth::new(host, peer).mtu(mtu).build()).execute().await.map_err(netlink("veth add"))?;
     let message = LinkUnspec::new_with_name(host).controller(bridge).up().build();
     handle.link().set(message).execute().await.map_err(netlink("veth enslave"))
+}
+
+/// Creates a veth pair whose end `host` is up on the bridge `bridge` and
+/// whose end `peer` (MAC `mac`, down) waits to be moved into a sandbox by
+/// someone else; removes the pair if the second step fails.
+pub async fn add_handoff_veth(
+    handle: &Handle,
+    host: &str,
+    peer: &str,
+    mac: [u8; 6],
+    bridge: u32,
+    mtu: u32,
+) -> Result<(), NetdevError> {
+    add_veth(handle, host, peer, bridge, mtu).await?;
+    let message = LinkUnspec::new_with_name(peer).address(mac.to_vec()).build();
+    if let Err(error) = handle.link().set(message).execute().await {
+        if let Some(link) = links(handle).await?.get(host) {
+            remove_link(handle, link.index).await?;
+        }
+        return Err(NetdevError::Netlink { what: "veth address", source: error });
+    }
+    Ok(())
 }
 
 /// Moves the link `name` into the namespace at `netns`.

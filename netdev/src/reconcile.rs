@@ -37,8 +37,15 @@ pub struct NetworkPlan {
     pub vni: u32,
     /// Its MTU; the underlay's minus [`VXLAN_OVERHEAD`] when `None`.
     pub mtu: Option<u32>,
+    /// Addresses the host holds on the network's bridge (the same on every
+    /// host: each answers for them locally, the VXLAN device's ARP proxy
+    /// never floods a request for them).
+    pub bridge_addresses: Vec<(Ipv4Addr, u8)>,
     /// Its sandboxes on this host.
     pub locals: Vec<LocalPlan>,
+    /// Its interfaces on this host that another manager (a container
+    /// engine) moves into its sandboxes.
+    pub handoffs: Vec<Handoff>,
     /// Its endpoints on other hosts.
     pub remotes: Vec<Remote>,
 }
@@ -57,6 +64,19 @@ pub struct LocalPlan {
     pub address: Option<(Ipv4Addr, u8)>,
     /// Its default gateway.
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// An interface of this host handed to another manager: mesh makes the
+/// veth pair and attaches one end to the network's bridge; the manager
+/// (Docker, through the plugin's `Join`) moves the other end into its
+/// sandbox and configures it. Once moved, the pair is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// Who the interface is for (Docker's endpoint id): the veth names
+    /// derive from it.
+    pub id: String,
+    /// The MAC of the end handed over.
+    pub mac: [u8; 6],
 }
 
 /// An endpoint on another host.
@@ -81,6 +101,8 @@ pub struct Report {
     pub errors: Vec<String>,
     /// The sandbox interfaces wired after the pass: namespace and VNI.
     pub wired: Vec<(PathBuf, u32)>,
+    /// The hand-offs whose pair exists after the pass, by id.
+    pub handed: Vec<String>,
 }
 
 /// The bridge of network `vni`.
@@ -97,10 +119,20 @@ pub fn vxlan_name(vni: u32) -> String {
 /// network `vni`. The name covers the sandbox's MAC and address, so a
 /// sandbox whose address changes (after a conflict) gets a new pair.
 pub fn veth_names(local: &LocalPlan, vni: u32) -> (String, String) {
-    let mut hash: u32 = 0x811c_9dc5;
     let address = local.address.map(|(ip, prefix)| (ip.octets(), prefix));
     let identity = wiring_bytes(&local.mac, address, vni);
-    for byte in local.netns.as_os_str().as_encoded_bytes().iter().chain(&identity) {
+    pair_names(local.netns.as_os_str().as_encoded_bytes(), &identity)
+}
+
+/// The host end and the end handed over of hand-off `handoff` on network
+/// `vni`.
+pub fn handoff_names(handoff: &Handoff, vni: u32) -> (String, String) {
+    pair_names(handoff.id.as_bytes(), &wiring_bytes(&handoff.mac, None, vni))
+}
+
+fn pair_names(whose: &[u8], identity: &[u8]) -> (String, String) {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in whose.iter().chain(identity) {
         hash = (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193);
     }
     (format!("mve{hash:08x}"), format!("mvp{hash:08x}"))
@@ -220,6 +252,7 @@ async fn reconcile(
         wanted.insert(bridge_name(plan.vni));
         wanted.insert(vxlan_name(plan.vni));
         wanted.extend(plan.locals.iter().map(|local| veth_names(local, plan.vni).0));
+        wanted.extend(plan.handoffs.iter().map(|handoff| handoff_names(handoff, plan.vni).0));
     }
     // Removals first: a sandbox whose address changed gets a new veth, and
     // its old one (holding `eth0` in the sandbox) must go before.
@@ -263,6 +296,11 @@ async fn reconcile_network(
             links.get(&bridge).map(|l| l.index).ok_or(NetdevError::Missing("the new bridge"))?
         }
     };
+    let held = kernel::addresses_of(handle, bridge_index).await?;
+    for (ip, prefix) in plan.bridge_addresses.iter().filter(|a| !held.contains(a)) {
+        kernel::add_address(handle, bridge_index, *ip, *prefix).await?;
+        report.set += 1;
+    }
     let wanted = spec(bridge_index);
     if !links.contains_key(&vxlan) {
         kernel::add_vxlan(handle, &vxlan, wanted).await?;
@@ -293,6 +331,17 @@ async fn reconcile_network(
             }
             Err(error) => report.errors.push(format!("sandbox {}: {error}", local.netns.display())),
         }
+    }
+    for handoff in &plan.handoffs {
+        let (host, peer) = handoff_names(handoff, plan.vni);
+        if !links.contains_key(&host) {
+            if let Err(error) = kernel::add_handoff_veth(handle, &host, &peer, handoff.mac, bridge_index, mtu).await {
+                report.errors.push(format!("interface for {}: {error}", handoff.id));
+                continue;
+            }
+            report.set += 1;
+        }
+        report.handed.push(handoff.id.clone());
     }
     let mut diff = diff_entries(
         &plan.remotes,

@@ -38,6 +38,18 @@ struct Host {
     others: Vec<Child>,
 }
 
+impl Host {
+    /// The log files of the processes started besides the agent.
+    fn others_logs(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".log") && name != "agent.log")
+            .collect()
+    }
+}
+
 /// N hosts on an underlay bridge. Host numbers start at 1 (`h1`).
 pub struct Lab {
     prefix: String,
@@ -120,6 +132,22 @@ impl Lab {
         self.host(i).dir.join("data")
     }
 
+    /// Where host `i`'s agent puts its Docker plugin socket (the lab's
+    /// dockerd of that host sees it as `/run/docker/plugins`).
+    pub fn docker_plugin_dir(&self, i: usize) -> PathBuf {
+        self.host(i).dir.join("docker-plugins")
+    }
+
+    /// The API socket of host `i`'s dockerd, if the test starts one.
+    pub fn docker_socket(&self, i: usize) -> PathBuf {
+        self.host(i).dir.join("docker.sock")
+    }
+
+    /// The directory of host `i`'s own files (logs, data dir, dockerd's).
+    pub fn host_dir(&self, i: usize) -> &Path {
+        &self.host(i).dir
+    }
+
     /// The agent address of host `i`.
     pub fn agent_addr(&self, i: usize) -> String {
         format!("{}:{AGENT_PORT}", host_ip(i))
@@ -148,6 +176,10 @@ impl Lab {
             .arg("--socket")
             .arg(&socket)
             .args(["--netns-prefix", &self.sandbox_netns(i, "")])
+            .arg("--docker-plugin-dir")
+            .arg(self.docker_plugin_dir(i))
+            .arg("--docker-socket")
+            .arg(self.docker_socket(i))
             .args(extra)
             .env("RUST_LOG", std::env::var("MESH_LAB_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
@@ -405,6 +437,9 @@ impl Drop for Lab {
             let _ = std::fs::create_dir_all(&dest);
             for i in 1..=self.len() {
                 let _ = std::fs::copy(self.host(i).dir.join("agent.log"), dest.join(format!("h{i}.log")));
+                for name in self.host(i).others_logs() {
+                    let _ = std::fs::copy(self.host(i).dir.join(&name), dest.join(format!("h{i}-{name}")));
+                }
             }
         }
         for i in 1..=self.len() {

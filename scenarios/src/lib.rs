@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bench;
 pub mod demo;
+pub mod docker;
 mod lab;
 mod process;
 pub mod procfs;

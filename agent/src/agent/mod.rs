@@ -5,8 +5,11 @@
 
 mod bodies;
 mod changes;
+mod containers;
 mod networks;
 mod sandboxes;
+
+pub(crate) use containers::ContainerEndpoint;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -205,6 +208,11 @@ impl Agent {
         self.session_token().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))
     }
 
+    /// This node's id.
+    pub(crate) fn node(&self) -> NodeId {
+        self.node
+    }
+
     /// Every known member, this node first.
     pub(crate) async fn members(&self) -> Result<Vec<MemberBody>, AgentError> {
         let membership = self.require_membership()?;
@@ -284,7 +292,7 @@ impl Agent {
     }
 
     /// The view as the membership task last derived it (no new derivation).
-    fn current_view(&self) -> Result<Arc<mesh_membership::CurrentView>, AgentError> {
+    pub(crate) fn current_view(&self) -> Result<Arc<mesh_membership::CurrentView>, AgentError> {
         Ok(self.require_membership()?.watch_view().borrow().clone())
     }
 

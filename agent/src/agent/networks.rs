@@ -124,7 +124,7 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
 
 fn subnet_for(view: &View, body: &NetworkCreateBody) -> Result<Ipv4Net, AgentError> {
     let Some(text) = &body.subnet else {
-        return ipam::default_subnet(view, &body.name).ok_or_else(|| {
+        return ipam::default_subnet(view, &body.name, &[]).ok_or_else(|| {
             AgentError::Conflict("the default pool 10.128.0.0/9 has no free /24 left: give --subnet".into())
         });
     };

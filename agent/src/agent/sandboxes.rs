@@ -233,7 +233,7 @@ fn address_for(network: &NetworkView, me: NodeId, ip: Option<&str>) -> Result<Op
             ipam::check_static(network, ip).map_err(AgentError::Conflict)?;
             Ok(Some(ip))
         }
-        (None, Some(subnet)) => ipam::allocate(network, me).map(Some).ok_or_else(|| {
+        (None, Some(subnet)) => ipam::allocate(network, me, &Default::default()).map(Some).ok_or_else(|| {
             AgentError::Conflict(format!("network {} has no free address left in {subnet}", network.spec.name))
         }),
     }

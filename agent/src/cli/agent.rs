@@ -56,6 +56,14 @@ pub(crate) struct AgentArgs {
     /// nameservers of /etc/resolv.conf].
     #[arg(long = "upstream-dns", value_name = "IP[:PORT]")]
     upstream_dns: Vec<String>,
+    /// Where to put the Docker plugin socket `mesh.sock`; an empty value
+    /// turns the plugin off [default: /run/docker/plugins].
+    #[arg(long, value_name = "DIR")]
+    docker_plugin_dir: Option<PathBuf>,
+    /// The Docker engine's API socket, which the plugin asks for network
+    /// and container names [default: /run/docker.sock].
+    #[arg(long, value_name = "PATH")]
+    docker_socket: Option<PathBuf>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -78,6 +86,8 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         vxlan_port: args.vxlan_port,
         netns_prefix: args.netns_prefix,
         upstream_dns: args.upstream_dns,
+        docker_plugin_dir: args.docker_plugin_dir,
+        docker_socket: args.docker_socket,
     };
     let settings = file.overlay(flags).resolve()?;
     crate::logging::init(settings.log_format, &settings.log_level)?;

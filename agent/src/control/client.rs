@@ -3,10 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -38,23 +36,15 @@ impl Client {
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<T> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| {
-            anyhow!(
-                "cannot reach the mesh agent at {}: {e} (is `mesh agent` running? point --socket or MESH_SOCKET at its socket)",
-                self.socket.display()
-            )
+        let (status, bytes) = crate::unix_http::request(&self.socket, method, path, body).await.map_err(|e| {
+            match e.downcast_ref::<std::io::Error>() {
+                Some(io) => anyhow!(
+                    "cannot reach the mesh agent at {}: {io} (is `mesh agent` running? point --socket or MESH_SOCKET at its socket)",
+                    self.socket.display()
+                ),
+                None => e.context("the agent closed the connection"),
+            }
         })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "mesh")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
-        let response = sender.send_request(request).await.context("the agent closed the connection")?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => bail!("{}", body.error),

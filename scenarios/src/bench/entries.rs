@@ -87,6 +87,7 @@ async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Dur
     let plan = |remotes: Vec<Remote>| NetworkPlan {
         vni: VNI,
         mtu: None,
+        bridge_addresses: Vec::new(),
         locals: vec![LocalPlan {
             netns: local.clone(),
             interface: "eth0".into(),
@@ -94,6 +95,7 @@ async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Dur
             address: Some((Ipv4Addr::new(10, 127, 0, 1), 10)),
             gateway: None,
         }],
+        handoffs: Vec::new(),
         remotes,
     };
     kernel.reconcile(underlay, &[plan(Vec::new())], Mode::Full).await?;

@@ -1,0 +1,68 @@
+//! Docker's containers as mesh endpoints: the plugin (`crate::docker`)
+//! wires them, and here they are published under their container names.
+//! Docker holds their addresses (it configures them in the container), so
+//! they are static: a conflict leaves them unprogrammed rather than moved.
+
+use std::net::Ipv4Addr;
+
+use mesh_membership::records::{check_name, EndpointSpec, MAX_ALIASES};
+
+use super::networks::{no_such_network, publish_error};
+use super::{unix_ms, Agent, AgentError};
+
+/// A container's endpoint on one mesh network.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerEndpoint {
+    /// The names to try, in order: the first one no other endpoint of the
+    /// network holds is published.
+    pub(crate) names: Vec<String>,
+    pub(crate) network: String,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) mac: [u8; 6],
+    pub(crate) aliases: Vec<String>,
+}
+
+impl Agent {
+    /// Publishes a container's endpoint; returns the name it got.
+    pub(crate) async fn publish_container(&self, endpoint: ContainerEndpoint) -> Result<String, AgentError> {
+        self.change(move |core, now| {
+            let view = core.view();
+            let me = core.identity().id;
+            let network = view.network(&endpoint.network).ok_or_else(|| no_such_network(&endpoint.network))?;
+            let free = |name: &String| {
+                check_name("endpoint", name).is_ok()
+                    && !network.endpoints.iter().any(|e| &e.name == name && e.owner != me)
+            };
+            let name = endpoint.names.iter().find(|n| free(n)).cloned().ok_or_else(|| {
+                AgentError::Conflict(format!(
+                    "none of the names {:?} is free on network {}",
+                    endpoint.names, endpoint.network
+                ))
+            })?;
+            let mut aliases: Vec<String> = Vec::new();
+            for alias in endpoint.aliases.iter().filter(|a| check_name("alias", a).is_ok() && **a != name) {
+                if !aliases.contains(alias) && aliases.len() < MAX_ALIASES {
+                    aliases.push(alias.clone());
+                }
+            }
+            let spec = EndpointSpec {
+                network: endpoint.network.clone(),
+                aliases,
+                ip: Some(endpoint.ip),
+                mac: endpoint.mac,
+                static_ip: true,
+                created_ms: unix_ms(),
+                readdressed_from: None,
+            };
+            core.put_endpoint(now, &name, spec).map_err(publish_error)?;
+            Ok(name)
+        })
+        .await
+    }
+
+    /// Withdraws this node's endpoint `name` on `network`.
+    pub(crate) async fn withdraw_container(&self, name: &str, network: &str) -> Result<(), AgentError> {
+        let (name, network) = (name.to_owned(), network.to_owned());
+        self.change(move |core, now| core.delete_endpoint(now, &name, &network).map_err(publish_error)).await
+    }
+}

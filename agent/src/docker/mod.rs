@@ -1,0 +1,62 @@
+//! Docker integration: the agent is a libnetwork remote network driver
+//! and IPAM driver named `mesh`, on the socket `mesh.sock` in Docker's
+//! plugin directory. `docker network create -d mesh --ipam-driver mesh
+//! NAME` makes mesh network NAME; every host's engine gets it (see
+//! [`sync`]); `docker run --network NAME` puts the container on it under
+//! its name and aliases.
+
+mod bindings;
+mod driver;
+mod engine;
+mod plugin;
+mod protocol;
+mod sync;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use bindings::Bindings;
+use driver::Driver;
+use engine::Engine;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::datadir::DataDir;
+use crate::dataplane::Dataplane;
+
+/// The driver's name: `docker network create -d mesh --ipam-driver mesh`.
+pub(crate) const DRIVER: &str = "mesh";
+
+/// Serves the plugin socket in `plugin_dir` and keeps `engine_socket`'s
+/// networks in step with mesh's, until `shutdown`.
+pub(crate) async fn start(
+    plugin_dir: &Path,
+    engine_socket: &Path,
+    agent: Arc<Agent>,
+    dataplane: Arc<Dataplane>,
+    datadir: DataDir,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let path = plugin_dir.join(format!("{DRIVER}.sock"));
+    let listener = crate::control::server::bind(&path).await?;
+    let driver = Driver::new(Arc::clone(&agent), Engine::new(engine_socket), dataplane, datadir)?;
+    driver.resume();
+    tokio::spawn(plugin::serve(listener, Arc::clone(&driver), shutdown.clone()));
+    tokio::spawn(follow_sessions(driver, agent, shutdown));
+    tracing::info!(socket = %path.display(), engine = %engine_socket.display(), "serving Docker's network plugin protocol");
+    Ok(())
+}
+
+/// Runs the engine sync once the agent is in a cluster.
+async fn follow_sessions(driver: Arc<Driver>, agent: Arc<Agent>, shutdown: CancellationToken) {
+    loop {
+        if let Some(membership) = agent.membership() {
+            return sync::run(driver, membership, shutdown).await;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
