@@ -34,5 +34,7 @@ ensure_rust() {
 
 # What the lab and the tests use: ip/bridge, nsenter/setpriv, ping, tcpdump,
 # serf for the membership baseline, nftables for loss injection, iperf3 for
-# the overlay benchmark, dig, dnsperf and dnsmasq for DNS.
-LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base)
+# the overlay benchmark, dig, dnsperf and dnsmasq for DNS, dockerd and a
+# static busybox (the lab's only image) for the Docker plugin.
+LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base
+  docker.io busybox-static)

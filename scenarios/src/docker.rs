@@ -75,13 +75,14 @@ impl DockerLab {
             "--ip6tables=false".into(),
             "--bridge=none".into(),
             "--storage-driver=vfs".into(),
-            "--live-restore".into(),
             format!("--data-root={}", data.display()),
             format!("--exec-root={}", exec.display()),
             format!("--pidfile={}", pidfile.display()),
             format!("--host=unix://{}", socket.display()),
             format!("--containerd-namespace={prefix}c"),
             format!("--containerd-plugins-namespace={prefix}p"),
+            // Named for the lab, so `mesh-lab clean` finds the containers of a killed run.
+            format!("--cgroup-parent=/{prefix}docker"),
         ];
         args.extend(extra.iter().map(|flag| (*flag).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -134,8 +135,8 @@ impl DockerLab {
         }
     }
 
-    /// Stops host `i`'s dockerd (SIGTERM; its containers keep running:
-    /// `--live-restore`) and waits until it is gone.
+    /// Stops host `i`'s dockerd (SIGTERM; its containers keep running if
+    /// it was started with `--live-restore`) and waits until it is gone.
     pub fn stop_dockerd(&mut self, i: usize) -> anyhow::Result<()> {
         let pidfile = self.root(i).join("dockerd.pid");
         let pid = std::fs::read_to_string(&pidfile).context("dockerd has no pidfile")?.trim().to_owned();

@@ -467,6 +467,21 @@ fn remove_etc_dirs(doomed: impl Fn(&str) -> bool) {
     }
 }
 
+/// Kills the processes in cgroups whose name `doomed` accepts: the
+/// containers of a lab's dockerd (started with a cgroup parent named for
+/// its host), which live in namespaces of their own.
+fn kill_cgroups(doomed: impl Fn(&str) -> bool) {
+    let Ok(processes) = std::fs::read_dir("/proc") else { return };
+    for process in processes.flatten() {
+        let pid = process.file_name();
+        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let cgroups = std::fs::read_to_string(process.path().join("cgroup")).unwrap_or_default();
+        if cgroups.split(['/', '\n']).any(|part| part.starts_with(PREFIX) && doomed(part)) {
+            let _ = run("kill", ["-KILL", pid]);
+        }
+    }
+}
+
 /// Whose labs [`clean_leftovers`] removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leftovers {
@@ -490,6 +505,7 @@ pub fn clean_leftovers(which: Leftovers) -> anyhow::Result<Vec<String>> {
     let listing = must("ip", ["netns", "list"])?;
     let mut removed = Vec::new();
     remove_etc_dirs(doomed);
+    kill_cgroups(doomed);
     for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
         if !doomed(name) {
             continue;

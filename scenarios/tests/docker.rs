@@ -19,6 +19,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// The one setting dockerd needs: forward names it does not hold to
 /// mesh's resolver.
 const DNS: &str = "--dns=169.254.53.53";
+/// Containers outlive a restart of dockerd.
+const LIVE_RESTORE: &str = "--live-restore";
 
 /// A cluster of `n` hosts, each with a dockerd using mesh, and network
 /// `dev` made with `docker network create` on host 1.
@@ -26,7 +28,7 @@ fn cluster(n: usize) -> anyhow::Result<DockerLab> {
     let mut lab = DockerLab::new(Lab::new(n)?)?;
     lab.form_cluster()?;
     for i in 1..=n {
-        lab.start_dockerd(i, &[DNS])?;
+        lab.start_dockerd(i, &[DNS, LIVE_RESTORE])?;
     }
     lab.docker_ok(1, &["network", "create", "-d", "mesh", "--ipam-driver", "mesh", "dev"])?;
     lab.wait_for("dev in every engine", CONVERGE, |lab| {
@@ -135,7 +137,7 @@ fn restarting_dockerd_or_the_agent_keeps_containers_connected() -> anyhow::Resul
 
     lab.stop_dockerd(1)?;
     ensure!(reaches(&lab)?, "web1 answers while its dockerd is down");
-    lab.start_dockerd(1, &[DNS])?;
+    lab.start_dockerd(1, &[DNS, LIVE_RESTORE])?;
     ensure!(reaches(&lab)?, "web1 answers after its dockerd restarted");
 
     lab.terminate(1)?;

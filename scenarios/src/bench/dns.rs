@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 use super::{injected, median, percentile, view_to_kernel};
 use crate::api;
@@ -175,7 +175,7 @@ fn create_to_resolve(lab: &Lab, creates: usize) -> anyhow::Result<Vec<(f64, f64)
         let start = Instant::now();
         api::post(&lab.socket(1), "/v1/sandboxes", &body).with_context(|| format!("sandbox {name}"))?;
         let returned = Instant::now();
-        let at = resolved.join().map_err(|_| anyhow::anyhow!("the resolver watcher panicked"))??;
+        let (at, _) = resolved.join().map_err(|_| anyhow::anyhow!("the resolver watcher panicked"))??;
         let ms = |from: Instant| at.saturating_duration_since(from).as_secs_f64() * 1000.0;
         delays.push((ms(returned), ms(start)));
         lab.mesh_ok(1, &["sandbox", "rm", &name])?;
@@ -183,9 +183,10 @@ fn create_to_resolve(lab: &Lab, creates: usize) -> anyhow::Result<Vec<(f64, f64)
     Ok(delays)
 }
 
-/// Asks the resolver in the namespace at `netns` for `name` until it
-/// answers with an address; returns when it first did.
-fn first_answer(netns: &std::path::Path, name: &Name) -> anyhow::Result<Instant> {
+/// Asks the resolver at 127.0.0.11 in the namespace at `netns` for `name`
+/// (every 0.5 ms) until it answers with an address; returns when it first
+/// did, and the address.
+pub(super) fn first_answer(netns: &std::path::Path, name: &Name) -> anyhow::Result<(Instant, Ipv4Addr)> {
     let mut query = Message::query();
     query.add_query(Query::query(name.clone(), RecordType::A));
     let packet = query.to_vec()?;
@@ -199,10 +200,16 @@ fn first_answer(netns: &std::path::Path, name: &Name) -> anyhow::Result<Instant>
         while Instant::now() < deadline {
             socket.send_to(&packet, resolver).map_err(io)?;
             while let Ok(len) = socket.recv(&mut buffer) {
-                let answered = Message::from_vec(&buffer[..len])
-                    .is_ok_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty());
-                if answered {
-                    return Ok(Some(Instant::now()));
+                let Ok(answer) = Message::from_vec(&buffer[..len]) else { continue };
+                if answer.metadata.response_code != ResponseCode::NoError {
+                    continue;
+                }
+                let address = answer.answers.iter().find_map(|record| match &record.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                });
+                if let Some(address) = address {
+                    return Ok(Some((Instant::now(), address)));
                 }
             }
         }

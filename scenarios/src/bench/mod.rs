@@ -11,12 +11,16 @@
 //! - [`dns`]: dnsperf against mesh's resolver serving 1,000 names, beside
 //!   dnsmasq serving the same names; and how soon a new sandbox's name
 //!   resolves on another host.
+//! - [`docker`]: `docker run` on one host to the container resolved and
+//!   pinged from another, through mesh's plugin beside Docker swarm's
+//!   overlay on the same lab.
 //! - [`overlay`]: iperf3 across the overlay, beside a hand-built VXLAN
 //!   pair and the raw underlay.
 //! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
 //!   beside memberlist's gossip model on the same simulated network.
 
 pub mod dns;
+pub mod docker;
 pub mod entries;
 mod injected;
 pub mod membership;

@@ -87,6 +87,13 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         creates: usize,
     },
+    /// Measure `docker run` on one host to the container resolved and
+    /// pinged from another: mesh's plugin beside Docker swarm's overlay.
+    BenchDocker {
+        /// Containers timed per system.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Remove namespaces and agents left by lab runs that crashed.
     Clean,
 }
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
         Command::BenchOverlay { seconds } => bench::overlay::run(seconds),
         Command::BenchEntries { count } => bench::entries::run(count),
         Command::BenchDns { names, seconds, creates } => bench::dns::run(names, seconds, creates),
+        Command::BenchDocker { runs } => bench::docker::run(runs),
         Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => bench::sim::run(&bench::sim::SimBench {
             nodes,
             changes,
