@@ -85,6 +85,8 @@ fn containers_on_two_hosts_reach_each_other_by_name_and_go_cleanly() -> anyhow::
     start(&lab, 1, "web1", &["svc1"])?;
     let (ip, mac) = address_of(&lab, 1, "web1")?;
     lab.wait_for("web1 in h2's view", CONVERGE, |lab| in_view(lab, 2, "web1"))?;
+    let taken = lab.mesh(1, &["sandbox", "rm", "web1"])?;
+    ensure!(!taken.success && taken.stderr.contains("Docker container"), "mesh leaves web1 to Docker: {taken:?}");
     for name in ["svc1", "web1", "web1.dev.mesh"] {
         let ping = lab.docker(2, &["run", "--rm", "--network", "dev", IMAGE, "ping", "-c", "1", "-W", "5", name])?;
         ensure!(ping.success && ping.stdout.contains(&ip), "ping {name} from a new container on h2: {ping:?}");
@@ -121,6 +123,48 @@ fn containers_on_two_hosts_reach_each_other_by_name_and_go_cleanly() -> anyhow::
                 && !lab.docker(i, &["network", "inspect", "dev"])?.success
                 && !lab.mesh(i, &["network", "inspect", "dev"])?.success)
         })
+    })?;
+    Ok(())
+}
+
+#[test]
+fn networks_made_with_mesh_appear_in_every_engine_and_names_stay_unique() -> anyhow::Result<()> {
+    let lab = cluster(2)?;
+    lab.mesh_ok(1, &["network", "create", "shared", "--subnet", "10.33.0.0/24"])?;
+    lab.wait_for("shared in every engine", CONVERGE, |lab| {
+        (1..=2).try_fold(true, |ok, i| {
+            let out = lab
+                .docker(i, &["network", "inspect", "-f", "{{.Driver}} {{(index .IPAM.Config 0).Subnet}}", "shared"])?;
+            Ok(ok && out.stdout.trim() == "mesh 10.33.0.0/24")
+        })
+    })?;
+    let twice = lab.docker(2, &["network", "create", "-d", "mesh", "--ipam-driver", "mesh", "shared"])?;
+    ensure!(!twice.success && twice.stderr.contains("already exists"), "one network per name: {twice:?}");
+    let overlapping = lab
+        .docker(2, &["network", "create", "-d", "mesh", "--ipam-driver", "mesh", "--subnet", "10.33.0.0/16", "wide"])?;
+    ensure!(
+        !overlapping.success && overlapping.stderr.contains("overlaps"),
+        "overlapping subnet refused: {overlapping:?}"
+    );
+    let v6 = lab.docker(
+        2,
+        &["network", "create", "-d", "mesh", "--ipam-driver", "mesh", "--ipv6", "--subnet", "fd00:1::/64", "six"],
+    )?;
+    ensure!(!v6.success && v6.stderr.contains("IPv4 only"), "IPv6 refused: {v6:?}");
+    start(&lab, 2, "c2", &[])?;
+    lab.docker_ok(2, &["network", "connect", "--alias", "second", "shared", "c2"])?;
+    lab.wait_for("c2 on shared in h1's view", CONVERGE, |lab| {
+        let out = lab.mesh(1, &["network", "inspect", "shared", "--format", "json"])?;
+        Ok(out.success && out.stdout.contains("\"c2\"") && out.stdout.contains("\"second\""))
+    })?;
+    lab.docker_ok(2, &["network", "disconnect", "shared", "c2"])?;
+    lab.wait_for("c2 off shared, still on dev", CONVERGE, |lab| {
+        let shared = lab.mesh_ok(1, &["network", "inspect", "shared", "--format", "json"])?;
+        Ok(!shared.contains("\"c2\"") && in_view(lab, 1, "c2")?)
+    })?;
+    lab.mesh_ok(1, &["network", "rm", "shared"])?;
+    lab.wait_for("shared gone from every engine", CONVERGE, |lab| {
+        (1..=2).try_fold(true, |ok, i| Ok(ok && !lab.docker(i, &["network", "inspect", "shared"])?.success))
     })?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! they are static: a conflict leaves them unprogrammed rather than moved.
 
 use std::net::Ipv4Addr;
+use std::sync::PoisonError;
 
 use mesh_membership::records::{check_name, EndpointSpec, MAX_ALIASES};
 
@@ -25,6 +26,7 @@ pub(crate) struct ContainerEndpoint {
 impl Agent {
     /// Publishes a container's endpoint; returns the name it got.
     pub(crate) async fn publish_container(&self, endpoint: ContainerEndpoint) -> Result<String, AgentError> {
+        let network = endpoint.network.clone();
         self.change(move |core, now| {
             let view = core.view();
             let me = core.identity().id;
@@ -58,11 +60,24 @@ impl Agent {
             Ok(name)
         })
         .await
+        .inspect(|name| self.claim_container(name, &network))
+    }
+
+    /// Notes that this host's endpoint `name` on `network` is a Docker container's.
+    pub(crate) fn claim_container(&self, name: &str, network: &str) {
+        let mut containers = self.containers.lock().unwrap_or_else(PoisonError::into_inner);
+        containers.insert((name.to_owned(), network.to_owned()));
+    }
+
+    /// Whether any of this host's endpoints named `name` is a Docker container's.
+    pub(crate) fn is_container(&self, name: &str) -> bool {
+        self.containers.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|(n, _)| n == name)
     }
 
     /// Withdraws this node's endpoint `name` on `network`.
     pub(crate) async fn withdraw_container(&self, name: &str, network: &str) -> Result<(), AgentError> {
         let (name, network) = (name.to_owned(), network.to_owned());
+        self.containers.lock().unwrap_or_else(PoisonError::into_inner).remove(&(name.clone(), network.clone()));
         self.change(move |core, now| core.delete_endpoint(now, &name, &network).map_err(publish_error)).await
     }
 }

@@ -74,6 +74,9 @@ pub(crate) struct Agent {
     dataplane: Arc<Dataplane>,
     /// The resolver in each sandbox.
     dns: Arc<SandboxDns>,
+    /// This host's endpoints (name, network) that are Docker's containers
+    /// (`mesh sandbox rm` leaves them to Docker).
+    containers: Mutex<std::collections::BTreeSet<(String, String)>>,
     shutdown: CancellationToken,
 }
 
@@ -104,6 +107,7 @@ impl Agent {
             joining: tokio::sync::Mutex::new(()),
             dataplane,
             dns,
+            containers: Mutex::default(),
             shutdown,
         });
         if let Some(files) = agent.datadir.cluster()? {

@@ -99,6 +99,11 @@ impl Agent {
 
     /// Removes this host's sandbox `name`: its endpoints, then its namespace.
     pub(crate) async fn sandbox_rm(&self, name: &str) -> Result<(), AgentError> {
+        if self.is_container(name) {
+            return Err(AgentError::Conflict(format!(
+                "{name} is a Docker container: remove it with `docker stop` or `docker rm`"
+            )));
+        }
         let owned = name.to_owned();
         let deleted = self.change(move |core, now| withdraw_endpoints(core, now, &owned)).await?;
         let attached = self.dataplane.remove_sandbox(name).map_err(AgentError::Conflict)?;

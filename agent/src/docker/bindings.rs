@@ -36,6 +36,9 @@ pub(crate) struct BoundEndpoint {
     pub(crate) mac: [u8; 6],
     /// Whether a container joined it (its interface was handed over).
     pub(crate) joined: bool,
+    /// The joined container's sandbox key (its namespace's path).
+    #[serde(default)]
+    pub(crate) sandbox: String,
     /// The name it is published under, once published.
     pub(crate) published: Option<String>,
 }

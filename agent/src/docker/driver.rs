@@ -86,6 +86,11 @@ impl Driver {
     ) -> anyhow::Result<Arc<Self>> {
         let bindings = datadir.docker_bindings()?;
         dataplane.set_handoffs(bindings.handoffs());
+        for endpoint in bindings.endpoints.values() {
+            if let (Some(name), Some(network)) = (&endpoint.published, bindings.mesh_network(&endpoint.network)) {
+                agent.claim_container(name, network);
+            }
+        }
         let working = Mutex::new(Working { bindings, ..Working::default() });
         Ok(Arc::new(Self { agent, engine, dataplane, datadir, working }))
     }
@@ -409,8 +414,14 @@ impl Driver {
             if bindings.endpoints.contains_key(&id) {
                 return fail(format!("endpoint {id} exists already"));
             }
-            let endpoint =
-                BoundEndpoint { network: request.network_id.clone(), ip, mac, joined: false, published: None };
+            let endpoint = BoundEndpoint {
+                network: request.network_id.clone(),
+                ip,
+                mac,
+                joined: false,
+                sandbox: String::new(),
+                published: None,
+            };
             bindings.endpoints.insert(id.clone(), endpoint);
             Ok(())
         })?;
@@ -439,6 +450,7 @@ impl Driver {
 
     /// `Join`: hands over the endpoint's interface, then publishes it.
     pub(crate) async fn join(self: &Arc<Self>, request: proto::JoinRequest) -> Result<proto::Joined, CallError> {
+        let sandbox = request.sandbox_key;
         let reference = proto::EndpointRef { network_id: request.network_id, endpoint_id: request.endpoint_id };
         let endpoint = self.endpoint(&reference)?;
         let mesh = self.bind(&reference.network_id).await?;
@@ -453,17 +465,25 @@ impl Driver {
         if !self.dataplane.wait_handed(&id, HANDOFF_LIMIT).await {
             return fail(format!("the interface for endpoint {id} could not be made (the mesh agent's log says why)"));
         }
-        self.rebind(|bindings| {
+        // The route to mesh's resolver goes on the container's first mesh
+        // interface only: a second one would clash with it.
+        let routed = self.rebind(|bindings| {
+            let routed = bindings.endpoints.values().any(|e| e.joined && !sandbox.is_empty() && e.sandbox == sandbox);
             if let Some(endpoint) = bindings.endpoints.get_mut(&id) {
                 endpoint.joined = true;
+                endpoint.sandbox.clone_from(&sandbox);
             }
-            Ok(())
+            Ok(routed)
         })?;
         tokio::spawn(Arc::clone(self).publish(id.clone()));
         let (_, handed) = handoff_names(&Handoff { id, mac: endpoint.mac }, vni);
         Ok(proto::Joined {
             interface_name: proto::InterfaceName { src_name: handed, dst_prefix: proto::INTERFACE_PREFIX },
-            static_routes: vec![proto::StaticRoute { destination: DNS_ROUTE.into(), route_type: 1 }],
+            static_routes: if routed {
+                Vec::new()
+            } else {
+                vec![proto::StaticRoute { destination: DNS_ROUTE.into(), route_type: 1 }]
+            },
             disable_gateway_service: true,
         })
     }
@@ -476,6 +496,7 @@ impl Driver {
             if let Some(endpoint) = bindings.endpoints.get_mut(&request.endpoint_id) {
                 endpoint.joined = false;
                 endpoint.published = None;
+                endpoint.sandbox.clear();
             }
             Ok(())
         })?;

@@ -101,6 +101,11 @@ impl Engine {
         Self { socket: socket.to_owned() }
     }
 
+    /// Whether the engine's socket exists (a host without Docker has none).
+    pub(crate) fn installed(&self) -> bool {
+        self.socket.exists()
+    }
+
     /// Network `id`, if the engine has it.
     pub(crate) async fn network(&self, id: &str) -> anyhow::Result<Option<EngineNetwork>> {
         self.call_optional(Method::GET, &format!("/networks/{id}"), Bytes::new()).await

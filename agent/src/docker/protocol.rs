@@ -198,6 +198,10 @@ pub(crate) struct JoinRequest {
     pub(crate) network_id: String,
     #[serde(rename = "EndpointID")]
     pub(crate) endpoint_id: String,
+    /// The container's network namespace (as dockerd's mount namespace
+    /// sees it): the same for each network the container joins.
+    #[serde(default)]
+    pub(crate) sandbox_key: String,
 }
 
 /// The interface Docker moves into the container and renames.

@@ -27,7 +27,7 @@ pub(crate) async fn run(driver: Arc<Driver>, membership: Membership, shutdown: C
     let mut last_error = String::new();
     loop {
         let wanted = wanted(&views.borrow_and_update().view);
-        if synced.as_ref() != Some(&wanted) {
+        if synced.as_ref() != Some(&wanted) && driver.engine().installed() {
             match sync(&driver, &wanted).await {
                 Ok(()) => {
                     synced = Some(wanted);
