@@ -32,3 +32,14 @@ pub(crate) async fn request(
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok((status, bytes))
 }
+
+/// `text` made safe as one URL path segment or query value
+/// (percent-encoding all but letters, digits, `-`, `.`, `_` and `~`).
+pub(crate) fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -110,17 +110,6 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `text` made safe as one URL path segment (percent-encoding all but
-/// letters, digits, `-`, `.`, `_` and `~`).
-fn url_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Prints a value as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

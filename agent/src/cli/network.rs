@@ -102,7 +102,7 @@ pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
             }
         }
         NetworkCommand::Inspect(named) => {
-            let path = api::path_of(api::NETWORK, &super::url_segment(&named.name));
+            let path = api::path_of(api::NETWORK, &crate::unix_http::percent_encode(&named.name));
             let network: NetworkBody = named.output.client.client().get(&path).await?;
             match named.output.format {
                 Format::Json => print_json(&network),
@@ -113,7 +113,7 @@ pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
             }
         }
         NetworkCommand::Rm(named) => {
-            let path = api::path_of(api::NETWORK, &super::url_segment(&named.name));
+            let path = api::path_of(api::NETWORK, &crate::unix_http::percent_encode(&named.name));
             let _: Done = named.client.client().delete(&path).await?;
             Ok(())
         }

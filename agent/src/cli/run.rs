@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::{url_segment, ClientOpts};
+use super::ClientOpts;
 use crate::api::{self, Done, SandboxBody, SandboxCreateBody};
+use crate::unix_http::percent_encode;
 
 /// Flags of `mesh run`.
 #[derive(Debug, Args)]
@@ -61,7 +62,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => Err(anyhow::anyhow!("the agent gave the sandbox no namespace")),
     };
-    let removed: anyhow::Result<Done> = client.delete(&api::path_of(api::SANDBOX, &url_segment(&name))).await;
+    let removed: anyhow::Result<Done> = client.delete(&api::path_of(api::SANDBOX, &percent_encode(&name))).await;
     let status = status?;
     removed.with_context(|| format!("the command ran, but sandbox {name} could not be removed"))?;
     Ok(status.code().and_then(|c| u8::try_from(c).ok()).map_or(ExitCode::FAILURE, ExitCode::from))

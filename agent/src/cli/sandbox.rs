@@ -88,7 +88,7 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
             }
         }
         SandboxCommand::Rm(rm) => {
-            let path = api::path_of(api::SANDBOX, &super::url_segment(&rm.name));
+            let path = api::path_of(api::SANDBOX, &crate::unix_http::percent_encode(&rm.name));
             let _: Done = rm.client.client().delete(&path).await?;
             Ok(())
         }

@@ -114,7 +114,7 @@ impl Engine {
     /// The engine's networks of driver `driver`.
     pub(crate) async fn networks(&self, driver: &str) -> anyhow::Result<Vec<EngineNetwork>> {
         let filters = serde_json::json!({ "driver": [driver] }).to_string();
-        let path = format!("/networks?filters={}", percent_encode(&filters));
+        let path = format!("/networks?filters={}", crate::unix_http::percent_encode(&filters));
         self.call(Method::GET, &path, Bytes::new()).await
     }
 
@@ -141,7 +141,7 @@ impl Engine {
     /// (its `--network-alias`es and its short id), if the container
     /// exists. The engine answers once the container has started.
     pub(crate) async fn aliases(&self, name: &str, network: &str) -> anyhow::Result<Option<Vec<String>>> {
-        let path = format!("/containers/{}/json", percent_encode(name));
+        let path = format!("/containers/{}/json", crate::unix_http::percent_encode(name));
         let Some(container) = self.call_optional::<Container>(Method::GET, &path, Bytes::new()).await? else {
             return Ok(None);
         };
@@ -179,14 +179,4 @@ impl Engine {
             .map(Some)
             .with_context(|| format!("unexpected answer from the Docker engine to {path}"))
     }
-}
-
-/// Percent-encodes a query value.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
