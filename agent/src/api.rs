@@ -141,6 +141,10 @@ pub(crate) struct SandboxCreateBody {
     /// An existing network namespace to attach (a container's); a new
     /// one named after the sandbox when absent.
     pub(crate) netns: Option<String>,
+    /// The interface's name in an attached namespace on one network (a
+    /// CNI runtime's `CNI_IFNAME`); `eth0`, `eth1`... when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) interface: Option<String>,
 }
 
 /// A sandbox of this host: its namespace and its endpoint on each network.

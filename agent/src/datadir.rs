@@ -38,12 +38,17 @@ pub(crate) struct Attachment {
     pub(crate) created: bool,
     /// The networks it is on, in the order of its interfaces (`eth0` first).
     pub(crate) networks: Vec<String>,
+    /// The name of its interface when the runtime chose it (CNI's
+    /// `CNI_IFNAME`; a sandbox on one network only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) interface: Option<String>,
 }
 
 impl Attachment {
     /// The sandbox's interface on `network`, if it is on it.
     pub(crate) fn interface(&self, network: &str) -> Option<String> {
-        self.networks.iter().position(|n| n == network).map(|i| format!("eth{i}"))
+        let index = self.networks.iter().position(|n| n == network)?;
+        Some(self.interface.clone().unwrap_or_else(|| format!("eth{index}")))
     }
 }
 

@@ -80,23 +80,25 @@ impl Dataplane {
     }
 
     /// Gives sandbox `name` a network stack for `networks` (its
-    /// interfaces in that order): the namespace at `netns` if given (a
-    /// container's, its loopback brought up), else a new one named
-    /// `PREFIX` + `name`.
+    /// interfaces in that order, named `interface` if given): the
+    /// namespace at `netns` if given (a container's, its loopback brought
+    /// up), else a new one named `PREFIX` + `name`.
     pub(crate) fn create_sandbox(
         &self,
         name: &str,
         netns: Option<&Path>,
         networks: &[String],
+        interface: Option<&str>,
     ) -> Result<Attachment, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         self.check_new(&attachments, name, netns)?;
+        let interface = interface.map(str::to_owned);
         let attachment = match netns {
             Some(path) => {
                 reconcile::prepare_sandbox(path).map_err(|e| e.to_string())?;
-                Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec() }
+                Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec(), interface }
             }
-            None => Attachment { netns: self.make_netns(name)?, created: true, networks: networks.to_vec() },
+            None => Attachment { netns: self.make_netns(name)?, created: true, networks: networks.to_vec(), interface },
         };
         attachments.insert(name.to_owned(), attachment.clone());
         if let Err(error) = self.save(&attachments) {

@@ -5,10 +5,12 @@
 //! [`daemon`], which wires the [`agent`] (cluster session, state in the
 //! [`datadir`]) to membership (`mesh-membership`) and serves the control
 //! API ([`control`], messages in [`api`]) that the other commands call.
+//! Run as `mesh-cni` (a copy or link), it is a CNI plugin ([`cni`]).
 
 mod agent;
 mod api;
 mod cli;
+mod cni;
 mod config;
 mod control;
 mod daemon;
@@ -24,6 +26,10 @@ mod upkeep;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    if invoked_as.as_deref().and_then(std::path::Path::file_name).is_some_and(|name| name == cni::NAME) {
+        return cni::main();
+    }
     match cli::run() {
         Ok(code) => code,
         Err(error) => {

@@ -81,3 +81,29 @@ impl Agent {
         self.change(move |core, now| core.delete_endpoint(now, &name, &network).map_err(publish_error)).await
     }
 }
+
+/// A mesh name for a container runtime's name: Docker and podman allow
+/// `_` and `.`, which DNS labels (and mesh names) do not, so they become
+/// `-`; letters are lowered.
+pub(crate) fn mesh_name(docker: &str) -> String {
+    let mapped: String = docker
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(mesh_membership::records::MAX_NAME)
+        .collect();
+    mapped.trim_matches('-').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names_become_dns_labels() {
+        assert_eq!(mesh_name("/eager_turing"), "eager-turing");
+        assert_eq!(mesh_name("Web.1"), "web-1");
+        assert_eq!(mesh_name("_x_"), "x");
+        assert_eq!(mesh_name(&"a".repeat(100)).len(), mesh_membership::records::MAX_NAME);
+    }
+}

@@ -9,7 +9,7 @@ mod containers;
 mod networks;
 mod sandboxes;
 
-pub(crate) use containers::ContainerEndpoint;
+pub(crate) use containers::{mesh_name, ContainerEndpoint};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

@@ -30,15 +30,16 @@ impl Agent {
         let name = body.name.clone();
         check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         check_networks(&body.networks)?;
+        check_interface(&body)?;
         let vnis = overlay_vnis(&self.current_view()?.view, &body.networks)?;
         self.dataplane.preflight(&vnis).await.map_err(AgentError::Conflict)?;
         let netns = body.netns.clone().map(PathBuf::from);
         self.dataplane.check_sandbox(&name, netns.as_deref()).map_err(AgentError::Conflict)?;
         // Published first: other hosts program it while this one builds
         // the namespace; withdrawn if the build fails.
-        let networks = body.networks.clone();
+        let (networks, interface) = (body.networks.clone(), body.interface.clone());
         self.change(move |core, now| publish_endpoints(core, now, &body)).await?;
-        let attachment = match self.build_sandbox(&name, netns.as_deref(), &networks) {
+        let attachment = match self.build_sandbox(&name, netns.as_deref(), &networks, interface.as_deref()) {
             Ok(attachment) => attachment,
             Err(error) => {
                 let owned = name.clone();
@@ -62,8 +63,15 @@ impl Agent {
 
     /// Gives sandbox `name` its namespace and resolver; on failure leaves
     /// neither.
-    fn build_sandbox(&self, name: &str, netns: Option<&Path>, networks: &[String]) -> Result<Attachment, AgentError> {
-        let attachment = self.dataplane.create_sandbox(name, netns, networks).map_err(AgentError::Conflict)?;
+    fn build_sandbox(
+        &self,
+        name: &str,
+        netns: Option<&Path>,
+        networks: &[String],
+        interface: Option<&str>,
+    ) -> Result<Attachment, AgentError> {
+        let attachment =
+            self.dataplane.create_sandbox(name, netns, networks, interface).map_err(AgentError::Conflict)?;
         if let Err(error) = self.dns.serve(name, &attachment) {
             self.dns.forget(name, &attachment);
             if let Err(cleanup) = self.dataplane.remove_sandbox(name) {
@@ -142,6 +150,23 @@ fn check_networks(networks: &[String]) -> Result<(), AgentError> {
     }
     if let Some(twice) = networks.iter().enumerate().find_map(|(i, n)| networks[..i].contains(n).then_some(n)) {
         return bad(format!("network {twice} is given twice"));
+    }
+    Ok(())
+}
+
+/// Checks the interface name a runtime chose, if it did: for an existing
+/// namespace on one network, a valid Linux interface name.
+fn check_interface(body: &SandboxCreateBody) -> Result<(), AgentError> {
+    let Some(interface) = &body.interface else { return Ok(()) };
+    let bad = |e: String| Err(AgentError::BadRequest(e));
+    if body.netns.is_none() || body.networks.len() != 1 {
+        return bad("an interface name is given only with --netns and one network".into());
+    }
+    let valid = (1..=15).contains(&interface.len())
+        && interface.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && interface != "lo";
+    if !valid {
+        return bad(format!("interface name {interface:?} is not valid: 1-15 letters, digits, '-', '_' or '.'"));
     }
     Ok(())
 }

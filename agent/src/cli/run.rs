@@ -40,6 +40,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         aliases: args.aliases.clone(),
         ip: None,
         netns: None,
+        interface: None,
     };
     let sandbox: SandboxBody = client.post(api::SANDBOXES, &body).await?;
     // Ctrl-C goes to the command (same process group); this process stays

@@ -62,6 +62,7 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
                 aliases: create.aliases.clone(),
                 ip: create.ip.clone(),
                 netns: create.netns.clone(),
+                interface: None,
             };
             let sandbox: SandboxBody = create.output.client.client().post(api::SANDBOXES, &body).await?;
             match create.output.format {

@@ -59,18 +59,6 @@ impl Bindings {
     }
 }
 
-/// A mesh name for a Docker name: Docker allows `_` and `.`, which DNS
-/// labels (and mesh names) do not, so they become `-`.
-pub(crate) fn mesh_name(docker: &str) -> String {
-    let mapped: String = docker
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .take(mesh_membership::records::MAX_NAME)
-        .collect();
-    mapped.trim_matches('-').to_owned()
-}
-
 /// The name a Docker endpoint is published under when its container's
 /// name is taken on the network: unique, from the endpoint id.
 pub(crate) fn fallback_name(endpoint_id: &str) -> String {
@@ -82,11 +70,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn docker_names_become_dns_labels() {
-        assert_eq!(mesh_name("/eager_turing"), "eager-turing");
-        assert_eq!(mesh_name("Web.1"), "web-1");
-        assert_eq!(mesh_name("_x_"), "x");
-        assert_eq!(mesh_name(&"a".repeat(100)).len(), mesh_membership::records::MAX_NAME);
+    fn fallback_names_come_from_the_endpoint_id() {
         assert_eq!(fallback_name("0123456789abcdef"), "docker-0123456789ab");
     }
 }

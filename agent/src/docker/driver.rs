@@ -24,10 +24,10 @@ use mesh_membership::records::mac_for;
 use mesh_membership::records::view::{NetworkView, View};
 use mesh_netdev::reconcile::{handoff_names, Handoff};
 
-use super::bindings::{fallback_name, mesh_name, Bindings, BoundEndpoint, BoundNetwork};
+use super::bindings::{fallback_name, Bindings, BoundEndpoint, BoundNetwork};
 use super::engine::Engine;
 use super::protocol::{self as proto, Empty};
-use crate::agent::{Agent, AgentError, ContainerEndpoint};
+use crate::agent::{mesh_name, Agent, AgentError, ContainerEndpoint};
 use crate::api::NetworkCreateBody;
 use crate::datadir::DataDir;
 use crate::dataplane::Dataplane;
