@@ -98,7 +98,7 @@ impl DockerLab {
             std::thread::sleep(Duration::from_millis(100));
         }
         if !self.docker(i, &["image", "inspect", IMAGE])?.success {
-            let image = self.image()?;
+            let image = busybox_image(&self.lab)?;
             self.docker_ok(i, &["import", image.to_str().context("path is not UTF-8")?, IMAGE])?;
         }
         Ok(())
@@ -184,34 +184,35 @@ impl DockerLab {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
 
-    /// The image tarball: busybox and its applets.
-    fn image(&self) -> anyhow::Result<PathBuf> {
-        let tarball = self.lab.host_dir(1).join("busybox.tar");
-        if tarball.exists() {
-            return Ok(tarball);
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("busybox is not installed: apt-get install busybox-static")?;
-        let tree = self.lab.host_dir(1).join("image");
-        std::fs::create_dir_all(tree.join("bin"))?;
-        std::fs::copy(busybox, tree.join("bin/busybox"))?;
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
-        }
-        let out = run(
-            "tar",
-            ["-C", tree.to_str().context("path is not UTF-8")?, "-cf"]
-                .into_iter()
-                .chain([tarball.to_str().context("path is not UTF-8")?, "."]),
-        )?;
-        if !out.success {
-            bail!("cannot pack the image: {}", out.stderr);
-        }
-        Ok(tarball)
+/// The lab's image as a tarball (made once per lab): busybox and its
+/// applets, for `docker import` and `podman import`.
+pub fn busybox_image(lab: &Lab) -> anyhow::Result<PathBuf> {
+    let tarball = lab.host_dir(1).join("busybox.tar");
+    if tarball.exists() {
+        return Ok(tarball);
     }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox is not installed: apt-get install busybox-static")?;
+    let tree = lab.host_dir(1).join("image");
+    std::fs::create_dir_all(tree.join("bin"))?;
+    std::fs::copy(busybox, tree.join("bin/busybox"))?;
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
+    }
+    let out = run(
+        "tar",
+        ["-C", tree.to_str().context("path is not UTF-8")?, "-cf"]
+            .into_iter()
+            .chain([tarball.to_str().context("path is not UTF-8")?, "."]),
+    )?;
+    if !out.success {
+        bail!("cannot pack the image: {}", out.stderr);
+    }
+    Ok(tarball)
 }
 
 fn is_zombie(pid: &str) -> bool {

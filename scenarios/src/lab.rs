@@ -143,6 +143,11 @@ impl Lab {
         self.host(i).dir.join("docker.sock")
     }
 
+    /// The `mesh` binary the lab runs.
+    pub fn mesh_path(&self) -> &Path {
+        &self.mesh
+    }
+
     /// The directory of host `i`'s own files (logs, data dir, dockerd's).
     pub fn host_dir(&self, i: usize) -> &Path {
         &self.host(i).dir

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod demo;
 pub mod docker;
 mod lab;
+pub mod podman;
 mod process;
 pub mod procfs;
 pub mod sim;

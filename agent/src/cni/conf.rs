@@ -48,8 +48,12 @@ impl NetConf {
     /// Parses and checks the configuration.
     pub(crate) fn parse(bytes: &[u8]) -> Result<Self, CniError> {
         let version: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| CniError::new(Code::Decode, "the network configuration is not JSON", e.to_string()))?;
-        let asked = version.get("cniVersion").and_then(|v| v.as_str()).unwrap_or_default();
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| CniError::new(Code::Decode, "the network configuration is not a JSON object", ""))?;
+        let Some(asked) = version.get("cniVersion").and_then(|v| v.as_str()) else {
+            return Err(CniError::new(Code::InvalidConfig, "invalid network configuration", "`cniVersion` is missing"));
+        };
         if !SUPPORTED.contains(&asked) {
             return Err(CniError::new(
                 Code::IncompatibleVersion,
@@ -145,6 +149,8 @@ mod tests {
         assert_eq!(conf.all_aliases(), ["a", "b"]);
         assert_eq!(conf.socket(), PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(NetConf::parse(b"{").err().map(|e| e.code), Some(Code::Decode));
+        assert_eq!(NetConf::parse(b"[]").err().map(|e| e.code), Some(Code::Decode));
+        assert_eq!(NetConf::parse(br#"{"name":"dev"}"#).err().map(|e| e.code), Some(Code::InvalidConfig));
         let old = br#"{"cniVersion":"0.3.1","name":"dev","type":"mesh-cni","network":"dev"}"#;
         assert_eq!(NetConf::parse(old).err().map(|e| e.code), Some(Code::IncompatibleVersion));
         let no_network = br#"{"cniVersion":"0.4.0","name":"dev","type":"mesh-cni"}"#;
