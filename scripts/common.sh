@@ -35,6 +35,7 @@ ensure_rust() {
 # What the lab and the tests use: ip/bridge, nsenter/setpriv, ping, tcpdump,
 # serf for the membership baseline, nftables for loss injection, iperf3 for
 # the overlay benchmark, dig, dnsperf and dnsmasq for DNS, dockerd and a
-# static busybox (the lab's only image) for the Docker plugin.
+# static busybox (the lab's only image) for the Docker plugin, podman (with
+# its CNI plugins) for mesh-cni.
 LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base
-  docker.io busybox-static)
+  docker.io busybox-static podman)
