@@ -36,6 +36,6 @@ ensure_rust() {
 # serf for the membership baseline, nftables for loss injection, iperf3 for
 # the overlay benchmark, dig, dnsperf and dnsmasq for DNS, dockerd and a
 # static busybox (the lab's only image) for the Docker plugin, podman (with
-# its CNI plugins) for mesh-cni.
+# its CNI plugins) for mesh-cni, DejaVu for the benchmark plots.
 LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base
-  docker.io busybox-static podman)
+  docker.io busybox-static podman fonts-dejavu-core)

@@ -563,3 +563,18 @@ fn mesh_binary() -> anyhow::Result<PathBuf> {
     }
     bail!("cannot find the mesh binary next to {}: build it first (cargo build --bins) or set MESH_BIN", exe.display())
 }
+
+/// On SIGINT, SIGTERM or SIGHUP, removes this run's labs (their agents die
+/// with this process) and exits, so an interrupted run leaves nothing behind.
+pub fn clean_up_on_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("interrupted: removing the lab");
+            let _ = clean_leftovers(Leftovers::AlsoOurs);
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}

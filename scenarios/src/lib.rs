@@ -19,5 +19,5 @@ mod process;
 pub mod procfs;
 pub mod sim;
 
-pub use lab::{clean_leftovers, host_ip, members_at, Lab, Leftovers, Member, AGENT_PORT};
+pub use lab::{clean_leftovers, clean_up_on_signal, host_ip, members_at, Lab, Leftovers, Member, AGENT_PORT};
 pub use process::{require_root, run, Output};

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
+use super::report::{Better, Figure};
 use super::{injected, median, percentile, view_to_kernel};
 use crate::api;
 use crate::lab::Lab;
@@ -42,7 +43,7 @@ struct Perf {
 
 /// Runs the benchmark with `names` names for `seconds` per throughput run
 /// and `creates` timed sandbox creations.
-pub fn run(names: usize, seconds: u64, creates: usize) -> anyhow::Result<()> {
+pub fn run(names: usize, seconds: u64, creates: usize) -> anyhow::Result<Vec<Figure>> {
     if !(1..=60_000).contains(&names) || seconds == 0 || creates == 0 {
         bail!("give 1-60000 names, a positive duration and a positive number of creates");
     }
@@ -88,36 +89,42 @@ pub fn run(names: usize, seconds: u64, creates: usize) -> anyhow::Result<()> {
     let mesh = perf(&lab, "127.0.0.11", file, seconds)?;
     let baseline = perf(&lab, DNSMASQ, file, seconds)?;
     lab.kill_spawned();
-    println!();
-    println!("| dnsperf, {names} names, {CLIENTS} clients, {seconds} s | mesh | dnsmasq (same run) | mesh / dnsmasq |");
-    println!("|---|---|---|---|");
-    println!(
-        "| queries per second, saturated | {:.0} | {:.0} | {:.2} |",
-        mesh.qps,
-        baseline.qps,
-        mesh.qps / baseline.qps
-    );
-    let row = |what: &str, a: f64, b: f64| println!("| {what} | {a:.3} ms | {b:.3} ms | {:.2} |", a / b);
-    row("average latency, saturated", mesh.average_ms, baseline.average_ms);
+    let conditions = format!("{names} names, {CLIENTS} clients");
+    let latency = |name: String, mesh: f64, dnsmasq: f64| {
+        Figure::new("dns", name, "ms", Better::Lower, Some(mesh)).against("dnsmasq", Some(dnsmasq))
+    };
+    let mut figures = vec![
+        Figure::new(
+            "dns",
+            format!("queries per second, saturated, {conditions}, {seconds} s"),
+            "qps",
+            Better::Higher,
+            Some(mesh.qps),
+        )
+        .against("dnsmasq", Some(baseline.qps))
+        .aiming("at least dnsmasq's rate"),
+        latency(format!("average latency, saturated, {conditions}"), mesh.average_ms, baseline.average_ms),
+    ];
     for (load, (mesh, baseline)) in LATENCY_LOADS.iter().zip(mesh.paced.iter().zip(&baseline.paced)) {
-        row(&format!("median latency at {load} qps"), mesh.0, baseline.0);
-        row(&format!("p99 latency at {load} qps"), mesh.1, baseline.1);
+        figures.push(latency(format!("median latency at {load} qps, {conditions}"), mesh.0, baseline.0));
+        figures.push(latency(format!("p99 latency at {load} qps, {conditions}"), mesh.1, baseline.1));
     }
-    println!("| queries lost | {} | {} | - |", mesh.lost, baseline.lost);
+    println!("queries lost: mesh {}, dnsmasq {}", mesh.lost, baseline.lost);
 
     let delays = create_to_resolve(&lab, creates)?;
-    println!();
-    println!("| `sandbox create` on h1 (control API) → its name resolves on h2 ({creates} creates) | median | p99 |");
-    println!("|---|---|---|");
     let (mut after, mut from_start): (Vec<f64>, Vec<f64>) = delays.into_iter().unzip();
-    println!("| from the request's answer | {:.1} ms | {:.1} ms |", median(&mut after), percentile(&mut after, 99.0));
-    println!(
-        "| from the request's start | {:.1} ms | {:.1} ms |",
-        median(&mut from_start),
-        percentile(&mut from_start, 99.0)
-    );
-    println!("(Docker swarm on this machine, measured before: 25-60 ms from `docker run` returning; the benchmark suite runs it side by side)");
-    Ok(())
+    let resolve = |what: &str, values: &mut Vec<f64>, p: f64| {
+        let name =
+            format!("`sandbox create` on h1 → name resolves on h2, {what}, {creates} creates, {names} endpoints");
+        Figure::new("dns", name, "ms", Better::Lower, Some(percentile(values, p)))
+    };
+    figures.extend([
+        resolve("from the answer, median", &mut after, 50.0),
+        resolve("from the answer, p99", &mut after, 99.0),
+        resolve("from the request's start, median", &mut from_start, 50.0),
+        resolve("from the request's start, p99", &mut from_start, 99.0),
+    ]);
+    Ok(figures)
 }
 
 /// dnsperf against `server` from the client sandbox: a saturated run of

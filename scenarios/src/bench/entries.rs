@@ -13,13 +13,14 @@ use anyhow::{bail, Context};
 use mesh_netdev::netns;
 use mesh_netdev::reconcile::{vxlan_name, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
 
+use super::report::{Better, Figure};
 use crate::lab::{host_ip, Lab};
 
 /// The VNI the benchmark uses.
 const VNI: u32 = 9999;
 
-/// Measures with `count` remote endpoints and prints the table.
-pub fn run(count: usize) -> anyhow::Result<()> {
+/// Measures with `count` remote endpoints.
+pub fn run(count: usize) -> anyhow::Result<Vec<Figure>> {
     if count == 0 || count > 60_000 {
         bail!("give between 1 and 60000 endpoints");
     }
@@ -39,36 +40,30 @@ pub fn run(count: usize) -> anyhow::Result<()> {
     let batch = iproute2_batch(&lab, count)?;
     println!("the same through the agents: h2 restarts holding {count} endpoints, h1 programs them");
     let agents = super::view_to_kernel::measure(&mut lab, count)?;
-    println!();
-    println!("| figure, {count} remote endpoints | mesh | iproute2 batch (same run) | mesh / batch |");
-    println!("|---|---|---|---|");
-    println!(
-        "| from nothing to every entry in the kernel | {:.3} s | {:.3} s | {:.2} |",
-        mesh.as_secs_f64(),
-        batch.as_secs_f64(),
-        mesh.as_secs_f64() / batch.as_secs_f64()
-    );
-    println!(
-        "| agents: from all of them in h1's view to all in h1's kernel | {:.3} s | {:.3} s | {:.2} |",
-        agents.view_to_kernel.as_secs_f64(),
-        batch.as_secs_f64(),
-        agents.view_to_kernel.as_secs_f64() / batch.as_secs_f64()
-    );
-    println!(
-        "| agents: from the first of them in h1's view to all in h1's kernel | {:.3} s | {:.3} s | {:.2} |",
-        agents.first_to_kernel.as_secs_f64(),
-        batch.as_secs_f64(),
-        agents.first_to_kernel.as_secs_f64() / batch.as_secs_f64()
-    );
-    println!("| a steady-state pass (dump + diff, no change) | {:.1} ms | - | - |", steady.as_secs_f64() * 1000.0);
-    println!();
-    println!("| h1's agent in steady state (a pass every 2 s) | CPU time per second | share of one core |");
-    println!("|---|---|---|");
-    for (what, cpu) in [("1 remote endpoint", agents.cpu_one), (&format!("{count} remote endpoints"), agents.cpu_all)] {
-        println!("| {what} | {:.1} ms | {:.2} % |", cpu.as_secs_f64() * 1000.0, cpu.as_secs_f64() * 100.0);
-    }
-    println!("(kernel watched by netlink dumps every 20 ms: the agent figures are within ~20 ms)");
-    Ok(())
+    let against_batch = |name: &str, took: Duration| {
+        let ms = |d: Duration| Some(d.as_secs_f64() * 1000.0);
+        Figure::new("entries", format!("{name}, {count} remote endpoints"), "ms", Better::Lower, ms(took))
+            .against("iproute2 batch", ms(batch))
+    };
+    let cpu = |what: &str, took: Duration| {
+        let name = format!("h1's agent in steady state, {what}: CPU time per second");
+        Figure::new("entries", name, "ms", Better::Lower, Some(took.as_secs_f64() * 1000.0))
+    };
+    Ok(vec![
+        against_batch("straight through the reconciler, from nothing to every entry", mesh)
+            .aiming("within 2x of the batch, under 1 s"),
+        against_batch("agents: from all of them in h1's view to all in h1's kernel", agents.view_to_kernel),
+        against_batch("agents: from the first of them in h1's view to all in h1's kernel", agents.first_to_kernel),
+        Figure::new(
+            "entries",
+            "a steady-state pass (dump + diff, no change)",
+            "ms",
+            Better::Lower,
+            Some(steady.as_secs_f64() * 1000.0),
+        ),
+        cpu("1 remote endpoint", agents.cpu_one),
+        cpu(&format!("{count} remote endpoints"), agents.cpu_all),
+    ])
 }
 
 /// Remote endpoint `k`: an address in 10.128.0.0/10 and one of 200 VTEPs.

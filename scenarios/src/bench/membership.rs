@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::median;
+use super::report::{Better, Figure};
 use super::systems::{serf_installed, Mesh, Serf, System};
 use crate::lab::Lab;
 use crate::procfs;
@@ -27,9 +28,9 @@ struct Figures {
     idle_cpu_percent: f64,
 }
 
-/// Runs the membership benchmark on `hosts` hosts and prints mesh's figures
-/// beside Serf's (when `with_serf` and `serf` is installed).
-pub fn run(hosts: usize, with_serf: bool) -> anyhow::Result<()> {
+/// Runs the membership benchmark on `hosts` hosts: mesh's figures beside
+/// Serf's (when `with_serf` and `serf` is installed).
+pub fn run(hosts: usize, with_serf: bool) -> anyhow::Result<Vec<Figure>> {
     if hosts < 3 {
         bail!("the benchmark needs at least 3 hosts");
     }
@@ -46,8 +47,7 @@ pub fn run(hosts: usize, with_serf: bool) -> anyhow::Result<()> {
     } else {
         None
     };
-    print_table(hosts, &mesh, serf.as_ref());
-    Ok(())
+    Ok(figures(hosts, &mesh, serf.as_ref()))
 }
 
 fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
@@ -151,32 +151,30 @@ fn last_seen(
 }
 
 impl Figures {
-    /// Each figure with its label, in report order; `None` if not reached.
-    fn rows(&self) -> [(&'static str, Option<f64>); 4] {
+    /// Each figure with its label and unit, in report order; `None` if not reached.
+    fn rows(&self) -> [(&'static str, &'static str, Option<f64>); 4] {
         [
-            ("join convergence after last join (ms)", self.join_convergence.map(|d| d.as_secs_f64() * 1000.0)),
-            ("cut host declared down everywhere (s)", self.cut_detection.map(|d| d.as_secs_f64())),
-            ("resident memory per agent (MiB)", Some(self.rss_mib)),
-            ("idle CPU per agent (%)", Some(self.idle_cpu_percent)),
+            ("join convergence after the last join", "ms", self.join_convergence.map(|d| d.as_secs_f64() * 1000.0)),
+            ("cut host declared down everywhere", "s", self.cut_detection.map(|d| d.as_secs_f64())),
+            ("resident memory per agent", "MiB", Some(self.rss_mib)),
+            ("idle CPU per agent", "%", Some(self.idle_cpu_percent)),
         ]
     }
 }
 
-fn print_table(hosts: usize, mesh: &Figures, serf: Option<&Figures>) {
-    let cell =
-        |value: Option<f64>| value.map_or_else(|| format!("> {} s", WAIT_LIMIT.as_secs()), |v| format!("{v:.2}"));
-    println!();
-    println!("| figure, {hosts} hosts | mesh | serf (same run) | mesh / serf |");
-    println!("|---|---|---|---|");
+/// mesh's figures, beside Serf's if it ran. (Serf is watched through its
+/// CLI, mesh through its control socket: see the module docs.)
+fn figures(hosts: usize, mesh: &Figures, serf: Option<&Figures>) -> Vec<Figure> {
     let serf_rows = serf.map(Figures::rows);
-    for (row, (label, m)) in mesh.rows().into_iter().enumerate() {
-        let s = serf_rows.map(|rows| rows[row].1);
-        let ratio = match (m, s.flatten()) {
-            (Some(m), Some(s)) => format!("{:.2}", m / s),
-            _ => "-".into(),
-        };
-        let serf_cell = if serf.is_some() { cell(s.flatten()) } else { "-".into() };
-        println!("| {label} | {} | {serf_cell} | {ratio} |", cell(m));
-    }
-    println!("(serf is watched through its CLI, mesh through its control socket: see the module docs)");
+    mesh.rows()
+        .into_iter()
+        .enumerate()
+        .map(|(row, (label, unit, value))| {
+            let figure = Figure::new("membership", format!("{label}, {hosts} hosts"), unit, Better::Lower, value);
+            match serf_rows {
+                Some(rows) => figure.against("serf", rows[row].2).aiming("below serf"),
+                None => figure,
+            }
+        })
+        .collect()
 }

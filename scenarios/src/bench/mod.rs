@@ -16,6 +16,8 @@
 //!   overlay on the same lab.
 //! - [`overlay`]: iperf3 across the overlay, beside a hand-built VXLAN
 //!   pair and the raw underlay.
+//! - [`suite`]: all of them in turn (`mesh-bench`), into one report
+//!   ([`report`]): JSON, Markdown and a plot.
 //! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
 //!   beside memberlist's gossip model on the same simulated network.
 
@@ -25,8 +27,11 @@ pub mod entries;
 mod injected;
 pub mod membership;
 pub mod overlay;
+mod plot;
 pub mod records;
+pub mod report;
 pub mod sim;
+pub mod suite;
 mod systems;
 mod view_to_kernel;
 

@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::median;
+use super::report::{Better, Figure};
 use crate::lab::Lab;
 
 /// Measures for `seconds` each (three rounds) and prints the table.
-pub fn run(seconds: u32) -> anyhow::Result<()> {
+pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
     let mut lab = Lab::new(2)?;
     println!("overlay throughput on 2 lab hosts, {seconds} s per figure");
     lab.form_cluster()?;
@@ -64,13 +65,21 @@ pub fn run(seconds: u32) -> anyhow::Result<()> {
         raw.push(measure(&mut lab, seconds, None, "198.18.0.2", None)?);
     }
     let (mesh, hand, raw) = (median(&mut mesh), median(&mut hand), median(&mut raw));
-    println!();
-    println!("| figure, iperf3 TCP, {seconds} s | Gbit/s | ratio to the hand-built VXLAN pair (same run) |");
-    println!("|---|---|---|");
-    println!("| mesh overlay, sandbox to sandbox | {mesh:.2} | {:.3} |", mesh / hand);
-    println!("| hand-built VXLAN pair, sandbox to sandbox (same path, no agent) | {hand:.2} | 1.000 |");
-    println!("| raw underlay, host to host | {raw:.2} | {:.3} |", raw / hand);
-    Ok(())
+    let throughput = |name: &str, value: f64| {
+        Figure::new(
+            "overlay",
+            format!("iperf3 TCP, {name}, {seconds} s, median of 3"),
+            "Gbit/s",
+            Better::Higher,
+            Some(value),
+        )
+    };
+    Ok(vec![
+        throughput("mesh overlay, sandbox to sandbox", mesh)
+            .against("hand-built VXLAN pair", Some(hand))
+            .aiming("at least 0.97 of hand-built"),
+        throughput("mesh overlay, sandbox to sandbox", mesh).against("raw underlay, host to host", Some(raw)),
+    ])
 }
 
 /// Runs one `ip` command through `run`, failing with its error.

@@ -24,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::percentile;
+use super::report::{Better, Figure};
 use crate::sim::{Sim, SimConfig};
 
 /// Largest cluster simulated with full member lists.
@@ -50,7 +51,7 @@ pub struct SimBench {
 type Reach = Vec<[Option<f64>; 4]>;
 
 /// Runs the simulation and the baseline model; prints the report.
-pub fn run(bench: &SimBench) -> anyhow::Result<()> {
+pub fn run(bench: &SimBench) -> anyhow::Result<Vec<Figure>> {
     let wall = Instant::now();
     let full = bench.nodes <= FULL_VIEW_LIMIT;
     println!(
@@ -104,10 +105,10 @@ pub fn run(bench: &SimBench) -> anyhow::Result<()> {
         (sim.traffic().bytes - before_changes.bytes) as f64 - idle_bytes * bench.nodes as f64 * phase.as_secs_f64();
     let per_change = extra_bytes.max(0.0) / bench.nodes as f64 / bench.changes.max(1) as f64;
     let baseline: Reach = (0..bench.changes).map(|k| gossip_model(bench, bench.seed.wrapping_add(k as u64))).collect();
-    let false_downs = if full { false_downs.to_string() } else { "- (SWIM not simulated)".into() };
-    print_report(bench, &mesh, &baseline, (idle_messages, idle_bytes, &idle_split), per_change, &false_downs);
+    println!("idle traffic per node: {idle_split} B/s");
     println!("(simulated in {:.1} s of real time)", wall.elapsed().as_secs_f64());
-    Ok(())
+    let false_downs = full.then_some(false_downs as f64);
+    Ok(figures(bench, &mesh, &baseline, (idle_messages, idle_bytes), per_change, false_downs))
 }
 
 /// memberlist's gossip on the same network: returns the time to reach each share.
@@ -165,41 +166,50 @@ fn reach(mut delays: Vec<f64>, total: usize) -> [Option<f64>; 4] {
     })
 }
 
-fn print_report(
+/// The simulator's figures: reach beside memberlist's gossip model on the
+/// same network; traffic; false verdicts (`None` when SWIM was not simulated).
+fn figures(
     bench: &SimBench,
     mesh: &Reach,
     baseline: &Reach,
-    idle: (f64, f64, &str),
+    idle: (f64, f64),
     per_change: f64,
-    false_downs: &str,
-) {
-    let (messages, bytes, split) = idle;
-    let summary = |reach: &Reach, column: usize| -> String {
+    false_downs: Option<f64>,
+) -> Vec<Figure> {
+    let median_of = |reach: &Reach, column: usize| -> Option<f64> {
         let mut reached: Vec<f64> = reach.iter().filter_map(|r| r[column]).collect();
-        let missed = reach.len() - reached.len();
-        if reached.is_empty() {
-            return "not reached".into();
-        }
-        let median = percentile(&mut reached, 50.0);
-        let worst = percentile(&mut reached, 100.0);
-        let missed = if missed > 0 { format!(", {missed} not reached in 30 s") } else { String::new() };
-        format!("{median:.0} ms (worst {worst:.0}){missed}")
+        (reached.len() == reach.len() && !reached.is_empty()).then(|| percentile(&mut reached, 50.0))
     };
-    println!();
-    println!(
-        "| figure, {} nodes, {} changes | mesh | memberlist gossip model (same network) |",
-        bench.nodes,
-        mesh.len()
-    );
-    println!("|---|---|---|");
-    for (column, share) in SHARES.iter().enumerate() {
-        println!(
-            "| {share} % of nodes hold a change (median of changes) | {} | {} |",
-            summary(mesh, column),
-            summary(baseline, column)
-        );
+    let nodes = bench.nodes;
+    let mut figures: Vec<Figure> = SHARES
+        .iter()
+        .enumerate()
+        .map(|(column, share)| {
+            let name = format!("{share} % of {nodes} nodes hold a change, median of {} changes", mesh.len());
+            let figure = Figure::new("sim", name, "ms", Better::Lower, median_of(mesh, column))
+                .against("memberlist gossip model", median_of(baseline, column));
+            if *share == 99.9 {
+                figure.aiming("under 1 s")
+            } else {
+                figure
+            }
+        })
+        .collect();
+    let (messages, bytes) = idle;
+    figures.extend([
+        Figure::new(
+            "sim",
+            format!("idle messages per node per second, {nodes} nodes"),
+            "msg/s",
+            Better::Lower,
+            Some(messages),
+        ),
+        Figure::new("sim", format!("idle bytes per node per second, {nodes} nodes"), "B/s", Better::Lower, Some(bytes)),
+        Figure::new("sim", format!("bytes per node per change, {nodes} nodes"), "B", Better::Lower, Some(per_change)),
+    ]);
+    if let Some(false_downs) = false_downs {
+        let name = format!("false down verdicts, {nodes} nodes, {:.1} % loss", bench.loss * 100.0);
+        figures.push(Figure::new("sim", name, "verdicts", Better::Lower, Some(false_downs)).aiming("0"));
     }
-    println!("| idle traffic per node | {messages:.1} msg/s, {bytes:.0} B/s ({split}) | - |");
-    println!("| traffic per node per change | {per_change:.0} B | - |");
-    println!("| false down verdicts | {false_downs} | - |");
+    figures
 }

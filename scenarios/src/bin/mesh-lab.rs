@@ -100,25 +100,28 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = clean_up_on_signal() {
+    if let Err(error) = mesh_scenarios::clean_up_on_signal() {
         eprintln!("error: {error:#}");
         return ExitCode::FAILURE;
     }
+    let printed = |figures: anyhow::Result<Vec<bench::report::Figure>>| figures.map(|f| bench::report::print(&f));
     let result = match cli.command {
         Command::Demo => demo::run(),
-        Command::BenchMembership { hosts, no_serf } => bench::membership::run(hosts, !no_serf),
-        Command::BenchRecords { hosts, changes, no_serf } => bench::records::run(hosts, changes, !no_serf),
-        Command::BenchOverlay { seconds } => bench::overlay::run(seconds),
-        Command::BenchEntries { count } => bench::entries::run(count),
-        Command::BenchDns { names, seconds, creates } => bench::dns::run(names, seconds, creates),
-        Command::BenchDocker { runs } => bench::docker::run(runs),
-        Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => bench::sim::run(&bench::sim::SimBench {
-            nodes,
-            changes,
-            loss: loss_percent / 100.0,
-            latency: std::time::Duration::from_millis(latency_ms),
-            seed,
-        }),
+        Command::BenchMembership { hosts, no_serf } => printed(bench::membership::run(hosts, !no_serf)),
+        Command::BenchRecords { hosts, changes, no_serf } => printed(bench::records::run(hosts, changes, !no_serf)),
+        Command::BenchOverlay { seconds } => printed(bench::overlay::run(seconds)),
+        Command::BenchEntries { count } => printed(bench::entries::run(count)),
+        Command::BenchDns { names, seconds, creates } => printed(bench::dns::run(names, seconds, creates)),
+        Command::BenchDocker { runs } => printed(bench::docker::run(runs)),
+        Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => {
+            printed(bench::sim::run(&bench::sim::SimBench {
+                nodes,
+                changes,
+                loss: loss_percent / 100.0,
+                latency: std::time::Duration::from_millis(latency_ms),
+                seed,
+            }))
+        }
         Command::Clean => clean_leftovers(Leftovers::OfDeadRuns).map(|removed| {
             for name in &removed {
                 println!("removed {name}");
@@ -133,19 +136,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// On SIGINT, SIGTERM or SIGHUP, removes this run's labs (their agents die
-/// with this process) and exits, so an interrupted demo leaves nothing behind.
-fn clean_up_on_signal() -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("interrupted: removing the lab");
-            let _ = clean_leftovers(Leftovers::AlsoOurs);
-            std::process::exit(128 + signal);
-        }
-    });
-    Ok(())
 }
