@@ -1,6 +1,8 @@
 //! The benchmark suite's smoke check: `mesh-bench --quick` runs every
-//! benchmark at a small size and produces every figure, with its baseline,
-//! and the report. It asserts that figures exist, never what they are.
+//! benchmark at a small size and produces every figure of mesh's, each
+//! benchmark with its baselines, and the report. It asserts that figures
+//! exist, never what they are (a baseline that did not reach a figure in
+//! time is reported as such, not failed here: it is the peer's).
 //! Needs root.
 
 use anyhow::{ensure, Context};
@@ -26,10 +28,6 @@ fn the_quick_suite_produces_every_figure_and_the_report() -> anyhow::Result<()> 
         ensure!(!of_bench.is_empty(), "no figure from {bench}");
         for figure in of_bench {
             ensure!(figure["mesh"].is_number(), "{bench}: mesh's figure missing: {figure}");
-            ensure!(
-                figure["baseline"].is_null() || figure["baseline"]["value"].is_number(),
-                "{bench}: baseline missing: {figure}"
-            );
         }
         ensure!(figures.iter().any(|f| f["bench"] == bench && f["baseline"].is_object()), "{bench} has no baseline");
     }

@@ -4,10 +4,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which way a figure is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
     /// Times, bytes, memory.
@@ -17,7 +17,7 @@ pub enum Better {
 }
 
 /// One figure of one benchmark.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     /// The benchmark it comes from (`membership`, `dns`...).
     pub bench: String,
@@ -36,7 +36,7 @@ pub struct Figure {
 }
 
 /// A baseline: a peer system or a physical limit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Baseline {
     /// Its name (`serf`, `dnsmasq`, `hand-built VXLAN`...).
     pub name: String,
@@ -91,16 +91,18 @@ impl Figure {
             Better::Lower => mesh < other,
             Better::Higher => mesh > other,
         };
-        match (wins, mesh == other) {
-            (_, true) => "tie",
-            (true, false) => "mesh wins",
-            (false, false) => "**mesh loses**",
+        let close = other != 0.0 && (mesh / other - 1.0).abs() < 0.01;
+        match (wins, mesh == other, close) {
+            (_, true, _) => "tie",
+            (_, _, true) => "tie (within 1 %)",
+            (true, ..) => "mesh wins",
+            (false, ..) => "**mesh loses**",
         }
     }
 }
 
 /// The machine the suite ran on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// The CPU model.
     pub cpu: String,
@@ -138,7 +140,7 @@ impl Machine {
 }
 
 /// A whole run of the suite.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// When it started (UTC, RFC 3339).
     pub started: String,
@@ -192,6 +194,44 @@ fn number(v: f64) -> String {
     }
 }
 
+impl Report {
+    /// A short summary for the README: the figures with an aim and every
+    /// loss, one table, dated, with the command that reproduces them.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let command = if self.quick {
+            "sudo target/release/mesh-bench --quick --out DIR"
+        } else {
+            "sudo target/release/mesh-bench --out DIR"
+        };
+        let m = &self.machine;
+        let _ = writeln!(out, "Measured {} on {} cores ({}), `{command}`:\n", self.started, m.cores, m.cpu);
+        let _ = writeln!(out, "| benchmark | figure | mesh | baseline (same run) | aim | verdict |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        let shown = self.figures.iter().filter(|f| f.aim.is_some() || f.verdict().contains("loses"));
+        for figure in shown {
+            let value = |v: Option<f64>| {
+                v.map_or_else(|| "not reached".to_owned(), |v| format!("{} {}", number(v), figure.unit))
+            };
+            let baseline =
+                figure.baseline.as_ref().map_or_else(|| "-".to_owned(), |b| format!("{}: {}", b.name, value(b.value)));
+            let aim = figure.aim.as_deref().unwrap_or("-");
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {baseline} | {aim} | {} |",
+                figure.bench,
+                figure.name,
+                value(figure.mesh),
+                figure.verdict()
+            );
+        }
+        for (bench, why) in &self.failures {
+            let _ = writeln!(out, "| {bench} | failed: {why} | - | - | - | - |");
+        }
+        out
+    }
+}
+
 /// The figures as Markdown, a table per benchmark.
 pub fn tables(figures: &[Figure]) -> String {
     let mut out = String::new();
@@ -242,6 +282,8 @@ mod tests {
         assert_eq!(Figure::new("b", "x", "ms", Better::Lower, Some(1.0)).verdict(), "");
         let zero = Figure::new("b", "after", "ms", Better::Lower, Some(0.0)).against("peer", Some(0.0));
         assert_eq!(zero.verdict(), "tie");
+        let close = Figure::new("b", "rate", "Gbit/s", Better::Higher, Some(19.9)).against("peer", Some(20.0));
+        assert_eq!(close.verdict(), "tie (within 1 %)");
         let instant = Figure::new("b", "after", "ms", Better::Lower, Some(0.0)).against("peer", Some(100.0));
         assert_eq!((instant.verdict(), instant.advantage()), ("mesh wins", None));
     }

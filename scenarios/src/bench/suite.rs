@@ -108,10 +108,22 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Writes `results.json`, `report.md` and `advantage.png` into `out`.
+/// Writes the report of an earlier run's `results` again (after a change
+/// to how reports look) into the same directory.
+pub fn rewrite(results: &Path) -> anyhow::Result<Report> {
+    let text = std::fs::read(results).with_context(|| format!("cannot read {}", results.display()))?;
+    let report: Report =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a suite's results", results.display()))?;
+    write(&report, results.parent().unwrap_or(Path::new(".")))?;
+    Ok(report)
+}
+
+/// Writes `results.json`, `report.md`, `summary.md` (for the README) and
+/// `advantage.png` into `out`.
 fn write(report: &Report, out: &Path) -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(report)?)?;
     std::fs::write(out.join("report.md"), report.markdown())?;
+    std::fs::write(out.join("summary.md"), report.summary())?;
     plot::advantage(&report.figures, &out.join("advantage.png"))
 }
 

@@ -102,12 +102,20 @@ impl System for Serf {
         Ok(())
     }
 
+    /// Retried for a while: a Serf agent just started may not answer its
+    /// RPC yet.
     fn join(&self, lab: &Lab, i: usize) -> anyhow::Result<()> {
-        let out = lab.exec(i, "serf", &["join", SERF_RPC, &format!("{}:7946", host_ip(1))])?;
-        if !out.success {
-            bail!("serf join on h{i}: {}", out.stderr.trim());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = lab.exec(i, "serf", &["join", SERF_RPC, &format!("{}:7946", host_ip(1))])?;
+            if out.success {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("serf join on h{i}: {} {}", out.stdout.trim(), out.stderr.trim());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Ok(())
     }
 
     fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {

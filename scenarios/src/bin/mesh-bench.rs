@@ -17,8 +17,12 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Where the report goes.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "rewrite")]
+    out: Option<PathBuf>,
+    /// Write the report of an earlier run again from its results.json
+    /// (nothing is measured).
+    #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["quick", "out"])]
+    rewrite: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -27,10 +31,15 @@ fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         return ExitCode::FAILURE;
     }
-    match suite::run(cli.quick, &cli.out) {
+    let (result, out) = match (&cli.rewrite, &cli.out) {
+        (Some(results), _) => (suite::rewrite(results), results.parent().map(PathBuf::from).unwrap_or_default()),
+        (None, Some(out)) => (suite::run(cli.quick, out), out.clone()),
+        (None, None) => (Err(anyhow::anyhow!("give --out DIR")), PathBuf::new()),
+    };
+    match result {
         Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
         Ok(report) => {
-            eprintln!("{} benchmarks failed (see {})", report.failures.len(), cli.out.join("report.md").display());
+            eprintln!("{} benchmarks failed (see {})", report.failures.len(), out.join("report.md").display());
             ExitCode::FAILURE
         }
         Err(error) => {
