@@ -81,6 +81,15 @@ impl Figure {
         })
     }
 
+    /// mesh's value, the baseline's (named) and the aim, as table cells.
+    fn cells(&self) -> [String; 3] {
+        let value =
+            |v: Option<f64>| v.map_or_else(|| "not reached".to_owned(), |v| format!("{} {}", number(v), self.unit));
+        let baseline =
+            self.baseline.as_ref().map_or_else(|| "-".to_owned(), |b| format!("{}: {}", b.name, value(b.value)));
+        [value(self.mesh), baseline, self.aim.clone().unwrap_or_else(|| "-".to_owned())]
+    }
+
     /// The plain verdict against the baseline.
     pub fn verdict(&self) -> &'static str {
         let Some(baseline) = &self.baseline else { return "" };
@@ -210,18 +219,12 @@ impl Report {
         let _ = writeln!(out, "|---|---|---|---|---|---|");
         let shown = self.figures.iter().filter(|f| f.aim.is_some() || f.verdict().contains("loses"));
         for figure in shown {
-            let value = |v: Option<f64>| {
-                v.map_or_else(|| "not reached".to_owned(), |v| format!("{} {}", number(v), figure.unit))
-            };
-            let baseline =
-                figure.baseline.as_ref().map_or_else(|| "-".to_owned(), |b| format!("{}: {}", b.name, value(b.value)));
-            let aim = figure.aim.as_deref().unwrap_or("-");
+            let [mesh, baseline, aim] = figure.cells();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {baseline} | {aim} | {} |",
+                "| {} | {} | {mesh} | {baseline} | {aim} | {} |",
                 figure.bench,
                 figure.name,
-                value(figure.mesh),
                 figure.verdict()
             );
         }
@@ -242,20 +245,9 @@ pub fn tables(figures: &[Figure]) -> String {
         let _ = writeln!(out, "| figure | mesh | baseline (same run) | mesh / baseline | aim | verdict |");
         let _ = writeln!(out, "|---|---|---|---|---|---|");
         for figure in figures.iter().filter(|f| f.bench == bench) {
-            let value = |v: Option<f64>| {
-                v.map_or_else(|| "not reached".to_owned(), |v| format!("{} {}", number(v), figure.unit))
-            };
-            let baseline =
-                figure.baseline.as_ref().map_or_else(|| "-".to_owned(), |b| format!("{}: {}", b.name, value(b.value)));
+            let [mesh, baseline, aim] = figure.cells();
             let ratio = figure.ratio().map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
-            let aim = figure.aim.as_deref().unwrap_or("-");
-            let _ = writeln!(
-                out,
-                "| {} | {} | {baseline} | {ratio} | {aim} | {} |",
-                figure.name,
-                value(figure.mesh),
-                figure.verdict()
-            );
+            let _ = writeln!(out, "| {} | {mesh} | {baseline} | {ratio} | {aim} | {} |", figure.name, figure.verdict());
         }
         let _ = writeln!(out);
     }
