@@ -133,3 +133,24 @@ fn sigterm_stops_cleanly_and_json_logs_are_json() {
         assert!(value.get("level").is_some(), "{line}");
     }
 }
+
+#[test]
+fn an_empty_docker_plugin_dir_turns_the_plugin_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(MESH)
+        .args(["agent", "--name", "t", "--bind", "127.0.0.1:0", "--docker-plugin-dir", ""])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    wait_for_socket(&dir.path().join("sock"));
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("agent output");
+    assert!(out.status.success(), "exit: {:?}\n{}", out.status, stderr(&out));
+    assert!(!stderr(&out).to_lowercase().contains("docker"), "no plugin is served: {}", stderr(&out));
+}

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::Args;
 
 use crate::config::{Config, LogFormat};
@@ -58,7 +59,7 @@ pub(crate) struct AgentArgs {
     upstream_dns: Vec<String>,
     /// Where to put the Docker plugin socket `mesh.sock`; an empty value
     /// turns the plugin off [default: /run/docker/plugins].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = OsStringValueParser::new().map(PathBuf::from))]
     docker_plugin_dir: Option<PathBuf>,
     /// The Docker engine's API socket, which the plugin asks for network
     /// and container names [default: /run/docker.sock].
