@@ -62,6 +62,9 @@ pub struct Lab {
     failed: std::sync::atomic::AtomicBool,
 }
 
+/// The nftables table [`Lab::set_loss`] puts in a host.
+const LOSS_TABLE: &str = "meshlab_loss";
+
 /// The underlay address of host `i` (1-based): 198.18.0.1, 198.18.0.2, ...
 pub fn host_ip(i: usize) -> Ipv4Addr {
     let n = u32::try_from(i.saturating_sub(1)).unwrap_or(u32::MAX);
@@ -357,6 +360,29 @@ impl Lab {
         args.extend(how);
         must("ip", args)?;
         Ok(())
+    }
+
+    /// Drops `percent` % of the packets host `i` receives on its underlay
+    /// link, at random (nftables `numgen random`, since this kernel has no
+    /// netem); 0 removes the rule.
+    pub fn set_loss(&self, i: usize, percent: u32) -> anyhow::Result<()> {
+        let netns = &self.host(i).netns;
+        let _ = run("ip", ["netns", "exec", netns, "nft", "delete", "table", "inet", LOSS_TABLE]);
+        if percent == 0 {
+            return Ok(());
+        }
+        let nft = |command: String| must("ip", ["netns", "exec", netns, "nft", &command]);
+        nft(format!("add table inet {LOSS_TABLE}"))?;
+        nft(format!("add chain inet {LOSS_TABLE} input {{ type filter hook input priority -300 ; }}"))?;
+        nft(format!("add rule inet {LOSS_TABLE} input iifname eth0 numgen random mod 100 lt {percent} drop"))?;
+        Ok(())
+    }
+
+    /// Bytes host `i` has sent on its underlay link so far.
+    pub fn underlay_sent_bytes(&self, i: usize) -> anyhow::Result<u64> {
+        let out = must("ip", ["-n", &self.host(i).netns, "-j", "-s", "link", "show", "eth0"])?;
+        let links: serde_json::Value = serde_json::from_str(&out).context("bad `ip -j -s link` JSON")?;
+        links[0]["stats64"]["tx"]["bytes"].as_u64().context("no tx bytes in `ip -j -s link`")
     }
 
     /// Splits the underlay in two: the hosts in `side` move to a bridge of

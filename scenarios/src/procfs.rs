@@ -7,12 +7,25 @@ use anyhow::Context;
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+    kib_field(&status, "VmRSS:").context("in /proc/PID/status")
+}
+
+/// Memory only process `pid` holds (its unique set size: private pages,
+/// resident), in KiB: what one more agent costs a host whose other agents
+/// share the binary.
+pub fn private_kib(pid: u32) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let private = kib_field(&rollup, "Private_Clean:")? + kib_field(&rollup, "Private_Dirty:")?;
+    Ok(private)
+}
+
+/// The value of a `Name:   123 kB` line.
+fn kib_field(text: &str, name: &str) -> anyhow::Result<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/PID/status")
+        .with_context(|| format!("no {name} line"))
 }
 
 /// CPU time (user + system) process `pid` has used so far.

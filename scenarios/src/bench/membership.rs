@@ -1,4 +1,5 @@
-//! The membership benchmark: mesh beside HashiCorp Serf on the same lab, in
+//! The membership benchmark (join, failure detection, memory, idle CPU and
+//! idle traffic): mesh beside HashiCorp Serf on the same lab, in
 //! the same run. Figures, not assertions: the machine is shared and noisy.
 //!
 //! Every host is watched by its own thread, polling its own view, so a
@@ -25,7 +26,10 @@ struct Figures {
     /// `None`: not every host got there within [`WAIT_LIMIT`].
     cut_detection: Option<Duration>,
     rss_mib: f64,
+    private_mib: f64,
     idle_cpu_percent: f64,
+    /// Underlay bytes each agent sends per second when nothing changes.
+    idle_bytes_per_second: f64,
 }
 
 /// Runs the membership benchmark on `hosts` hosts: mesh's figures beside
@@ -70,16 +74,26 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
 
     std::thread::sleep(Duration::from_secs(2));
     let pids: Vec<u32> = (1..=n).filter_map(|i| system.pid(lab_ref, i)).collect();
+    let sent = |lab: &Lab| (1..=n).map(|i| lab.underlay_sent_bytes(i)).collect::<anyhow::Result<Vec<u64>>>();
     let cpu_before: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
+    let sent_before = sent(lab_ref)?;
     let idle = Duration::from_secs(20);
     std::thread::sleep(idle);
+    let sent_after = sent(lab_ref)?;
     let cpu_after: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
+    let mut bytes: Vec<f64> =
+        sent_before.iter().zip(&sent_after).map(|(b, a)| a.saturating_sub(*b) as f64 / idle.as_secs_f64()).collect();
     let mut cpu: Vec<f64> =
         cpu_before.iter().zip(&cpu_after).map(|(b, a)| (*a - *b).as_secs_f64() / idle.as_secs_f64() * 100.0).collect();
     let mut rss: Vec<f64> =
         pids.iter().map(|&p| procfs::rss_kib(p).map(|k| k as f64 / 1024.0)).collect::<Result<_, _>>()?;
-    let (idle_cpu_percent, rss_mib) = (median(&mut cpu), median(&mut rss));
-    println!("   idle: {idle_cpu_percent:.2} % CPU, {rss_mib:.1} MiB resident per agent (median)");
+    let mut private: Vec<f64> =
+        pids.iter().map(|&p| procfs::private_kib(p).map(|k| k as f64 / 1024.0)).collect::<Result<_, _>>()?;
+    let (idle_cpu_percent, rss_mib, private_mib) = (median(&mut cpu), median(&mut rss), median(&mut private));
+    let idle_bytes_per_second = median(&mut bytes);
+    println!(
+        "   idle, per agent (median): {idle_cpu_percent:.2} % CPU, {rss_mib:.1} MiB resident, {private_mib:.1} MiB private, {idle_bytes_per_second:.0} B/s sent"
+    );
 
     let victim = format!("h{n}");
     lab_ref.cut(n, true)?;
@@ -89,7 +103,7 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
     lab_ref.cut(n, false)?;
     let cut_detection = reported(&format!("cut host declared {} on every other host", system.down_word()), detected);
     system.stop(lab)?;
-    Ok(Figures { join_convergence, cut_detection, rss_mib, idle_cpu_percent })
+    Ok(Figures { join_convergence, cut_detection, rss_mib, private_mib, idle_cpu_percent, idle_bytes_per_second })
 }
 
 /// How long a figure is waited for before it is reported as not reached.
@@ -152,12 +166,14 @@ fn last_seen(
 
 impl Figures {
     /// Each figure with its label and unit, in report order; `None` if not reached.
-    fn rows(&self) -> [(&'static str, &'static str, Option<f64>); 4] {
+    fn rows(&self) -> [(&'static str, &'static str, Option<f64>); 6] {
         [
             ("join convergence after the last join", "ms", self.join_convergence.map(|d| d.as_secs_f64() * 1000.0)),
             ("cut host declared down everywhere", "s", self.cut_detection.map(|d| d.as_secs_f64())),
             ("resident memory per agent", "MiB", Some(self.rss_mib)),
+            ("private memory per agent (not shared with the other agents)", "MiB", Some(self.private_mib)),
             ("idle CPU per agent", "%", Some(self.idle_cpu_percent)),
+            ("idle gossip sent per agent", "B/s", Some(self.idle_bytes_per_second)),
         ]
     }
 }

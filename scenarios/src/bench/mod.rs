@@ -1,8 +1,10 @@
 //! Benchmarks: figures beside the baseline that bounds them, measured in
 //! the same run (the machine is shared and noisy), never assertions.
 //!
-//! - [`membership`]: join convergence, failure detection, memory and idle
-//!   CPU, beside Serf on the same lab.
+//! - [`membership`]: join convergence, failure detection, memory, idle
+//!   CPU and idle traffic, beside Serf on the same lab.
+//! - [`verdicts`]: false "down" verdicts under loss and a frozen agent,
+//!   beside Serf under the same faults.
 //! - [`records`]: how fast a sandbox reaches every host's view, beside a
 //!   Serf user event on the same lab.
 //! - [`entries`]: 10,000 remote endpoints programmed into one host,
@@ -33,6 +35,7 @@ pub mod report;
 pub mod sim;
 pub mod suite;
 mod systems;
+pub mod verdicts;
 mod view_to_kernel;
 
 /// The median of `values` (sorts them).

@@ -157,6 +157,32 @@ fn gossip_model(bench: &SimBench, seed: u64) -> [Option<f64>; 4] {
     reach(got.iter().flatten().map(|d| d.as_secs_f64() * 1000.0).collect(), n)
 }
 
+/// Payload bytes of memberlist's messages, as msgpack encodes them with
+/// short node names: a ping (sequence number, target and source), its ack,
+/// one member's state in a push/pull, and one alive or user-event message.
+const MEMBERLIST_PING: f64 = 80.0;
+const MEMBERLIST_ACK: f64 = 20.0;
+const MEMBERLIST_STATE: f64 = 75.0;
+const MEMBERLIST_MESSAGE: f64 = 80.0;
+
+/// What a memberlist node sends per second when nothing changes, at its LAN
+/// defaults: a ping and an ack each second, and its whole state pushed to
+/// one node and returned to another every push/pull interval (30 s, scaled
+/// by log2 of the size beyond 32 nodes). Gossip sends nothing when idle.
+fn memberlist_idle_bytes(nodes: usize) -> f64 {
+    let n = nodes.max(1) as f64;
+    let scale = if n <= 32.0 { 1.0 } else { (n.log2() - 32f64.log2()).ceil() + 1.0 };
+    let push_pull_every = 30.0 * scale;
+    MEMBERLIST_PING + MEMBERLIST_ACK + 2.0 * n * MEMBERLIST_STATE / push_pull_every
+}
+
+/// What a memberlist node sends for one change: the message, retransmitted
+/// 4·ceil(log10(n+1)) times (its retransmit limit at LAN defaults).
+fn memberlist_change_bytes(nodes: usize) -> f64 {
+    let limit = 4.0 * (nodes as f64 + 1.0).log10().ceil();
+    limit * MEMBERLIST_MESSAGE
+}
+
 /// The delay by which each share of `total` nodes held the change.
 fn reach(mut delays: Vec<f64>, total: usize) -> [Option<f64>; 4] {
     delays.sort_by(f64::total_cmp);
@@ -196,6 +222,7 @@ fn figures(
         })
         .collect();
     let (messages, bytes) = idle;
+    let idle_bytes = Figure::new("sim", format!("idle bytes per node per second, {nodes} nodes"), "B/s", Better::Lower, Some(bytes));
     figures.extend([
         Figure::new(
             "sim",
@@ -204,12 +231,32 @@ fn figures(
             Better::Lower,
             Some(messages),
         ),
-        Figure::new("sim", format!("idle bytes per node per second, {nodes} nodes"), "B/s", Better::Lower, Some(bytes)),
-        Figure::new("sim", format!("bytes per node per change, {nodes} nodes"), "B", Better::Lower, Some(per_change)),
+        // Without SWIM (beyond FULL_VIEW_LIMIT) the idle figure has nothing to compare.
+        if nodes <= FULL_VIEW_LIMIT {
+            idle_bytes.against("memberlist model", Some(memberlist_idle_bytes(nodes))).aiming("fewer bytes")
+        } else {
+            idle_bytes
+        },
+        Figure::new("sim", format!("bytes per node per change, {nodes} nodes"), "B", Better::Lower, Some(per_change))
+            .against("memberlist model", Some(memberlist_change_bytes(nodes))),
     ]);
     if let Some(false_downs) = false_downs {
         let name = format!("false down verdicts, {nodes} nodes, {:.1} % loss", bench.loss * 100.0);
         figures.push(Figure::new("sim", name, "verdicts", Better::Lower, Some(false_downs)).aiming("0"));
     }
     figures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memberlist_push_pull_slows_down_beyond_32_nodes() {
+        let probes = MEMBERLIST_PING + MEMBERLIST_ACK;
+        assert_eq!(memberlist_idle_bytes(32), probes + 2.0 * 32.0 * MEMBERLIST_STATE / 30.0);
+        assert_eq!(memberlist_idle_bytes(33), probes + 2.0 * 33.0 * MEMBERLIST_STATE / 60.0);
+        assert_eq!(memberlist_idle_bytes(1000), probes + 2.0 * 1000.0 * MEMBERLIST_STATE / 180.0);
+        assert_eq!(memberlist_change_bytes(1000), 16.0 * MEMBERLIST_MESSAGE);
+    }
 }

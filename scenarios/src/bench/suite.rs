@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::report::{Figure, Machine, Report};
-use super::{dns, docker, entries, membership, overlay, plot, records, sim};
+use super::{dns, docker, entries, membership, overlay, plot, records, sim, verdicts};
 
 /// The simulator's seed (written in the report).
 const SEED: u64 = 1;
@@ -38,6 +38,9 @@ fn steps(quick: bool) -> Vec<Step> {
     if quick {
         return vec![
             step("membership", "5 hosts, beside serf".into(), || membership::run(5, true)),
+            step("verdicts", "5 hosts, 30 s, 10 % loss, one freeze, beside serf".into(), || {
+                verdicts::run(5, Duration::from_secs(30), 10)
+            }),
             step("records", "5 hosts, 10 changes, beside a serf user event".into(), || records::run(5, 10, true)),
             step("docker", "2 hosts, 3 containers, beside swarm".into(), || docker::run(3)),
             step("sim", "200 nodes, 3 changes, beside memberlist's model".into(), move || sim::run(&sim_bench(200, 3))),
@@ -49,6 +52,9 @@ fn steps(quick: bool) -> Vec<Step> {
     vec![
         step("membership", "20 hosts, beside serf".into(), || membership::run(20, true)),
         step("membership", "50 hosts, beside serf".into(), || membership::run(50, true)),
+        step("verdicts", "20 hosts, 10 min, 10 % loss, one agent frozen 5 s a minute, beside serf".into(), || {
+            verdicts::run(20, Duration::from_secs(600), 10)
+        }),
         step("records", "2 hosts, 100 changes, beside a serf user event".into(), || records::run(2, 100, true)),
         step("records", "20 hosts, 100 changes, beside a serf user event".into(), || records::run(20, 100, true)),
         step("records", "50 hosts, 100 changes, beside a serf user event".into(), || records::run(50, 100, true)),

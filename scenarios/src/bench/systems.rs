@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::lab::{host_ip, Lab};
 
@@ -26,6 +26,21 @@ pub(super) trait System: Sync {
     fn pid(&self, lab: &Lab, i: usize) -> Option<u32>;
     /// The status word for a failed member.
     fn down_word(&self) -> &'static str;
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) host `i`'s agent.
+    fn freeze(&self, lab: &Lab, i: usize, frozen: bool) -> anyhow::Result<()>;
+    /// The members host `i`'s agent has declared down so far, from its log.
+    fn declared_down(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<String>>;
+}
+
+/// The names a log declares down: the word after each `marker`, up to `end`.
+fn names_after(log: &std::path::Path, marker: &str, end: char) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once(marker))
+        .filter_map(|(_, rest)| rest.split(end).next())
+        .map(str::to_owned)
+        .collect())
 }
 
 pub(super) struct Mesh;
@@ -67,6 +82,15 @@ impl System for Mesh {
     fn down_word(&self) -> &'static str {
         "down"
     }
+
+    fn freeze(&self, lab: &Lab, i: usize, frozen: bool) -> anyhow::Result<()> {
+        lab.freeze(i, frozen)
+    }
+
+    /// From the agent's `member down member=h3(...)` lines.
+    fn declared_down(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<String>> {
+        names_after(&lab.host_dir(i).join("agent.log"), "member down member=", '(')
+    }
 }
 
 /// HashCorp Serf, with extra agent flags (an event handler, say).
@@ -78,6 +102,11 @@ pub(super) struct Serf {
 pub(super) const SERF_RPC: &str = "-rpc-addr=127.0.0.1:7373";
 
 impl Serf {
+    /// Serf logging its verdicts (info level), for [`System::declared_down`].
+    pub(super) fn logging_verdicts() -> Self {
+        Self { extra: vec!["-log-level=info".into()] }
+    }
+
     /// Starts the Serf agent of host `i` (without waiting for it).
     pub(super) fn start_one(&self, lab: &mut Lab, i: usize) -> anyhow::Result<()> {
         let (node, bind) = (format!("-node=h{i}"), format!("-bind={}:7946", host_ip(i)));
@@ -144,5 +173,17 @@ impl System for Serf {
 
     fn down_word(&self) -> &'static str {
         "failed"
+    }
+
+    fn freeze(&self, lab: &Lab, i: usize, frozen: bool) -> anyhow::Result<()> {
+        let pid = self.pid(lab, i).with_context(|| format!("no serf agent on h{i}"))?;
+        crate::process::must("kill", [if frozen { "-STOP" } else { "-CONT" }, &pid.to_string()])?;
+        Ok(())
+    }
+
+    /// From `serf: EventMemberFailed: h3 198.18.0.3` lines, which Serf logs
+    /// at `-log-level=info` (see [`Serf::logging_verdicts`]).
+    fn declared_down(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<String>> {
+        names_after(&lab.spawn_log(i, "serf"), "EventMemberFailed: ", ' ')
     }
 }

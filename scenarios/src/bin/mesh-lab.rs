@@ -28,6 +28,19 @@ enum Command {
         #[arg(long)]
         no_serf: bool,
     },
+    /// Count false "down" verdicts under random loss and a frozen-then-
+    /// resumed agent, beside HashiCorp Serf under the same faults.
+    BenchVerdicts {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Length of the run, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Share of packets each host drops, in percent.
+        #[arg(long, default_value_t = 10)]
+        loss_percent: u32,
+    },
     /// Measure how fast a sandbox reaches every host's view on N hosts,
     /// beside a Serf user event on the same lab.
     BenchRecords {
@@ -108,6 +121,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo::run(),
         Command::BenchMembership { hosts, no_serf } => printed(bench::membership::run(hosts, !no_serf)),
+        Command::BenchVerdicts { hosts, seconds, loss_percent } => {
+            printed(bench::verdicts::run(hosts, std::time::Duration::from_secs(seconds), loss_percent))
+        }
         Command::BenchRecords { hosts, changes, no_serf } => printed(bench::records::run(hosts, changes, !no_serf)),
         Command::BenchOverlay { seconds } => printed(bench::overlay::run(seconds)),
         Command::BenchEntries { count } => printed(bench::entries::run(count)),
