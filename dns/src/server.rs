@@ -19,7 +19,10 @@ use crate::answer::{self, encode, respond, Outcome};
 use crate::forward::Forwarder;
 use crate::table::{NameTable, Scope};
 
-/// Tasks reading each UDP socket (the machines this runs on have a few cores).
+/// UDP sockets per listener, each read by one task (the machines this runs
+/// on have a few cores). They share the address with `SO_REUSEPORT`, so the
+/// kernel hands each datagram to one of them: two tasks waiting on one
+/// socket were both woken by every datagram, which cost light-load latency.
 const UDP_WORKERS: usize = 2;
 /// Most TCP connections one listener serves at once.
 const MAX_TCP: usize = 64;
@@ -33,7 +36,7 @@ const MAX_DATAGRAM: usize = 4096;
 /// A listener's sockets, bound (in the namespace they serve) but not yet served.
 #[derive(Debug)]
 pub struct Sockets {
-    udp: std::net::UdpSocket,
+    udp: Vec<std::net::UdpSocket>,
     tcp: std::net::TcpListener,
 }
 
@@ -47,14 +50,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<Sockets> {
             socket.set_freebind_v4(true)?;
         }
         socket.set_reuse_address(true)?;
+        if kind == Type::DGRAM {
+            socket.set_reuse_port(true)?;
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         Ok(socket)
     };
-    let udp = open(Type::DGRAM)?;
+    let udp = (0..UDP_WORKERS).map(|_| open(Type::DGRAM).map(Into::into)).collect::<io::Result<_>>()?;
     let tcp = open(Type::STREAM)?;
     tcp.listen(128)?;
-    Ok(Sockets { udp: udp.into(), tcp: tcp.into() })
+    Ok(Sockets { udp, tcp: tcp.into() })
 }
 
 /// The names mesh answers and the way to every other name.
@@ -84,11 +90,11 @@ impl Resolver {
     /// Serves `sockets` for a sandbox on the networks of `scope` until
     /// `shutdown`. Must be called within a Tokio runtime.
     pub fn serve(self: &Arc<Self>, sockets: Sockets, scope: Scope, shutdown: CancellationToken) -> io::Result<()> {
-        let udp = Arc::new(UdpSocket::from_std(sockets.udp)?);
         let tcp = TcpListener::from_std(sockets.tcp)?;
         let scope = Arc::new(scope);
-        for _ in 0..UDP_WORKERS {
-            let (resolver, udp, scope, shutdown) = (self.clone(), udp.clone(), scope.clone(), shutdown.clone());
+        for udp in sockets.udp {
+            let udp = Arc::new(UdpSocket::from_std(udp)?);
+            let (resolver, scope, shutdown) = (self.clone(), scope.clone(), shutdown.clone());
             tokio::spawn(async move { shutdown.run_until_cancelled(resolver.serve_udp(udp, scope)).await });
         }
         let resolver = self.clone();
