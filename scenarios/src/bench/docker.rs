@@ -77,14 +77,26 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Figure>> {
         ("h2 pings it, after `docker run` started", |d| d.pinged_from_start, None),
         ("`docker run -d` on h1, start to return", |d| d.run, None),
     ];
-    let mut figures = Vec::new();
+    let version = version.trim();
+    let mut figures = vec![Figure::new(
+        "docker",
+        format!("`docker run` failed, of {runs}, docker {version}"),
+        "runs",
+        Better::Lower,
+        Some(mesh.failures as f64),
+    )
+    .against("docker swarm overlay", Some(swarm.failures as f64))
+    .aiming("0")];
+    // `None` when every run failed.
+    let statistic = |delays: &[Delays], field: Field, p: f64| {
+        let mut values: Vec<f64> = delays.iter().map(field).collect();
+        (!values.is_empty()).then(|| percentile(&mut values, p))
+    };
     for (what, field, aim) in rows {
-        let mut m: Vec<f64> = mesh.iter().map(field).collect();
-        let mut s: Vec<f64> = swarm.iter().map(field).collect();
-        for (statistic, p) in [("median", 50.0), ("p99", 99.0)] {
-            let name = format!("{what}, {statistic} of {runs}, docker {}", version.trim());
-            let figure = Figure::new("docker", name, "ms", Better::Lower, Some(percentile(&mut m, p)))
-                .against("docker swarm overlay", Some(percentile(&mut s, p)));
+        for (statistic_name, p) in [("median", 50.0), ("p99", 99.0)] {
+            let name = format!("{what}, {statistic_name} of the runs that started, docker {version}");
+            let figure = Figure::new("docker", name, "ms", Better::Lower, statistic(&mesh.delays, field, p))
+                .against("docker swarm overlay", statistic(&swarm.delays, field, p));
             figures.push(match aim {
                 Some(aim) if p == 50.0 => figure.aiming(aim),
                 _ => figure,
@@ -94,14 +106,22 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Figure>> {
     Ok(figures)
 }
 
+/// What one system measured: the delays of the containers that started,
+/// and how many `docker run`s failed.
+struct Measured {
+    delays: Vec<Delays>,
+    failures: usize,
+}
+
 /// Times `runs` containers started on host 1 in `network`, watched from a
-/// probe container on host 2.
-fn measure(lab: &DockerLab, network: &str, runs: usize) -> anyhow::Result<Vec<Delays>> {
+/// probe container on host 2. A failed `docker run` is counted and the
+/// next one tried (swarm's attach sometimes times out).
+fn measure(lab: &DockerLab, network: &str, runs: usize) -> anyhow::Result<Measured> {
     let probe = format!("probe-{network}");
     lab.docker_ok(2, &["run", "-d", "--name", &probe, "--network", network, IMAGE, "sleep", CONTAINER_LIFETIME])?;
     let pid = lab.docker_ok(2, &["inspect", "-f", "{{.State.Pid}}", &probe])?;
     let netns = PathBuf::from(format!("/proc/{}/ns/net", pid.trim()));
-    let mut delays = Vec::new();
+    let (mut delays, mut failures) = (Vec::new(), 0);
     for k in 0..runs {
         let name = format!("{network}-t{k}");
         let (path, asked) = (netns.clone(), Name::from_ascii(format!("{name}."))?);
@@ -111,9 +131,17 @@ fn measure(lab: &DockerLab, network: &str, runs: usize) -> anyhow::Result<Vec<De
         });
         std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
-        lab.docker_ok(1, &["run", "-d", "--name", &name, "--network", network, IMAGE, "sleep", CONTAINER_LIFETIME])?;
+        let started =
+            lab.docker(1, &["run", "-d", "--name", &name, "--network", network, IMAGE, "sleep", CONTAINER_LIFETIME])?;
         let returned = Instant::now();
-        let (resolved, pinged) = watcher.join().map_err(|_| anyhow::anyhow!("the watcher panicked"))??;
+        let watched = watcher.join().map_err(|_| anyhow::anyhow!("the watcher panicked"))?;
+        if !started.success {
+            println!("   {network}: `docker run` {k} failed: {}", started.stderr.trim());
+            failures += 1;
+            lab.docker_ok(1, &["rm", "-f", &name])?;
+            continue;
+        }
+        let (resolved, pinged) = watched?;
         let ms = |at: Instant, from: Instant| at.saturating_duration_since(from).as_secs_f64() * 1000.0;
         delays.push(Delays {
             resolved: ms(resolved, returned),
@@ -125,7 +153,7 @@ fn measure(lab: &DockerLab, network: &str, runs: usize) -> anyhow::Result<Vec<De
         lab.docker_ok(1, &["rm", "-f", &name])?;
     }
     lab.docker_ok(2, &["rm", "-f", &probe])?;
-    Ok(delays)
+    Ok(Measured { delays, failures })
 }
 
 /// Sends ICMP echo requests to `ip` from the namespace at `netns` (every

@@ -32,6 +32,7 @@ pub mod overlay;
 mod plot;
 pub mod records;
 pub mod report;
+mod serf_rpc;
 pub mod sim;
 pub mod suite;
 mod systems;

@@ -160,7 +160,7 @@ fn measure_serf(lab: &mut Lab, changes: usize) -> anyhow::Result<Delays> {
     // Each host's handler writes to its own file; the flag is per host.
     for i in 1..=n {
         let serf =
-            Serf { extra: vec![format!("-event-handler=user:bench={} {}", handler.display(), log(i).display())] };
+            Serf::with_flags(vec![format!("-event-handler=user:bench={} {}", handler.display(), log(i).display())]);
         serf.start_one(lab, i)?;
     }
     let serf = Serf::default();

@@ -222,7 +222,8 @@ fn figures(
         })
         .collect();
     let (messages, bytes) = idle;
-    let idle_bytes = Figure::new("sim", format!("idle bytes per node per second, {nodes} nodes"), "B/s", Better::Lower, Some(bytes));
+    let idle_bytes =
+        Figure::new("sim", format!("idle bytes per node per second, {nodes} nodes"), "B/s", Better::Lower, Some(bytes));
     figures.extend([
         Figure::new(
             "sim",

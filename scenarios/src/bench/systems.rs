@@ -1,9 +1,13 @@
 //! The systems benchmarks compare: mesh, and HashiCorp Serf as the baseline.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use super::serf_rpc::SerfRpc;
 use crate::lab::{host_ip, Lab};
 
 /// Whether Debian's `serf` is installed.
@@ -93,18 +97,27 @@ impl System for Mesh {
     }
 }
 
-/// HashCorp Serf, with extra agent flags (an event handler, say).
+/// HashiCorp Serf, with extra agent flags (an event handler, say), watched
+/// through its RPC.
 #[derive(Default)]
 pub(super) struct Serf {
-    pub(super) extra: Vec<String>,
+    extra: Vec<String>,
+    /// One RPC session per host, opened at its first look.
+    sessions: Mutex<HashMap<usize, SerfRpc>>,
 }
 
+/// The RPC address flag of every Serf agent and client (port `serf_rpc::RPC_PORT`).
 pub(super) const SERF_RPC: &str = "-rpc-addr=127.0.0.1:7373";
 
 impl Serf {
+    /// Serf with extra agent flags.
+    pub(super) fn with_flags(extra: Vec<String>) -> Self {
+        Self { extra, sessions: Mutex::default() }
+    }
+
     /// Serf logging its verdicts (info level), for [`System::declared_down`].
     pub(super) fn logging_verdicts() -> Self {
-        Self { extra: vec!["-log-level=info".into()] }
+        Self::with_flags(vec!["-log-level=info".into()])
     }
 
     /// Starts the Serf agent of host `i` (without waiting for it).
@@ -147,22 +160,20 @@ impl System for Serf {
         }
     }
 
+    /// Through host `i`'s RPC session (opened if need be; dropped on error).
     fn view(&self, lab: &Lab, i: usize) -> anyhow::Result<Vec<(String, String)>> {
-        let out = lab.exec(i, "serf", &["members", SERF_RPC])?;
-        if !out.success {
-            bail!("serf members on h{i}: {}", out.stderr.trim());
-        }
-        Ok(out
-            .stdout
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                Some((words.next()?.to_owned(), words.nth(1)?.to_owned()))
-            })
-            .collect())
+        let taken = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&i);
+        let mut session = match taken {
+            Some(session) => session,
+            None => SerfRpc::connect(&Path::new("/run/netns").join(lab.netns(i)))?,
+        };
+        let members = session.members().with_context(|| format!("serf members on h{i}"))?;
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(i, session);
+        Ok(members)
     }
 
     fn stop(&self, lab: &mut Lab) -> anyhow::Result<()> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).clear();
         lab.kill_spawned();
         Ok(())
     }

@@ -82,7 +82,13 @@ pub fn run(hosts: usize, length: Duration, loss_percent: u32) -> anyhow::Result<
     let minutes = length.as_secs_f64() / 60.0;
     let conditions = format!("{hosts} hosts, {minutes:.1} min, {loss_percent} % loss, one agent frozen and resumed");
     let figure = |what: &str, value: fn(&Verdicts) -> usize| {
-        let mesh = Figure::new("verdicts", format!("{what}, {conditions}"), "verdicts", Better::Lower, Some(value(&counted[0]) as f64));
+        let mesh = Figure::new(
+            "verdicts",
+            format!("{what}, {conditions}"),
+            "verdicts",
+            Better::Lower,
+            Some(value(&counted[0]) as f64),
+        );
         match serf_counted {
             Some(serf) => mesh.against("serf", Some(value(&serf) as f64)),
             None => mesh,
