@@ -62,6 +62,12 @@ pub struct Lab {
     failed: std::sync::atomic::AtomicBool,
 }
 
+/// Freezes (SIGSTOP) or thaws (SIGCONT) process `pid`.
+pub(crate) fn freeze_process(pid: u32, frozen: bool) -> anyhow::Result<()> {
+    must("kill", [if frozen { "-STOP" } else { "-CONT" }, &pid.to_string()])?;
+    Ok(())
+}
+
 /// The nftables table [`Lab::set_loss`] puts in a host.
 const LOSS_TABLE: &str = "meshlab_loss";
 
@@ -346,9 +352,7 @@ impl Lab {
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) host `i`'s agent.
     pub fn freeze(&self, i: usize, frozen: bool) -> anyhow::Result<()> {
-        let pid = self.host(i).agent.as_ref().context("no agent running")?.id().to_string();
-        must("kill", [if frozen { "-STOP" } else { "-CONT" }, &pid])?;
-        Ok(())
+        freeze_process(self.host(i).agent.as_ref().context("no agent running")?.id(), frozen)
     }
 
     /// Cuts host `i` off the underlay (its port leaves the bridge; its own

@@ -84,10 +84,10 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
         sent_before.iter().zip(&sent_after).map(|(b, a)| a.saturating_sub(*b) as f64 / idle.as_secs_f64()).collect();
     let mut cpu: Vec<f64> =
         cpu_before.iter().zip(&cpu_after).map(|(b, a)| (*a - *b).as_secs_f64() / idle.as_secs_f64() * 100.0).collect();
-    let mut rss: Vec<f64> =
-        pids.iter().map(|&p| procfs::rss_kib(p).map(|k| k as f64 / 1024.0)).collect::<Result<_, _>>()?;
-    let mut private: Vec<f64> =
-        pids.iter().map(|&p| procfs::private_kib(p).map(|k| k as f64 / 1024.0)).collect::<Result<_, _>>()?;
+    let mib_of_each = |kib: fn(u32) -> anyhow::Result<u64>| -> anyhow::Result<Vec<f64>> {
+        pids.iter().map(|&p| kib(p).map(|k| k as f64 / 1024.0)).collect()
+    };
+    let (mut rss, mut private) = (mib_of_each(procfs::rss_kib)?, mib_of_each(procfs::private_kib)?);
     let (idle_cpu_percent, rss_mib, private_mib) = (median(&mut cpu), median(&mut rss), median(&mut private));
     let idle_bytes_per_second = median(&mut bytes);
     println!(

@@ -188,8 +188,7 @@ impl System for Serf {
 
     fn freeze(&self, lab: &Lab, i: usize, frozen: bool) -> anyhow::Result<()> {
         let pid = self.pid(lab, i).with_context(|| format!("no serf agent on h{i}"))?;
-        crate::process::must("kill", [if frozen { "-STOP" } else { "-CONT" }, &pid.to_string()])?;
-        Ok(())
+        crate::lab::freeze_process(pid, frozen)
     }
 
     /// From `serf: EventMemberFailed: h3 198.18.0.3` lines, which Serf logs
