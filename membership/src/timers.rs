@@ -5,7 +5,7 @@
 //! ordered by deadline, ties broken by submission order.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An ordered queue of timer events.
 #[derive(Debug)]
@@ -30,6 +30,11 @@ impl<E> TimerQueue<E> {
         self.queue.keys().next().map(|(deadline, _)| *deadline)
     }
 
+    /// Moves every pending event `by` later, keeping their order.
+    pub(crate) fn postpone_all(&mut self, by: Duration) {
+        self.queue = std::mem::take(&mut self.queue).into_iter().map(|((at, seq), e)| ((at + by, seq), e)).collect();
+    }
+
     /// Removes and returns the earliest event due at or before `now`.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<E> {
         let entry = self.queue.first_entry()?;
@@ -43,7 +48,6 @@ impl<E> TimerQueue<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn due_events_come_out_in_deadline_then_submission_order() {
@@ -59,5 +63,18 @@ mod tests {
         assert_eq!(q.pop_due(now), Some("second"));
         assert_eq!(q.pop_due(now), None);
         assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), Some("late"));
+    }
+
+    #[test]
+    fn postponing_keeps_the_order() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        q.insert(t0, "first");
+        q.insert(t0 + Duration::from_millis(10), "second");
+        q.postpone_all(Duration::from_secs(5));
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(1)), None);
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(6)), Some("first"));
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(6)), Some("second"));
     }
 }

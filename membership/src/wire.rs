@@ -39,6 +39,16 @@ pub enum Frame {
     SyncPull(Vec<Bucket>),
     /// A page of records answering a sync; merged, not re-gossiped.
     SyncRecords(Vec<Record>),
+    /// `accuser`'s probe of `target` failed: it suspects it at
+    /// `incarnation` (Lifeguard; see `core::lifeguard`).
+    Suspect {
+        /// The member suspected.
+        target: NodeIdentity,
+        /// Its incarnation when it was suspected.
+        incarnation: foca::Incarnation,
+        /// The member whose probe failed.
+        accuser: crate::identity::NodeId,
+    },
 }
 
 /// Why bytes from a peer were not a frame.

@@ -5,8 +5,11 @@
 //!
 //! Datagrams (SWIM packets, relays) are lost at the configured rate;
 //! reliable frames (QUIC streams in the agent) are delayed but not lost,
-//! unless a partition or a stopped node drops them. Every frame is counted,
-//! so a run reports messages and bytes per node per second.
+//! unless a partition or a stopped node drops them. A frozen node (as
+//! under SIGSTOP, or a CPU-starved one between its time slices) fires no
+//! timer and reads nothing; what arrives meanwhile waits for it, as in a
+//! socket buffer. Every frame is counted, so a run reports messages and
+//! bytes per node per second.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -70,13 +73,15 @@ pub struct Sim {
     bumps: Vec<u16>,
     /// Partition group of each node: frames between groups are dropped.
     groups: Vec<u32>,
+    /// Frames held for each frozen node (`None`: it runs).
+    frozen: Vec<Option<Vec<Packet>>>,
     in_flight: BTreeMap<(Instant, u64), Packet>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     seq: u64,
     rng: StdRng,
     traffic: Traffic,
-    /// Members declared down while they were running.
-    false_downs: u64,
+    /// Verdicts about each node declared down while it was running.
+    false_downs: Vec<u64>,
     /// The record being watched, and when each node first held it.
     watched: Option<(RecordKey, u64)>,
     arrivals: Vec<Option<Instant>>,
@@ -113,6 +118,7 @@ impl Sim {
             now,
             bumps: vec![1; config.nodes],
             groups: vec![0; config.nodes],
+            frozen: (0..config.nodes).map(|_| None).collect(),
             arrivals: vec![None; config.nodes],
             nodes,
             in_flight: BTreeMap::new(),
@@ -120,7 +126,7 @@ impl Sim {
             seq: 0,
             rng,
             traffic: Traffic::default(),
-            false_downs: 0,
+            false_downs: vec![0; config.nodes],
             watched: None,
             oracle: false,
             config,
@@ -231,6 +237,7 @@ impl Sim {
     /// Stops node `i` silently, as a crash would.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i] = None;
+        self.frozen[i] = None;
     }
 
     /// Restarts node `i` with a bumped identity (as the agent does at start).
@@ -244,6 +251,26 @@ impl Sim {
         self.nodes[i] = Some(core);
         self.touch(i);
         self.node(i)
+    }
+
+    /// Freezes node `i`: it handles nothing until [`Sim::resume`], and the
+    /// frames sent to it wait.
+    pub fn freeze(&mut self, i: usize) {
+        self.frozen[i].get_or_insert_with(Vec::new);
+    }
+
+    /// Resumes frozen node `i` the way a stopped process wakes up: its
+    /// overdue timers fire first, then it reads what waited for it.
+    pub fn resume(&mut self, i: usize) {
+        let Some(held) = self.frozen[i].take() else { return };
+        let now = self.now;
+        if let Some(core) = self.nodes[i].as_mut() {
+            core.handle_timeout(now);
+        }
+        self.touch(i);
+        for packet in held {
+            self.deliver(packet);
+        }
     }
 
     /// Splits the network: node `i` is in group `groups[i]`.
@@ -269,7 +296,12 @@ impl Sim {
 
     /// How many times a running member was declared down.
     pub fn false_downs(&self) -> u64 {
-        self.false_downs
+        self.false_downs.iter().sum()
+    }
+
+    /// How many times node `i` was declared down while it was running.
+    pub fn false_downs_about(&self, i: usize) -> u64 {
+        self.false_downs[i]
     }
 
     /// Starts watching for `key` at `version` or later: [`Sim::arrivals`]
@@ -334,7 +366,8 @@ impl Sim {
         } else if let Some(Reverse((_, i))) = self.timers.pop() {
             let now = self.now;
             let due = self.nodes[i].as_ref().and_then(Core::poll_timeout).is_some_and(|at| at <= now);
-            if due {
+            // A frozen node's timers wait for resume().
+            if due && self.frozen[i].is_none() {
                 self.node(i).handle_timeout(now);
                 self.touch(i);
             }
@@ -345,6 +378,10 @@ impl Sim {
     fn deliver(&mut self, packet: Packet) {
         let now = self.now;
         if self.groups[packet.from] != self.groups[packet.to] {
+            return;
+        }
+        if let Some(held) = self.frozen[packet.to].as_mut() {
+            held.push(packet);
             return;
         }
         let from = identity(packet.from, 0).id;
@@ -387,7 +424,9 @@ impl Sim {
         for event in events {
             match event {
                 // A running member in the same group was wrongly declared down.
-                Event::MemberDown(id) if self.is_reachable(i, index_of(id.id)) => self.false_downs += 1,
+                Event::MemberDown(id) if self.is_reachable(i, index_of(id.id)) => {
+                    self.false_downs[index_of(id.id)] += 1;
+                }
                 Event::RecordsChanged => self.check_arrival(i),
                 _ => {}
             }

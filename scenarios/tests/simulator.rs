@@ -210,3 +210,74 @@ fn ten_thousand_nodes_hold_a_change_within_a_few_hops() {
     let last = last_arrival(&mut sim, 4321, Duration::from_secs(10)).expect("every node holds the change");
     assert!(last < Duration::from_secs(1), "took {last:?}");
 }
+
+/// A formed cluster of `n` on a lossy, slow network: `loss` of the
+/// datagrams dropped, each frame delayed 50 to 200 ms.
+fn lossy_wan(n: usize, loss: f64, seed: u64) -> Sim {
+    let mut config = SimConfig::new(n, seed);
+    config.loss = loss;
+    config.latency = Duration::from_millis(50);
+    config.jitter = Duration::from_millis(150);
+    let mut sim = Sim::new(config);
+    sim.join_all_through_first();
+    sim.run_for(Duration::from_secs(10));
+    sim
+}
+
+/// How long until every running node but `crashed` sees it down.
+fn detection_time(sim: &mut Sim, crashed: usize, within: Duration) -> Option<Duration> {
+    let start = sim.now();
+    sim.crash(crashed);
+    let others: Vec<usize> = (0..sim.len()).filter(|&i| i != crashed).collect();
+    let seen = sim.run_until(within, |sim| others.iter().all(|&i| sim.status(i, crashed) == Some(Status::Down)));
+    seen.then(|| sim.now() - start)
+}
+
+#[test]
+fn loss_and_wan_delay_bring_no_false_verdict_and_a_crash_is_still_found() {
+    for (loss, seed) in [(0.1, 21), (0.3, 22)] {
+        let mut sim = lossy_wan(20, loss, seed);
+        sim.run_for(Duration::from_secs(600));
+        assert_eq!(sim.false_downs(), 0, "false verdicts in 10 minutes at {loss} loss");
+        let found = detection_time(&mut sim, 7, Duration::from_secs(60));
+        eprintln!("loss {loss}: crash found everywhere after {found:?}");
+        assert!(found.is_some(), "a crash is found at {loss} loss");
+    }
+}
+
+#[test]
+fn a_frozen_agent_that_resumes_accuses_nobody_and_within_the_suspicion_time_stays_up() {
+    let mut sim = lossy_wan(20, 0.1, 23);
+    // Shorter than the least suspicion time (4.55 s on 20 nodes): no verdict at all.
+    for _ in 0..10 {
+        sim.freeze(19);
+        sim.run_for(Duration::from_secs(3));
+        sim.resume(19);
+        sim.run_for(Duration::from_secs(27));
+    }
+    assert_eq!(sim.false_downs(), 0, "verdicts about the frozen node or by it");
+    // At the edge of it: the node may be declared down (a probe lost just
+    // before it froze starts the suspicion early), but accuses nobody.
+    for _ in 0..10 {
+        sim.freeze(19);
+        sim.run_for(Duration::from_secs(5));
+        sim.resume(19);
+        sim.run_for(Duration::from_secs(25));
+    }
+    let about_frozen = sim.false_downs_about(19);
+    eprintln!("5 s freezes: {about_frozen} verdicts about the frozen node");
+    assert_eq!(sim.false_downs() - about_frozen, 0, "verdicts by the frozen node about others");
+}
+
+#[test]
+fn a_cpu_starved_agent_accuses_nobody_and_stays_up() {
+    // Like a cgroup's CPU quota: 20 ms of every second to run.
+    let mut sim = lossy_wan(20, 0.1, 24);
+    for _ in 0..600 {
+        sim.run_for(Duration::from_millis(20));
+        sim.freeze(19);
+        sim.run_for(Duration::from_millis(980));
+        sim.resume(19);
+    }
+    assert_eq!(sim.false_downs(), 0, "verdicts about the starved node or by it");
+}

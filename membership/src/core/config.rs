@@ -9,8 +9,12 @@ use super::MAX_SWIM_PACKET;
 
 /// Foca's configuration for a cluster of `size` nodes: memberlist's LAN
 /// profile with these changes:
-/// - suspicion lasts 3 probe periods per log10 of the size, not 4: failures
-///   are declared sooner (a later change adds Lifeguard-style confirmation);
+/// - suspicion lasts at least 3.5 probe periods per log10 of the size, not
+///   4: this is the time once confirmed, and a lone suspicion waits up to 6
+///   times longer (see [`super::lifeguard`]). It bounds the pauses a node
+///   survives: stopped for 5 s, it was accused after 1 s at the earliest,
+///   and is declared down after 1 + 4.55 s on 20 hosts (with 3 periods,
+///   one pause in ten was declared down a few ms before its refutation);
 /// - each update is retransmitted 10·log10(size+1) times, not 4·: joins are
 ///   pushed eagerly, which spends transmissions fast, and with 6· one node
 ///   in a few missed one of 19 simultaneous joins until the next announce
@@ -26,7 +30,7 @@ pub fn config_for(size: usize) -> Config {
     let size = u32::try_from(size.max(1)).unwrap_or(u32::MAX);
     let mut config = Config::new_lan(NonZeroU32::new(size).unwrap_or(NonZeroU32::MIN));
     let log_size = f64::from(size).log10();
-    config.suspect_to_down_after = config.probe_period.mul_f64(log_size.max(1.0) * 3.0);
+    config.suspect_to_down_after = config.probe_period.mul_f64(log_size.max(1.0) * 3.5);
     let transmissions = (f64::from(size.saturating_add(1)).log10() * 10.0).clamp(1.0, 255.0);
     // Clamped to 1..=255 above, so the conversion is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

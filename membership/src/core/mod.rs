@@ -1,15 +1,17 @@
 //! The sans-io membership core: foca plus an ordered timer queue, the
-//! cluster-size-aware configuration, the leave protocol, and the replicated
+//! cluster-size-aware configuration, Lifeguard's confirmations and local
+//! health ([`lifeguard`]), the leave protocol, and the replicated
 //! records with their dissemination and anti-entropy ([`records`]). It never
 //! reads the clock, opens a socket or spawns a task: callers pass `now` in
 //! and pull datagrams to send, events and the next deadline out. The tokio
 //! [`driver`](crate::driver) and the simulator drive this very same code.
 
 mod config;
+mod lifeguard;
 mod peers;
 mod records;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
@@ -136,6 +138,8 @@ enum CoreTimer {
     Sync,
     /// Time to reap expired tombstones.
     Reap,
+    /// A suspicion of this node's may be due (see [`lifeguard`]).
+    SuspicionDue(NodeId),
 }
 
 /// The membership and record state machine of one node.
@@ -174,6 +178,8 @@ pub struct Core {
     last_members_pull: Option<Instant>,
     /// Stands in for SWIM's member list in large simulations.
     oracle: Option<Box<dyn peers::PeerOracle>>,
+    /// Suspicions, accusations and local health.
+    lifeguard: lifeguard::Lifeguard,
 }
 
 impl Core {
@@ -203,6 +209,7 @@ impl Core {
             generation: 0,
             last_members_pull: None,
             oracle: None,
+            lifeguard: lifeguard::Lifeguard::default(),
         }
     }
 
@@ -277,7 +284,14 @@ impl Core {
             Frame::MembersRequest(requester) => self.send_members(requester),
             Frame::Members(members) => {
                 let me = self.identity().id;
-                let known = members.into_iter().take(MAX_MEMBERS_FRAME).filter(|m| m.id().id != me);
+                let active: HashSet<NodeIdentity> = self.swim.iter_members().map(|m| m.id().clone()).collect();
+                // A list is second-hand: a verdict in it about a member
+                // this node sees active is stale (the other side of a
+                // healed partition) or will reach it first-hand anyway.
+                let known = members
+                    .into_iter()
+                    .take(MAX_MEMBERS_FRAME)
+                    .filter(|m| m.id().id != me && (m.state() != State::Down || !active.contains(m.id())));
                 // Not re-gossiped: the sender's members are known to the
                 // cluster already, and re-broadcasting a whole list (up
                 // to thousands of updates, each sent 10·log10(n) times)
@@ -287,6 +301,9 @@ impl Core {
                 result?;
             }
             _ if self.has_left => {}
+            Frame::Suspect { target, incarnation, accuser } => {
+                self.handle_accusation(now, from, (target, incarnation, accuser))?;
+            }
             record_frame => self.handle_record_frame(now, from, record_frame),
         }
         Ok(())
@@ -295,8 +312,10 @@ impl Core {
     /// Fires every timer due at `now`, in order.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tick(now);
+        self.absorb_stall(now);
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
+                CoreTimer::Swim(timer @ Timer::ProbeRandomMember(_)) => self.run_probe_timer(now, timer),
                 CoreTimer::Swim(timer) => {
                     if let Err(error) = self.swim.handle_timer(timer, &mut self.runtime) {
                         tracing::debug!(%error, "swim timer");
@@ -304,6 +323,7 @@ impl Core {
                 }
                 CoreTimer::Sync => self.start_sync(now),
                 CoreTimer::Reap => self.reap(now),
+                CoreTimer::SuspicionDue(id) => self.suspicion_due(now, id),
             }
             self.drain(now);
         }
@@ -394,7 +414,7 @@ impl Core {
     fn drain(&mut self, now: Instant) {
         self.take_packets();
         while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.timers.insert(now + after, CoreTimer::Swim(timer));
+            self.schedule_swim_timer(now, after, timer);
         }
         let mut size_changed = false;
         while let Some(notification) = self.runtime.to_notify() {
@@ -417,8 +437,14 @@ impl Core {
 
     /// Moves the packets foca wants sent into the outbox, framed.
     fn take_packets(&mut self) {
+        self.take_packets_as(false);
+    }
+
+    /// Moves the packets foca wants sent into the outbox, framed, sent as
+    /// streams (`reliable`) or datagrams.
+    fn take_packets_as(&mut self, reliable: bool) {
         while let Some((to, data)) = self.runtime.to_send() {
-            self.outbox.push_back(Transmit { to, payload: wire::encode(&Frame::Swim(data.to_vec())), reliable: false });
+            self.outbox.push_back(Transmit { to, payload: wire::encode(&Frame::Swim(data.to_vec())), reliable });
         }
     }
 

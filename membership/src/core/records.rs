@@ -271,6 +271,7 @@ impl Core {
     pub(super) fn reap(&mut self, now: Instant) {
         self.timers.insert(now + REAP_EVERY, CoreTimer::Reap);
         let now_ms = self.wall_ms(now);
+        self.lifeguard.forget_before(now);
         let reaped = self.shared.lock().store.reap(now_ms);
         if reaped > 0 {
             tracing::debug!(reaped, "reaped tombstones");
@@ -408,11 +409,11 @@ impl Core {
         stable_hash(&postcard::to_allocvec(&ids).unwrap_or_default())
     }
 
-    fn send(&mut self, to: &NodeIdentity, frame: &Frame) {
+    pub(super) fn send(&mut self, to: &NodeIdentity, frame: &Frame) {
         self.outbox.push_back(Transmit { to: to.clone(), payload: wire::encode(frame), reliable: true });
     }
 
-    fn send_unreliable(&mut self, to: &NodeIdentity, frame: &Frame) {
+    pub(super) fn send_unreliable(&mut self, to: &NodeIdentity, frame: &Frame) {
         let payload = wire::encode(frame);
         let reliable = payload.len() > MAX_SWIM_PACKET;
         self.outbox.push_back(Transmit { to: to.clone(), payload, reliable });
