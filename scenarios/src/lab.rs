@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::cpu_quota::CpuQuota;
 use crate::process::{must, require_root, run, Output};
 
 /// The port agents listen on in the lab.
@@ -355,6 +356,13 @@ impl Lab {
         freeze_process(self.host(i).agent.as_ref().context("no agent running")?.id(), frozen)
     }
 
+    /// Holds host `i`'s agent to `percent` % of one CPU until the returned
+    /// quota is dropped (see [`CpuQuota`]).
+    pub fn starve_cpu(&self, i: usize, percent: u32) -> anyhow::Result<CpuQuota> {
+        let pid = self.host(i).agent.as_ref().context("no agent running")?.id();
+        CpuQuota::new(&format!("{}h{i}-cpu", self.prefix), pid, percent)
+    }
+
     /// Cuts host `i` off the underlay (its port leaves the bridge; its own
     /// link stays up, as when a switch port or cable fails), or reconnects it.
     pub fn cut(&self, i: usize, cut: bool) -> anyhow::Result<()> {
@@ -541,6 +549,7 @@ pub fn clean_leftovers(which: Leftovers) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     remove_etc_dirs(doomed);
     kill_cgroups(doomed);
+    crate::cpu_quota::remove_cgroups(doomed);
     for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
         if !doomed(name) {
             continue;

@@ -11,6 +11,8 @@
 
 pub mod api;
 pub mod bench;
+pub mod chaos;
+pub mod cpu_quota;
 pub mod demo;
 pub mod docker;
 mod lab;

@@ -247,3 +247,35 @@ fn frozen_agent_is_declared_down_and_rejoins_by_itself_when_thawed() -> anyhow::
     lab.wait_for("all alive after the thaw", CONVERGE, all_alive)?;
     Ok(())
 }
+
+/// The members host `i`'s agent has declared down, from its log.
+fn verdicts(lab: &Lab, i: usize) -> anyhow::Result<Vec<String>> {
+    let log = std::fs::read_to_string(lab.host_dir(i).join("agent.log"))?;
+    Ok(log
+        .lines()
+        .filter_map(|line| line.split_once("member down member=")?.1.split('(').next().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn loss_and_a_cpu_starved_agent_bring_no_false_verdict_and_a_cut_is_still_found() -> anyhow::Result<()> {
+    let lab = converged_cluster(5)?;
+    for i in 1..=5 {
+        lab.set_loss(i, 30)?;
+    }
+    {
+        // 2 % of a CPU: h5's agent runs 20 ms of every second.
+        let _starved = lab.starve_cpu(5, 2)?;
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    for i in 1..=5 {
+        let wrong = verdicts(&lab, i)?;
+        ensure!(wrong.is_empty(), "h{i} declared healthy members down under 30 % loss: {wrong:?}");
+    }
+    // A real failure, under the same loss, is still found.
+    let cut = std::time::Instant::now();
+    lab.cut(3, true)?;
+    lab.wait_for("h3 down on the others", Duration::from_secs(60), |lab| all_see(lab, &others(lab, 3), "h3", "down"))?;
+    eprintln!("h3 cut under 30 % loss: down everywhere after {:.1} s", cut.elapsed().as_secs_f64());
+    Ok(())
+}
