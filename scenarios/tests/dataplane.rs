@@ -85,8 +85,11 @@ fn sandboxes_on_three_hosts_ping_each_other_over_vxlan() -> anyhow::Result<()> {
         Ok(std::fs::read_to_string(&log)?.contains("vni 4242"))
     })?;
 
-    // Each host's tables hold exactly the two remote endpoints.
+    // Each host's tables hold exactly the two remote endpoints, and the
+    // device learns nothing from what arrives (SECURITY.md).
     for i in 1..=3 {
+        let details = lab.exec(i, "ip", &["-d", "link", "show", "mvx4242"])?.stdout;
+        ensure!(details.contains("nolearning"), "h{i}'s VXLAN device learns: {details}");
         let (fdb, neigh) = tables(&lab, i)?;
         let remote: BTreeSet<String> =
             ips.iter().enumerate().filter(|(j, _)| j + 1 != i).map(|(_, ip)| ip.clone()).collect();
