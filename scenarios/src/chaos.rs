@@ -114,7 +114,7 @@ impl Churn {
             let want_neigh: BTreeSet<String> = remote.clone().map(|(name, _)| seen[*name].0.clone()).collect();
             let want_fdb: BTreeSet<String> =
                 remote.map(|(name, &host)| format!("{} dst {}", seen[*name].1, host_ip(host))).collect();
-            if self.tables(lab, i)? != (want_fdb, want_neigh) {
+            if lab.vxlan_tables(i, &self.device)? != (want_fdb, want_neigh) {
                 return Ok(false);
             }
         }
@@ -125,26 +125,5 @@ impl Churn {
     fn inspect(&self, lab: &Lab, i: usize) -> anyhow::Result<Value> {
         let out = lab.mesh_ok(i, &["network", "inspect", &self.network, "--format", "json"])?;
         serde_json::from_str(&out).context("inspect prints JSON")
-    }
-
-    /// Host `i`'s FDB entries (`MAC dst IP`) and permanent neighbour
-    /// addresses on the network's VXLAN device.
-    fn tables(&self, lab: &Lab, i: usize) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
-        let fdb = lab.exec(i, "bridge", &["fdb", "show", "dev", &self.device])?.stdout;
-        let neigh = lab.exec(i, "ip", &["neigh", "show", "dev", &self.device])?.stdout;
-        let fdb = fdb
-            .lines()
-            .filter_map(|line| {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let dst = words.iter().position(|w| *w == "dst")?;
-                Some(format!("{} dst {}", words.first()?, words.get(dst + 1)?))
-            })
-            .collect();
-        let neigh = neigh
-            .lines()
-            .filter(|l| l.contains("PERMANENT"))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect();
-        Ok((fdb, neigh))
     }
 }

@@ -1,5 +1,6 @@
 //! The lab itself: namespaces, the underlay, agents, and faults.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -417,6 +418,27 @@ impl Lab {
             must("ip", ["-n", &self.underlay, "link", "set", &format!("u{i}"), "master", "br0"])?;
         }
         Ok(())
+    }
+
+    /// Host `i`'s FDB entries (`MAC dst IP`) and permanent neighbour
+    /// addresses on VXLAN device `device`, as `bridge` and `ip` list them.
+    pub fn vxlan_tables(&self, i: usize, device: &str) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let fdb = self.exec(i, "bridge", &["fdb", "show", "dev", device])?.stdout;
+        let neigh = self.exec(i, "ip", &["neigh", "show", "dev", device])?.stdout;
+        let fdb = fdb
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let dst = words.iter().position(|w| *w == "dst")?;
+                Some(format!("{} dst {}", words.first()?, words.get(dst + 1)?))
+            })
+            .collect();
+        let neigh = neigh
+            .lines()
+            .filter(|l| l.contains("PERMANENT"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        Ok((fdb, neigh))
     }
 
     /// The process id of host `i`'s agent, if running.

@@ -43,21 +43,9 @@ fn pings(lab: &Lab, i: usize, from: &str, ip: &str) -> anyhow::Result<bool> {
     Ok(lab.sandbox_exec(i, from, "ping", &["-c", "1", "-W", "1", ip])?.success)
 }
 
-/// The permanent FDB destinations and neighbour addresses on host `i`'s VXLAN device.
+/// The FDB entries and permanent neighbour addresses on host `i`'s VXLAN device.
 fn tables(lab: &Lab, i: usize) -> anyhow::Result<(BTreeSet<String>, BTreeSet<String>)> {
-    let fdb = lab.exec(i, "bridge", &["fdb", "show", "dev", "mvx4242"])?.stdout;
-    let neigh = lab.exec(i, "ip", &["neigh", "show", "dev", "mvx4242"])?.stdout;
-    let fdb = fdb
-        .lines()
-        .filter(|l| l.contains(" dst "))
-        .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
-        .collect();
-    let neigh = neigh
-        .lines()
-        .filter(|l| l.contains("PERMANENT"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect();
-    Ok((fdb, neigh))
+    lab.vxlan_tables(i, "mvx4242")
 }
 
 #[test]
