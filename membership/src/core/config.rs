@@ -11,7 +11,7 @@ use super::MAX_SWIM_PACKET;
 /// profile with these changes:
 /// - suspicion lasts at least 3.5 probe periods per log10 of the size, not
 ///   4: this is the time once confirmed, and a lone suspicion waits up to 6
-///   times longer (see [`super::lifeguard`]). It bounds the pauses a node
+///   times longer (see `core::lifeguard`). It bounds the pauses a node
 ///   survives: stopped for 5 s, it was accused after 1 s at the earliest,
 ///   and is declared down after 1 + 4.55 s on 20 hosts (with 3 periods,
 ///   one pause in ten was declared down a few ms before its refutation);

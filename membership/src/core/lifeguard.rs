@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use foca::{Incarnation, Member, State, Timer};
 
-use super::records::DIRECT_PUSH_LIMIT;
-use super::{config_for, push_fanout, Core, CoreError, CoreTimer};
+use super::{config_for, Core, CoreError, CoreTimer};
 use crate::identity::{NodeId, NodeIdentity};
 use crate::wire::Frame;
 
@@ -256,12 +255,9 @@ impl Core {
                 self.timers.insert(suspicion.deadline(), CoreTimer::SuspicionDue(target.id));
             }
         }
-        let members = self.peer_count();
-        if members > DIRECT_PUSH_LIMIT {
-            let frame = Frame::Suspect { target, incarnation, accuser };
-            for peer in self.sample_peers(push_fanout(members), Some(from)) {
-                self.send_unreliable(&peer, &frame);
-            }
+        let frame = Frame::Suspect { target, incarnation, accuser };
+        for peer in self.relay_targets(Some(from)) {
+            self.send_unreliable(&peer, &frame);
         }
         Ok(())
     }
@@ -272,12 +268,11 @@ impl Core {
         self.lifeguard.failed_probes += 1;
         let size = self.peer_count() + 1;
         let min = config_for(self.configured_size).suspect_to_down_after;
-        let Some(suspicion) = Suspicion::new(timer, now, min, size) else { return };
+        let Some(mut suspicion) = Suspicion::new(timer, now, min, size) else { return };
         let (target, incarnation) = (suspicion.target.clone(), suspicion.incarnation);
         if self.lifeguard.suspicions.get(&target.id).is_some_and(|open| open.is_about(&target, incarnation)) {
             return;
         }
-        let mut suspicion = suspicion;
         // Accusers heard before this node's own probe failed count too.
         for (accused, at_incarnation, accuser) in self.lifeguard.heard.keys() {
             if suspicion.is_about(accused, *at_incarnation) {
@@ -288,9 +283,7 @@ impl Core {
         self.timers.insert(suspicion.deadline(), CoreTimer::SuspicionDue(target.id));
         self.lifeguard.suspicions.insert(target.id, suspicion);
         let frame = Frame::Suspect { target: target.clone(), incarnation, accuser: self.identity().id };
-        let members = self.peer_count();
-        let fanout = if members <= DIRECT_PUSH_LIMIT { members } else { push_fanout(members) };
-        for peer in self.sample_peers(fanout, Some(target.id)) {
+        for peer in self.push_targets(Some(target.id)) {
             self.send(&peer, &frame);
         }
         self.send(&target, &frame);

@@ -1,6 +1,6 @@
 //! The sans-io membership core: foca plus an ordered timer queue, the
 //! cluster-size-aware configuration, Lifeguard's confirmations and local
-//! health ([`lifeguard`]), the leave protocol, and the replicated
+//! health (`lifeguard`), the leave protocol, and the replicated
 //! records with their dissemination and anti-entropy ([`records`]). It never
 //! reads the clock, opens a socket or spawns a task: callers pass `now` in
 //! and pull datagrams to send, events and the next deadline out. The tokio

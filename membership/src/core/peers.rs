@@ -52,6 +52,26 @@ impl Core {
         }
     }
 
+    /// Whom the origin of a change pushes it to: every active member in
+    /// clusters up to [`super::DIRECT_PUSH_LIMIT`], [`push_fanout`] random
+    /// ones above it; never `exclude`.
+    pub(super) fn push_targets(&mut self, exclude: Option<NodeId>) -> Vec<NodeIdentity> {
+        let members = self.peer_count();
+        let fanout = if members <= super::DIRECT_PUSH_LIMIT { members } else { push_fanout(members) };
+        self.sample_peers(fanout, exclude)
+    }
+
+    /// Whom a receiver relays news to: nobody up to
+    /// [`super::DIRECT_PUSH_LIMIT`] members (the origin reached them all),
+    /// [`push_fanout`] random members above it, never `from`.
+    pub(super) fn relay_targets(&mut self, from: Option<NodeId>) -> Vec<NodeIdentity> {
+        let members = self.peer_count();
+        if members <= super::DIRECT_PUSH_LIMIT {
+            return Vec::new();
+        }
+        self.sample_peers(push_fanout(members), from)
+    }
+
     /// The active member with id `id`.
     pub(super) fn active_peer(&self, id: NodeId) -> Option<NodeIdentity> {
         match &self.oracle {

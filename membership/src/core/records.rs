@@ -3,7 +3,7 @@
 //!
 //! A change travels three ways, so a host that misses one still converges:
 //! 1. **push**: the origin sends it at once to every active member (to
-//!    [`push_fanout`] random ones in clusters above [`DIRECT_PUSH_LIMIT`],
+//!    [`push_fanout`](super::push_fanout) random ones in clusters above [`DIRECT_PUSH_LIMIT`],
 //!    where each receiver that finds it new relays it to as many more);
 //! 2. **gossip**: it rides on SWIM packets as a foca custom broadcast,
 //!    retransmitted like membership updates;
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::peers::push_fanout;
 use super::{Core, CoreTimer, Transmit, MAX_SWIM_PACKET};
 use crate::core::Status;
 use crate::identity::{NodeId, NodeIdentity};
@@ -317,11 +316,10 @@ impl Core {
                 tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
             }
         }
-        let members = self.peer_count();
-        if fresh.is_empty() || members <= DIRECT_PUSH_LIMIT {
+        if fresh.is_empty() {
             return;
         }
-        let targets = self.sample_peers(push_fanout(members), from);
+        let targets = self.relay_targets(from);
         let frame = Frame::Records(fresh.to_vec());
         for target in targets {
             self.send_unreliable(&target, &frame);
@@ -335,9 +333,7 @@ impl Core {
         if let Err(error) = self.swim.add_broadcast(&encode(&record)) {
             tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
         }
-        let members = self.peer_count();
-        let fanout = if members <= DIRECT_PUSH_LIMIT { members } else { push_fanout(members) };
-        let targets = self.sample_peers(fanout, None);
+        let targets = self.push_targets(None);
         let frame = Frame::Records(vec![record]);
         for target in targets {
             self.send(&target, &frame);
