@@ -1,5 +1,5 @@
 //! The data dir: what this node must keep across restarts. Its identity
-//! (node id, bump), its cluster credentials, the peers it knew (so a
+//! (its identity key, whose hash is its node id; its bump), its cluster credentials, the peers it knew (so a
 //! restarted agent finds its way back without `mesh join`), and its own
 //! records (its endpoints, keeping their addresses, its version counter,
 //! and the networks it knows). Everything else is rebuilt from peers. Files are written whole (temp file, then rename)
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context};
 use mesh_membership::pki::{pem_cert, pem_key, to_pem, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
-use mesh_membership::{NodeId, Owned};
+use mesh_membership::{NodeKey, Owned};
 use serde::{Deserialize, Serialize};
 
 /// What changes while the agent runs.
@@ -89,16 +89,23 @@ impl DataDir {
         Ok(dir)
     }
 
-    /// This node's id, made and saved on first use.
-    pub(crate) fn node_id(&self) -> anyhow::Result<NodeId> {
-        match self.read_optional("node-id")? {
+    /// This node's identity key, made and saved on first use.
+    pub(crate) fn node_key(&self) -> anyhow::Result<NodeKey> {
+        let path = self.path.join("node-key.pem");
+        match self.read_optional("node-key.pem")? {
             Some(text) => {
-                text.trim().parse().with_context(|| format!("{} is damaged", self.path.join("node-id").display()))
+                let der = pem_key(&text).with_context(|| format!("{} is damaged", path.display()))?;
+                NodeKey::from_pkcs8(der.secret_pkcs8_der()).with_context(|| format!("{} is damaged", path.display()))
             }
+            None if self.read_optional("node-id")?.is_some() => bail!(
+                "{} was made by an earlier mesh, from before node ids were derived from a key and records signed; \
+                 move it away, start the agent and `mesh join` again",
+                self.path.display()
+            ),
             None => {
-                let id = NodeId::random();
-                self.write("node-id", format!("{id}\n").as_bytes(), 0o600)?;
-                Ok(id)
+                let key = NodeKey::generate();
+                self.write("node-key.pem", to_pem("PRIVATE KEY", &key.pkcs8()).as_bytes(), 0o600)?;
+                Ok(key)
             }
         }
     }
@@ -150,8 +157,9 @@ impl DataDir {
         Ok(())
     }
 
-    /// The cluster credentials, if this node was initialised or enrolled.
-    pub(crate) fn cluster(&self) -> anyhow::Result<Option<ClusterFiles>> {
+    /// The cluster credentials of the node whose key is `key`, if it was
+    /// initialised or enrolled.
+    pub(crate) fn cluster(&self, key: &NodeKey) -> anyhow::Result<Option<ClusterFiles>> {
         let Some(node_pem) = self.read_optional("pki/node.pem")? else {
             return Ok(None);
         };
@@ -163,11 +171,7 @@ impl DataDir {
         let secret = mesh_membership::pki::JoinToken::from_parts(ca.fingerprint(), secret_text.trim())
             .context("bad cluster secret")?
             .secret;
-        let creds = NodeCredentials {
-            cert: pem_cert(&node_pem)?,
-            key: pem_key(&read("pki/node-key.pem")?)?,
-            ca_cert: ca.cert_der().clone(),
-        };
+        let creds = NodeCredentials::new(pem_cert(&node_pem)?, key, ca.cert_der().clone());
         Ok(Some(ClusterFiles { creds, ca, secret }))
     }
 
@@ -175,7 +179,6 @@ impl DataDir {
     pub(crate) fn save_cluster(&self, files: &ClusterFiles) -> anyhow::Result<()> {
         self.write("pki/ca.pem", files.ca.cert_pem().as_bytes(), 0o644)?;
         self.write("pki/ca-key.pem", files.ca.key_pem().as_bytes(), 0o600)?;
-        self.write("pki/node-key.pem", to_pem("PRIVATE KEY", files.creds.key.secret_pkcs8_der()).as_bytes(), 0o600)?;
         let secret = files.token().secret_text();
         self.write("pki/cluster-secret", format!("{secret}\n").as_bytes(), 0o600)?;
         // The certificate goes last: its presence marks the set complete.
@@ -221,14 +224,14 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_membership::pki::KeyRequest;
+    use mesh_membership::pki::certificate_request;
 
     #[test]
     fn identity_and_state_survive_a_restart() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = DataDir::open(tmp.path())?;
-        let id = dir.node_id()?;
-        assert_eq!(DataDir::open(tmp.path())?.node_id()?, id, "the node id is stable");
+        let id = dir.node_key()?.id();
+        assert_eq!(DataDir::open(tmp.path())?.node_key()?.id(), id, "the node id is stable");
 
         assert_eq!(dir.state()?, State::default());
         let state = State { bump: 7, peers: vec!["198.18.0.2:7950".parse()?], left: false };
@@ -241,21 +244,17 @@ mod tests {
     fn credentials_round_trip() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = DataDir::open(tmp.path())?;
-        assert!(dir.cluster()?.is_none());
+        let key = dir.node_key()?;
+        assert!(dir.cluster(&key)?.is_none());
         let ca = ClusterCa::generate()?;
-        let node = dir.node_id()?;
-        let request = KeyRequest::generate(node)?;
+        let cert = ca.issue(key.id(), &certificate_request(&key)?)?;
         let files = ClusterFiles {
-            creds: NodeCredentials {
-                cert: ca.issue(node, &request.csr_der)?,
-                key: request.key.serialize_der().into(),
-                ca_cert: ca.cert_der().clone(),
-            },
+            creds: NodeCredentials::new(cert, &key, ca.cert_der().clone()),
             ca,
             secret: ClusterSecret::random(),
         };
         dir.save_cluster(&files)?;
-        let loaded = dir.cluster()?.context("credentials were saved")?;
+        let loaded = dir.cluster(&key)?.context("credentials were saved")?;
         assert_eq!(loaded.token(), files.token());
         assert_eq!(loaded.creds.cert, files.creds.cert);
         Ok(())
@@ -265,11 +264,21 @@ mod tests {
     fn damaged_files_are_reported_not_replaced() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = DataDir::open(tmp.path())?;
-        fs::write(tmp.path().join("node-id"), "garbage")?;
-        let err = dir.node_id().err().map(|e| e.to_string()).unwrap_or_default();
+        fs::write(tmp.path().join("node-key.pem"), "garbage")?;
+        let err = dir.node_key().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("damaged"), "{err}");
         fs::write(tmp.path().join("state.json"), "{")?;
         assert!(dir.state().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_data_dir_from_before_node_keys_is_a_clear_error() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        fs::write(tmp.path().join("node-id"), "0123456789abcdef0123456789abcdef\n")?;
+        let err = DataDir::open(tmp.path())?.node_key().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("mesh join"), "{err}");
+        assert!(!tmp.path().join("node-key.pem").exists(), "nothing is written over an old identity");
         Ok(())
     }
 

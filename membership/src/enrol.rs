@@ -77,28 +77,36 @@ impl Enroller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{node_id_of, KeyRequest, PkiError};
+    use crate::node_key::NodeKey;
+    use crate::pki::{certificate_request, node_id_of, PkiError};
 
-    fn request(secret: [u8; 32], node: NodeId) -> Result<EnrolRequest, PkiError> {
-        Ok(EnrolRequest { version: PROTOCOL_VERSION, secret, node, csr_der: KeyRequest::generate(node)?.csr_der })
+    fn request(secret: [u8; 32], key: &NodeKey) -> Result<EnrolRequest, PkiError> {
+        Ok(EnrolRequest { version: PROTOCOL_VERSION, secret, node: key.id(), csr_der: certificate_request(key)? })
     }
 
     #[test]
     fn right_secret_is_admitted_wrong_one_refused() -> Result<(), PkiError> {
         let secret = ClusterSecret::random();
         let enroller = Enroller { ca: ClusterCa::generate()?, secret: secret.clone() };
-        let node = NodeId::random();
-        match enroller.admit(&request(secret.0, node)?) {
+        let key = NodeKey::generate();
+        let node = key.id();
+        match enroller.admit(&request(secret.0, &key)?) {
             EnrolResponse::Admitted { cert_der, .. } => assert_eq!(node_id_of(&cert_der)?, node),
             EnrolResponse::Refused(why) => panic!("refused: {why}"),
         }
-        let EnrolResponse::Refused(why) = enroller.admit(&request([0; 32], node)?) else {
+        let EnrolResponse::Refused(why) = enroller.admit(&request([0; 32], &key)?) else {
             panic!("a wrong secret was admitted");
         };
         assert!(why.contains("not valid"), "{why}");
-        let mut old = request(secret.0, node)?;
+        let mut old = request(secret.0, &key)?;
         old.version = 0;
         assert!(matches!(enroller.admit(&old), EnrolResponse::Refused(_)));
+        let mut impostor = request(secret.0, &NodeKey::generate())?;
+        impostor.node = node;
+        let EnrolResponse::Refused(why) = enroller.admit(&impostor) else {
+            panic!("a request for another node's id was admitted");
+        };
+        assert!(why.contains("identity key"), "{why}");
         Ok(())
     }
 }

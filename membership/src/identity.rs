@@ -7,14 +7,19 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A node's stable, random 128-bit id, kept in its data dir for its lifetime.
+/// A node's stable 128-bit id: the first half of the SHA-256 of its
+/// identity key's public key ([`crate::node_key::NodeKey`]), so it is as
+/// stable as the key in its data dir and cannot be claimed without that key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(pub [u8; 16]);
 
 impl NodeId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        Self(rand::random())
+    /// The id of the node whose identity key has this public key.
+    pub fn of_public_key(public_key: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest.as_ref()[..16]);
+        Self(id)
     }
 
     /// The DNS-style name carried in this node's certificate.
@@ -128,7 +133,7 @@ mod tests {
 
     #[test]
     fn node_id_round_trips_through_text_and_cert_name() {
-        let id = NodeId::random();
+        let id = NodeId::of_public_key(b"some key");
         assert_eq!(id.to_string().parse::<NodeId>().ok(), Some(id));
         assert_eq!(NodeId::from_cert_name(&id.cert_name()), Some(id));
         assert!("xyz".parse::<NodeId>().is_err());

@@ -7,6 +7,8 @@
 //! - [`records`]: the replicated networks and endpoints, their merge rules
 //!   and the view derived from them; the core disseminates and syncs them.
 //! - [`transport`]: QUIC (quinn) with mutual TLS between members.
+//! - [`node_key`]: a node's Ed25519 identity key, whose hash is its id and
+//!   which signs its records.
 //! - [`pki`] and [`enrol`]: the cluster CA, node certificates, join tokens
 //!   and how a new node gets its certificate.
 //!
@@ -32,6 +34,7 @@ pub mod core;
 pub mod driver;
 pub mod enrol;
 pub mod identity;
+pub mod node_key;
 pub mod pki;
 pub mod records;
 pub mod tls;
@@ -43,3 +46,4 @@ mod timers;
 pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, Status};
 pub use crate::driver::{CurrentView, JoinError, Membership};
 pub use crate::identity::{NodeId, NodeIdentity};
+pub use crate::node_key::NodeKey;

@@ -17,11 +17,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::identity::NodeId;
+use crate::node_key::NodeKey;
 
 /// The name every node certificate carries, and that clients verify.
 pub const SERVER_NAME: &str = "mesh";
@@ -38,6 +39,10 @@ pub enum PkiError {
     /// A certificate did not name a node.
     #[error("certificate does not name a mesh node")]
     NoNodeName,
+    /// A certificate or request names a node whose identity key it does not
+    /// carry (a node id is the hash of its key; see [`crate::node_key`]).
+    #[error("the key is not the identity key of node {0}")]
+    NotTheNodesKey(NodeId),
 }
 
 /// The bytes of a SHA-256 digest.
@@ -100,11 +105,17 @@ impl ClusterCa {
         fingerprint(&self.cert_der)
     }
 
-    /// Issues a certificate for `node` for the public key in a PEM
-    /// certificate signing request. The request's own names are ignored:
-    /// the CA decides what the certificate says.
+    /// Issues a certificate for `node` for the public key in a DER
+    /// certificate signing request, which must be `node`'s identity key.
+    /// The request's own names are ignored: the CA decides what the
+    /// certificate says.
     pub fn issue(&self, node: NodeId, csr_der: &[u8]) -> Result<CertificateDer<'static>, PkiError> {
         let request = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())?;
+        if request.public_key.algorithm() != &rcgen::PKCS_ED25519
+            || NodeId::of_public_key(request.public_key.der_bytes()) != node
+        {
+            return Err(PkiError::NotTheNodesKey(node));
+        }
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
         let signed =
             CertificateSigningRequestParams { params: node_cert_params(node)?, public_key: request.public_key }
@@ -121,7 +132,8 @@ fn node_cert_params(node: NodeId) -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
-/// A node's own key and, once enrolled, its certificate and the CA's.
+/// What a member presents: its certificate, its identity key, and the CA's
+/// certificate.
 pub struct NodeCredentials {
     /// The node's certificate, issued by the cluster CA.
     pub cert: CertificateDer<'static>,
@@ -132,6 +144,11 @@ pub struct NodeCredentials {
 }
 
 impl NodeCredentials {
+    /// The credentials of the node whose identity key is `key`.
+    pub fn new(cert: CertificateDer<'static>, key: &NodeKey, ca_cert: CertificateDer<'static>) -> Self {
+        Self { cert, key: key.pkcs8().into(), ca_cert }
+    }
+
     /// The private key in the form rustls takes.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
@@ -144,28 +161,18 @@ impl NodeCredentials {
     }
 }
 
-/// A fresh node key and a certificate signing request for it.
-pub struct KeyRequest {
-    /// The new private key.
-    pub key: KeyPair,
-    /// The signing request, DER.
-    pub csr_der: Vec<u8>,
+/// A request to certify the node whose identity key is `key`, DER.
+pub fn certificate_request(key: &NodeKey) -> Result<Vec<u8>, PkiError> {
+    let pair = KeyPair::try_from(key.pkcs8().as_slice())?;
+    Ok(node_cert_params(key.id())?.serialize_request(&pair)?.der().to_vec())
 }
 
-impl KeyRequest {
-    /// Generates a key pair for `node` and a request to certify it.
-    pub fn generate(node: NodeId) -> Result<Self, PkiError> {
-        let key = KeyPair::generate()?;
-        let csr_der = node_cert_params(node)?.serialize_request(&key)?.der().to_vec();
-        Ok(Self { key, csr_der })
-    }
-}
-
-/// The node named in a DER certificate (its `ID.node.mesh` name).
+/// The node named in a DER certificate (its `ID.node.mesh` name), if the
+/// certificate carries that node's identity key.
 pub fn node_id_of(cert: &[u8]) -> Result<NodeId, PkiError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|_| PkiError::NoNodeName)?;
     let names = parsed.subject_alternative_name().ok().flatten().ok_or(PkiError::NoNodeName)?;
-    names
+    let node = names
         .value
         .general_names
         .iter()
@@ -173,7 +180,11 @@ pub fn node_id_of(cert: &[u8]) -> Result<NodeId, PkiError> {
             x509_parser::extensions::GeneralName::DNSName(dns) => NodeId::from_cert_name(dns),
             _ => None,
         })
-        .ok_or(PkiError::NoNodeName)
+        .ok_or(PkiError::NoNodeName)?;
+    if NodeId::of_public_key(&parsed.public_key().subject_public_key.data) != node {
+        return Err(PkiError::NotTheNodesKey(node));
+    }
+    Ok(node)
 }
 
 /// Parses the first certificate in PEM text.
@@ -309,15 +320,31 @@ mod tests {
     #[test]
     fn ca_issues_certificates_naming_the_node() -> Result<(), PkiError> {
         let ca = ClusterCa::generate()?;
-        let node = NodeId::random();
-        let request = KeyRequest::generate(node)?;
-        let cert = ca.issue(node, &request.csr_der)?;
+        let key = NodeKey::generate();
+        let node = key.id();
+        let cert = ca.issue(node, &certificate_request(&key)?)?;
         assert_eq!(node_id_of(&cert)?, node);
         assert!(node_id_of(ca.cert_der()).is_err());
 
         let reloaded = ClusterCa::from_pem(&ca.cert_pem(), &ca.key_pem())?;
         assert_eq!(reloaded.fingerprint(), ca.fingerprint());
         assert!(ca.issue(node, b"not a request").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn no_certificate_names_a_node_with_another_key() -> Result<(), PkiError> {
+        let ca = ClusterCa::generate()?;
+        let (victim, forger) = (NodeKey::generate(), NodeKey::generate());
+        // A request for the victim's id made with the forger's key is refused...
+        let mut params = node_cert_params(victim.id())?;
+        let forged_request = params.serialize_request(&KeyPair::try_from(forger.pkcs8().as_slice())?)?;
+        assert!(matches!(ca.issue(victim.id(), forged_request.der()), Err(PkiError::NotTheNodesKey(_))));
+        // ...and a certificate minted with the CA key directly is not accepted.
+        params = node_cert_params(victim.id())?;
+        let issuer = Issuer::from_ca_cert_der(ca.cert_der(), &ca.key)?;
+        let minted = params.signed_by(&KeyPair::try_from(forger.pkcs8().as_slice())?, &issuer)?;
+        assert!(matches!(node_id_of(minted.der()), Err(PkiError::NotTheNodesKey(_))));
         Ok(())
     }
 

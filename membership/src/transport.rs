@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::enrol::{EnrolRequest, EnrolResponse, Enroller, MAX_ENROL_MESSAGE};
 use crate::identity::{NodeId, NodeIdentity};
-use crate::pki::{node_id_of, ClusterCa, JoinToken, KeyRequest, NodeCredentials, PkiError, SERVER_NAME};
+use crate::node_key::NodeKey;
+use crate::pki::{certificate_request, node_id_of, ClusterCa, JoinToken, NodeCredentials, PkiError, SERVER_NAME};
 use crate::tls::{self, TlsError};
 use crate::wire::PROTOCOL_VERSION;
 
@@ -334,24 +335,24 @@ fn peer_node(conn: &Connection) -> Option<NodeId> {
     node_id_of(certs.first()?).ok()
 }
 
-/// Enrols this node (`node`) into the cluster `token` is for, through the
-/// member at `peer`: verifies the member against the token's CA
-/// fingerprint, proves the token's secret, and returns the certificate the
-/// member issued.
+/// Enrols this node (whose identity key is `key`) into the cluster `token`
+/// is for, through the member at `peer`: verifies the member against the
+/// token's CA fingerprint, proves the token's secret, and returns the
+/// certificate the member issued.
 pub async fn enrol(
     endpoint: &Endpoint,
     peer: SocketAddr,
     token: &JoinToken,
-    node: NodeId,
+    key: &NodeKey,
 ) -> Result<Enrolled, EnrolError> {
     let conn =
         dial(endpoint, tls::enrol_client_config(token.ca_fingerprint).map_err(TransportError::from)?, peer).await?;
-    let request = KeyRequest::generate(node)?;
+    let node = key.id();
+    let csr_der = certificate_request(key)?;
     let protocol = |reason: String| EnrolError::Protocol { addr: peer, reason };
     let conversation = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| protocol(e.to_string()))?;
-        let message =
-            EnrolRequest { version: PROTOCOL_VERSION, secret: token.secret.0, node, csr_der: request.csr_der.clone() };
+        let message = EnrolRequest { version: PROTOCOL_VERSION, secret: token.secret.0, node, csr_der };
         let bytes = postcard::to_allocvec(&message).map_err(|e| protocol(e.to_string()))?;
         send.write_all(&bytes).await.map_err(|e| protocol(e.to_string()))?;
         send.finish().map_err(|e| protocol(e.to_string()))?;
@@ -370,11 +371,7 @@ pub async fn enrol(
             if ca.fingerprint() != token.ca_fingerprint || node_id_of(&cert_der)? != node {
                 return Err(protocol("the member answered with credentials for another cluster or node".into()));
             }
-            let creds = NodeCredentials {
-                cert: cert_der.into(),
-                key: request.key.serialize_der().into(),
-                ca_cert: ca_cert_der.into(),
-            };
+            let creds = NodeCredentials::new(cert_der.into(), key, ca_cert_der.into());
             Ok(Enrolled { creds, ca })
         }
     }

@@ -9,8 +9,9 @@ use crate::records::store::Bucket;
 use crate::records::Record;
 
 /// Version of the agent-to-agent protocol. A peer speaking another version is
-/// refused with [`WireError::Version`], never misread.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// refused with [`WireError::Version`], never misread. Version 2: records
+/// carry their writer's seal.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// One message between agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ mod lab;
 pub mod podman;
 mod process;
 pub mod procfs;
+pub mod rogue;
 pub mod sim;
 
 pub use lab::{clean_leftovers, clean_up_on_signal, host_ip, members_at, Lab, Leftovers, Member, AGENT_PORT};

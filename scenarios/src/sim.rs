@@ -12,14 +12,15 @@
 //! bytes per node per second.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use mesh_membership::core::PeerOracle;
 use mesh_membership::records::{EndpointSpec, RecordKey};
 use mesh_membership::wire::{self, Frame};
-use mesh_membership::{Core, Event, NodeId, NodeIdentity, PublishError, Status};
+use mesh_membership::{Core, Event, NodeId, NodeIdentity, NodeKey, PublishError, Status};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -89,23 +90,46 @@ pub struct Sim {
     oracle: bool,
 }
 
-/// The identity of simulated node `i`.
-pub fn identity(i: usize, bump: u16) -> NodeIdentity {
-    let index = u32::try_from(i).unwrap_or(u32::MAX);
-    let mut id = [0u8; 16];
-    id[..4].copy_from_slice(&index.to_be_bytes());
-    let [_, _, hi, lo] = index.to_be_bytes();
-    NodeIdentity {
-        id: NodeId(id),
-        bump,
-        name: format!("n{i}"),
-        addr: SocketAddr::new(Ipv4Addr::new(198, 18, hi, lo).into(), 7950),
-    }
+/// The identity key of simulated node `i`: the same in every run.
+pub fn node_key(i: usize) -> NodeKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&u64::try_from(i).unwrap_or(u64::MAX).to_be_bytes());
+    NodeKey::from_seed(seed)
 }
 
+/// The ids of simulated nodes `0..`, and back: a node id is the hash of its
+/// key, so the index cannot be read out of it.
+#[derive(Default)]
+struct Ids {
+    ids: Vec<NodeId>,
+    index: HashMap<NodeId, usize>,
+}
+
+fn ids() -> MutexGuard<'static, Ids> {
+    static IDS: OnceLock<Mutex<Ids>> = OnceLock::new();
+    IDS.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The identity of simulated node `i`.
+pub fn identity(i: usize, bump: u16) -> NodeIdentity {
+    let id = {
+        let mut ids = ids();
+        while ids.ids.len() <= i {
+            let next = ids.ids.len();
+            let id = node_key(next).id();
+            ids.ids.push(id);
+            ids.index.insert(id, next);
+        }
+        ids.ids[i]
+    };
+    let [_, _, hi, lo] = u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes();
+    NodeIdentity { id, bump, name: format!("n{i}"), addr: SocketAddr::new(Ipv4Addr::new(198, 18, hi, lo).into(), 7950) }
+}
+
+/// The index of the simulated node with id `id` (`usize::MAX` for an id no
+/// simulated node has).
 fn index_of(id: NodeId) -> usize {
-    let [a, b, c, d, ..] = id.0;
-    usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX)
+    ids().index.get(&id).copied().unwrap_or(usize::MAX)
 }
 
 impl Sim {
@@ -480,7 +504,7 @@ impl PeerOracle for WholeCluster {
 }
 
 fn new_core(i: usize, bump: u16, seed: u64, now: Instant) -> Core {
-    let mut core = Core::new(identity(i, bump), seed);
+    let mut core = Core::new(identity(i, bump), node_key(i), seed);
     core.set_wall_clock(now, WALL_START_MS);
     // Starts the core's own periodic timers (sync, reaping), as the agent's driver does.
     core.handle_timeout(now);

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use mesh_membership::enrol::Enroller;
-use mesh_membership::pki::{ClusterCa, ClusterSecret, JoinToken, KeyRequest, NodeCredentials};
+use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
 use mesh_membership::transport::{enrol, Transport};
-use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity};
+use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{MemberBody, StatusBody};
@@ -62,7 +62,8 @@ struct Session {
 /// What the agent is and holds.
 pub(crate) struct Agent {
     name: String,
-    node: NodeId,
+    /// This node's identity key; its id is `key.id()`.
+    key: NodeKey,
     advertise: SocketAddr,
     datadir: DataDir,
     state: Arc<Mutex<State>>,
@@ -98,7 +99,7 @@ impl Agent {
         }
         let agent = Arc::new(Self {
             name,
-            node: datadir.node_id()?,
+            key: datadir.node_key()?,
             advertise,
             state: Arc::new(Mutex::new(datadir.state()?)),
             datadir,
@@ -110,7 +111,7 @@ impl Agent {
             containers: Mutex::default(),
             shutdown,
         });
-        if let Some(files) = agent.datadir.cluster()? {
+        if let Some(files) = agent.datadir.cluster(&agent.key)? {
             agent.begin_session(files)?;
             tracing::info!("resumed cluster membership from the data dir");
         }
@@ -126,12 +127,9 @@ impl Agent {
             ));
         }
         let ca = ClusterCa::generate().map_err(anyhow::Error::from)?;
-        let request = KeyRequest::generate(self.node).map_err(anyhow::Error::from)?;
-        let creds = NodeCredentials {
-            cert: ca.issue(self.node, &request.csr_der).map_err(anyhow::Error::from)?,
-            key: request.key.serialize_der().into(),
-            ca_cert: ca.cert_der().clone(),
-        };
+        let request = certificate_request(&self.key).map_err(anyhow::Error::from)?;
+        let cert = ca.issue(self.key.id(), &request).map_err(anyhow::Error::from)?;
+        let creds = NodeCredentials::new(cert, &self.key, ca.cert_der().clone());
         let files = ClusterFiles { creds, ca, secret: ClusterSecret::random() };
         self.datadir.save_cluster(&files)?;
         let token = files.token();
@@ -157,7 +155,7 @@ impl Agent {
             }
             Some(_) => self.require_membership()?,
             None => {
-                let enrolled = enrol(&self.endpoint, addr, &token, self.node)
+                let enrolled = enrol(&self.endpoint, addr, &token, &self.key)
                     .await
                     .map_err(|e| AgentError::Peer(e.to_string()))?;
                 let files = ClusterFiles {
@@ -214,7 +212,7 @@ impl Agent {
 
     /// This node's id.
     pub(crate) fn node(&self) -> NodeId {
-        self.node
+        self.key.id()
     }
 
     /// Every known member, this node first.
@@ -247,7 +245,7 @@ impl Agent {
         };
         Ok(StatusBody {
             name: self.name.clone(),
-            id: self.node.to_string(),
+            id: self.key.id().to_string(),
             addr: self.advertise.to_string(),
             state: state.into(),
             cluster_size: members.iter().filter(|m| m.status == "alive" || m.status == "suspect").count(),
@@ -314,13 +312,14 @@ impl Agent {
     /// Starts the transport and the membership driver with a bumped identity.
     fn begin_session(&self, files: ClusterFiles) -> Result<Membership, AgentError> {
         let state = self.update_state(|state| state.bump = state.bump.wrapping_add(1))?;
-        let identity = NodeIdentity { id: self.node, bump: state.bump, name: self.name.clone(), addr: self.advertise };
+        let identity =
+            NodeIdentity { id: self.key.id(), bump: state.bump, name: self.name.clone(), addr: self.advertise };
         let token = files.token();
         let enroller = Enroller { ca: files.ca, secret: files.secret };
         let (transport, inbound) =
             Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
                 .map_err(anyhow::Error::from)?;
-        let mut core = Core::new(identity, rand::random());
+        let mut core = Core::new(identity, self.key.clone(), rand::random());
         core.set_wall_clock(std::time::Instant::now(), unix_ms());
         core.restore(self.datadir.records()?);
         if state.left {

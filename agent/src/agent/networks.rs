@@ -81,6 +81,7 @@ pub(super) fn publish_error(error: PublishError) -> AgentError {
     match error {
         PublishError::Invalid(invalid) => AgentError::BadRequest(invalid.to_string()),
         PublishError::NotFound => AgentError::NotFound("it no longer exists".into()),
+        forged @ PublishError::Forged(_) => AgentError::Internal(forged.into()),
     }
 }
 

@@ -22,6 +22,7 @@ pub use self::config::config_for;
 pub use self::peers::{push_fanout, PeerOracle};
 pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, SYNC_EVERY};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::node_key::NodeKey;
 use crate::records::gossip::{RecordGossip, SharedStore};
 use crate::records::{Record, RecordKey};
 use crate::timers::TimerQueue;
@@ -145,6 +146,8 @@ enum CoreTimer {
 /// The membership and record state machine of one node.
 pub struct Core {
     swim: Swim,
+    /// This node's identity key, which signs its records.
+    key: NodeKey,
     runtime: AccumulatingRuntime<NodeIdentity>,
     timers: TimerQueue<CoreTimer>,
     outbox: VecDeque<Transmit>,
@@ -183,14 +186,17 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core for `identity`, seeded so that runs are reproducible.
-    pub fn new(identity: NodeIdentity, seed: u64) -> Self {
+    /// A core for the node whose identity key is `key` (so `identity.id`
+    /// is `key.id()`), seeded so that runs are reproducible.
+    pub fn new(identity: NodeIdentity, key: NodeKey, seed: u64) -> Self {
+        debug_assert_eq!(identity.id, key.id(), "a node's id is its key's");
         let shared = SharedStore::default();
         let gossip = RecordGossip::new(shared.clone());
         let swim =
             Foca::with_custom_broadcast(identity, config_for(1), StdRng::seed_from_u64(seed), PostcardCodec, gossip);
         Self {
             swim,
+            key,
             runtime: AccumulatingRuntime::new(),
             timers: TimerQueue::new(),
             outbox: VecDeque::new(),

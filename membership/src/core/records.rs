@@ -22,7 +22,8 @@ use crate::identity::{NodeId, NodeIdentity};
 use crate::records::store::{Bucket, BUCKETS};
 use crate::records::view::View;
 use crate::records::{
-    encode, stable_hash, EndpointSpec, InvalidRecord, NetworkId, NetworkSpec, Record, RecordKey, Value,
+    encode, log_refused, stable_hash, EndpointSpec, InvalidRecord, NetworkId, NetworkSpec, Record, RecordKey, Refused,
+    Value,
 };
 use crate::wire::{self, Frame};
 
@@ -61,9 +62,22 @@ pub enum PublishError {
     /// The record breaks the rules.
     #[error(transparent)]
     Invalid(#[from] InvalidRecord),
+    /// The store found the record this node wrote forged (a bug: a node's
+    /// own records are always sealed with its key).
+    #[error(transparent)]
+    Forged(Refused),
     /// There is no such live record to delete.
     #[error("no such record")]
     NotFound,
+}
+
+impl From<Refused> for PublishError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Invalid(invalid) => Self::Invalid(invalid),
+            forged @ Refused::Forged { .. } => Self::Forged(forged),
+        }
+    }
 }
 
 impl Core {
@@ -132,7 +146,7 @@ impl Core {
     pub fn create_network(&mut self, now: Instant, spec: NetworkSpec) -> Result<NetworkId, PublishError> {
         self.tick(now);
         let id = NetworkId { creator: self.identity().id, serial: self.next_version };
-        self.publish(now, Record { key: RecordKey::Network(id), version: 1, value: Value::Network(spec) })?;
+        self.publish(now, self.sign(RecordKey::Network(id), 1, Value::Network(spec)))?;
         self.next_version += 1;
         Ok(id)
     }
@@ -146,7 +160,7 @@ impl Core {
             _ => return Err(PublishError::NotFound),
         };
         let at_ms = self.wall_ms(now);
-        self.publish(now, Record { key, version, value: Value::Deleted { at_ms } })
+        self.publish(now, self.sign(key, version, Value::Deleted { at_ms }))
     }
 
     /// Creates or replaces this node's endpoint of sandbox `name` on the
@@ -154,7 +168,7 @@ impl Core {
     pub fn put_endpoint(&mut self, now: Instant, name: &str, spec: EndpointSpec) -> Result<Record, PublishError> {
         self.tick(now);
         let key = spec.key(self.identity().id, name);
-        let record = Record { key: key.clone(), version: self.next_version, value: Value::Endpoint(spec) };
+        let record = self.sign(key.clone(), self.next_version, Value::Endpoint(spec));
         self.publish(now, record.clone())?;
         self.next_version += 1;
         self.own.insert(key, record.clone());
@@ -168,7 +182,7 @@ impl Core {
         let Some(existing) = self.own.get(&key) else { return Err(PublishError::NotFound) };
         let version = self.next_version.max(existing.version + 1);
         let at_ms = self.wall_ms(now);
-        self.publish(now, Record { key: key.clone(), version, value: Value::Deleted { at_ms } })?;
+        self.publish(now, self.sign(key.clone(), version, Value::Deleted { at_ms }))?;
         self.next_version = version + 1;
         self.own.remove(&key);
         Ok(())
@@ -192,11 +206,11 @@ impl Core {
     pub(super) fn handle_record_frame(&mut self, now: Instant, from: NodeId, frame: Frame) {
         match frame {
             Frame::Records(records) => {
-                let fresh = self.merge(records);
+                let fresh = self.merge(from, records);
                 self.spread(&fresh, Some(from));
             }
             Frame::SyncRecords(records) => {
-                self.merge(records);
+                self.merge(from, records);
             }
             Frame::SyncHello { records, members } => {
                 let Some(peer) = self.active_peer(from) else { return };
@@ -292,8 +306,15 @@ impl Core {
         }
     }
 
-    /// Merges records from a peer; returns those that were news.
-    fn merge(&mut self, records: Vec<Record>) -> Vec<Record> {
+    /// A record this node writes, sealed with its key.
+    fn sign(&self, key: RecordKey, version: u64, value: Value) -> Record {
+        Record::signed(key, version, value, &self.key)
+    }
+
+    /// Merges records from a peer (`from`); returns those that were news.
+    /// Forged records are refused and logged with the peer that passed
+    /// them on (their origin, if not the peer, is unknown).
+    fn merge(&mut self, from: NodeId, records: Vec<Record>) -> Vec<Record> {
         let mut shared = self.shared.lock();
         let now_ms = shared.now_ms;
         let mut fresh = Vec::new();
@@ -301,7 +322,7 @@ impl Core {
             match shared.store.apply(record.clone(), now_ms) {
                 Ok(true) => fresh.push(record),
                 Ok(false) => {}
-                Err(error) => tracing::debug!(%error, "refused a record"),
+                Err(error) => log_refused(from, &error),
             }
         }
         shared.fresh.extend(fresh.iter().cloned());
@@ -360,7 +381,7 @@ impl Core {
                 None => Value::Deleted { at_ms: self.wall_ms(now) },
             };
             tracing::info!(endpoint = %name, version = record.version, "a peer held a stale record of this node's; restoring ours");
-            let restored = Record { key: record.key.clone(), version: self.next_version, value: truth };
+            let restored = self.sign(record.key.clone(), self.next_version, truth);
             self.next_version += 1;
             if !restored.is_deleted() {
                 self.own.insert(record.key.clone(), restored.clone());

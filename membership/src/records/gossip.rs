@@ -79,9 +79,7 @@ impl BroadcastHandler<NodeIdentity> for RecordGossip {
         let record: Record = postcard::from_bytes(data)?;
         let key = ItemKey::of(&record);
         // Without a sender the core is adding a record it already merged.
-        if sender.is_none() {
-            return Ok(Some(key));
-        }
+        let Some(sender) = sender else { return Ok(Some(key)) };
         let mut shared = self.shared.lock();
         let now_ms = shared.now_ms;
         match shared.store.apply(record.clone(), now_ms) {
@@ -91,7 +89,7 @@ impl BroadcastHandler<NodeIdentity> for RecordGossip {
             }
             Ok(false) => Ok(None),
             Err(error) => {
-                tracing::debug!(%error, "refused a gossiped record");
+                super::log_refused(sender.id, &error);
                 Ok(None)
             }
         }

@@ -17,6 +17,16 @@
 //! delete can never remove a newer add. An endpoint's versions come from
 //! its owner's counter, which only grows (it is persisted), so the owner's
 //! latest word always wins.
+//!
+//! # Authenticity
+//!
+//! Every record carries a [`Seal`]: the signature of the node that wrote
+//! it, checked by every node that merges it, however it arrived (pushed,
+//! relayed, gossiped or synced). Only an endpoint's owner may write it, live
+//! or deleted; only a network's creator may write its definition; any
+//! member may delete a network. A node id is the hash of the node's
+//! identity key ([`crate::node_key`]), so the check needs nothing but the
+//! record itself.
 
 pub mod gossip;
 pub mod store;
@@ -30,6 +40,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
+use crate::node_key::{self, NodeKey, PUBLIC_KEY_LEN};
 
 /// Longest name of a network, endpoint or alias: one DNS label.
 pub const MAX_NAME: usize = 63;
@@ -171,9 +182,96 @@ pub struct Record {
     pub version: u64,
     /// Its content.
     pub value: Value,
+    /// Its writer's signature of the three fields above.
+    pub seal: Seal,
+}
+
+/// A record writer's signature, and the public key that checks it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Seal {
+    /// The writer's identity public key; its hash is the writer's node id.
+    pub signer: [u8; PUBLIC_KEY_LEN],
+    /// The Ed25519 signature in its two halves, R and S (serde encodes
+    /// arrays of up to 32 elements).
+    pub signature: ([u8; 32], [u8; 32]),
+}
+
+impl Seal {
+    /// The node that wrote the record.
+    pub fn signer(&self) -> NodeId {
+        NodeId::of_public_key(&self.signer)
+    }
+}
+
+impl fmt::Debug for Seal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Seal(by {:?})", self.signer())
+    }
+}
+
+/// A record whose seal does not prove that a node entitled to write it did.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forged {
+    /// The signature is not the signer's signature of this record.
+    #[error("its signature does not match its content")]
+    BadSignature,
+    /// A node signed what only another may write.
+    #[error("it was signed by node {signer}, but only node {entitled} may write it")]
+    NotEntitled {
+        /// Who signed it.
+        signer: NodeId,
+        /// Who alone may write it.
+        entitled: NodeId,
+    },
+}
+
+/// Why a record from a peer was not merged. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// It breaks the rules of well-formed records.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRecord),
+    /// It is not written by a node entitled to write it.
+    #[error("forged record {key:?}: {why}")]
+    Forged {
+        /// The record's key.
+        key: RecordKey,
+        /// What is wrong with its seal.
+        why: Forged,
+    },
 }
 
 impl Record {
+    /// A record written, and signed, by the node whose identity key is `writer`.
+    pub fn signed(key: RecordKey, version: u64, value: Value, writer: &NodeKey) -> Self {
+        let signature = writer.sign(&signed_bytes(&key, version, &value));
+        let (r, s) = signature.split_at(32);
+        let half = |bytes: &[u8]| <[u8; 32]>::try_from(bytes).unwrap_or_default();
+        let seal = Seal { signer: writer.public_key(), signature: (half(r), half(s)) };
+        Self { key, version, value, seal }
+    }
+
+    /// Checks that the seal is the signature of a node entitled to write
+    /// this record (see the module documentation).
+    pub fn check_seal(&self) -> Result<(), Forged> {
+        let mut signature = [0; node_key::SIGNATURE_LEN];
+        signature[..32].copy_from_slice(&self.seal.signature.0);
+        signature[32..].copy_from_slice(&self.seal.signature.1);
+        let entitled = match (&self.key, &self.value) {
+            (RecordKey::Network(_), Value::Deleted { .. }) => None,
+            (key, _) => Some(key.owner()),
+        };
+        let signer = self.seal.signer();
+        if let Some(entitled) = entitled.filter(|&entitled| entitled != signer) {
+            return Err(Forged::NotEntitled { signer, entitled });
+        }
+        let message = signed_bytes(&self.key, self.version, &self.value);
+        if !node_key::verify(&self.seal.signer, &message, &signature) {
+            return Err(Forged::BadSignature);
+        }
+        Ok(())
+    }
+
     /// Whether this record replaces `other` (which must have the same key).
     pub fn supersedes(&self, other: &Record) -> bool {
         self.order(other) == Ordering::Greater
@@ -324,6 +422,25 @@ pub fn check_name(what: &str, name: &str) -> Result<(), InvalidRecord> {
 #[error("{0}")]
 pub struct InvalidRecord(pub String);
 
+/// Logs that a record passed on by `peer` was refused: a forgery at warn
+/// level (a member misbehaves, or relays for one that does), anything else
+/// at debug level.
+pub(crate) fn log_refused(peer: NodeId, error: &Refused) {
+    match error {
+        Refused::Forged { .. } => tracing::warn!(%peer, %error, "refused a record"),
+        Refused::Invalid(_) => tracing::debug!(%peer, %error, "refused a record"),
+    }
+}
+
+/// What a record's seal signs: a label, so that no other signed message of
+/// mesh's can pass for a record, then the fields in canonical encoding.
+fn signed_bytes(key: &RecordKey, version: u64, value: &Value) -> Vec<u8> {
+    let mut bytes = b"mesh record 1\0".to_vec();
+    // Serialising in-memory values into a Vec cannot fail.
+    bytes.extend(postcard::to_allocvec(&(key, version, value)).unwrap_or_default());
+    bytes
+}
+
 /// A record's canonical encoding (postcard is deterministic).
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
     // Serialising an in-memory value into a Vec cannot fail.
@@ -342,9 +459,14 @@ pub(crate) mod testing {
 
     use super::*;
 
-    /// A node id made of one repeated byte.
+    /// The identity key of test node `byte`.
+    pub(crate) fn key(byte: u8) -> NodeKey {
+        NodeKey::from_seed([byte; 32])
+    }
+
+    /// The id of test node `byte`.
     pub(crate) fn node(byte: u8) -> NodeId {
-        NodeId([byte; 16])
+        key(byte).id()
     }
 
     /// An overlay network spec.
@@ -359,7 +481,12 @@ pub(crate) mod testing {
 
     /// A live endpoint record.
     pub(crate) fn endpoint_record(owner: u8, name: &str, version: u64, spec: EndpointSpec) -> Record {
-        Record { key: spec.key(node(owner), name), version, value: Value::Endpoint(spec) }
+        Record::signed(spec.key(node(owner), name), version, Value::Endpoint(spec), &key(owner))
+    }
+
+    /// The tombstone of `record`, written by test node `writer`.
+    pub(crate) fn tombstone(record: &Record, version: u64, at_ms: u64, writer: u8) -> Record {
+        Record::signed(record.key.clone(), version, Value::Deleted { at_ms }, &key(writer))
     }
 }
 
@@ -372,7 +499,7 @@ mod tests {
     fn greater_version_wins_and_deletes_win_ties() {
         let add = endpoint_record(1, "a", 5, endpoint("dev", "10.0.0.2", 1));
         let newer = endpoint_record(1, "a", 6, endpoint("dev", "10.0.0.3", 1));
-        let delete = Record { value: Value::Deleted { at_ms: 9 }, ..add.clone() };
+        let delete = tombstone(&add, 5, 9, 1);
         assert!(newer.supersedes(&add) && !add.supersedes(&newer));
         assert!(delete.supersedes(&add) && !add.supersedes(&delete));
         // A late delete (older version) never removes a newer add.
@@ -414,12 +541,38 @@ mod tests {
     #[test]
     fn a_key_and_value_of_different_kinds_are_refused() {
         let spec = network("dev", 10, "10.0.0.0/24", 1);
-        let record = Record {
-            key: RecordKey::Endpoint { owner: node(1), name: "a".into(), network: "dev".into() },
-            version: 1,
-            value: Value::Network(spec),
-        };
+        let record = Record::signed(
+            RecordKey::Endpoint { owner: node(1), name: "a".into(), network: "dev".into() },
+            1,
+            Value::Network(spec),
+            &key(1),
+        );
         assert!(record.validate().is_err());
+    }
+
+    #[test]
+    fn only_the_owner_writes_an_endpoint_and_only_the_creator_a_network() {
+        let own = endpoint_record(1, "a", 5, endpoint("dev", "10.0.0.2", 1));
+        assert_eq!(own.check_seal(), Ok(()));
+        // Node 2 writes node 1's endpoint, or deletes it: refused.
+        let forged = Record::signed(own.key.clone(), 6, own.value.clone(), &key(2));
+        assert_eq!(forged.check_seal(), Err(Forged::NotEntitled { signer: node(2), entitled: node(1) }));
+        assert!(tombstone(&own, 6, 9, 2).check_seal().is_err());
+        assert_eq!(tombstone(&own, 6, 9, 1).check_seal(), Ok(()));
+        // Node 2 keeps node 1's seal but changes the content: refused.
+        let mut altered = own.clone();
+        altered.version = 7;
+        assert_eq!(altered.check_seal(), Err(Forged::BadSignature));
+        let mut moved = own;
+        moved.value = Value::Endpoint(endpoint("dev", "10.0.0.66", 1));
+        assert_eq!(moved.check_seal(), Err(Forged::BadSignature));
+
+        let id = NetworkId { creator: node(1), serial: 1 };
+        let spec = Value::Network(network("dev", 10, "10.0.0.0/24", 1));
+        let created = Record::signed(RecordKey::Network(id), 1, spec.clone(), &key(1));
+        assert_eq!(created.check_seal(), Ok(()));
+        assert!(Record::signed(RecordKey::Network(id), 2, spec, &key(2)).check_seal().is_err());
+        assert_eq!(tombstone(&created, 2, 9, 2).check_seal(), Ok(()), "any member may delete a network");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{encode, stable_hash, InvalidRecord, Record, RecordKey, Value};
+use super::{encode, stable_hash, Record, RecordKey, Refused, Value};
 
 /// Number of digest buckets. A sync whose roots differ compares the
 /// buckets and exchanges only the records of the ones that differ.
@@ -40,8 +40,10 @@ impl Default for Store {
 impl Store {
     /// Merges `record` in. Returns whether it changed the store: `false`
     /// for a record this store already holds or holds a newer version of,
-    /// and for a tombstone older than its time to live.
-    pub fn apply(&mut self, record: Record, now_ms: u64) -> Result<bool, InvalidRecord> {
+    /// and for a tombstone older than its time to live. Only a record that
+    /// would change the store has its seal checked, so a record heard again
+    /// costs no signature check.
+    pub fn apply(&mut self, record: Record, now_ms: u64) -> Result<bool, Refused> {
         record.validate()?;
         let existing = self.records.get(&record.key);
         match existing {
@@ -49,6 +51,7 @@ impl Store {
             None if expired(&record, now_ms) => return Ok(false),
             _ => {}
         }
+        record.check_seal().map_err(|why| Refused::Forged { key: record.key.clone(), why })?;
         let bucket = usize::from(bucket_of(&record.key));
         let hash = stable_hash(&encode(&record));
         self.buckets[bucket] ^= hash;
@@ -139,10 +142,6 @@ mod tests {
     use super::super::testing::*;
     use super::*;
 
-    fn tombstone(record: &Record, version: u64, at_ms: u64) -> Record {
-        Record { key: record.key.clone(), version, value: Value::Deleted { at_ms } }
-    }
-
     #[test]
     fn merge_is_order_independent() {
         let records = [
@@ -150,7 +149,7 @@ mod tests {
             endpoint_record(1, "a", 3, endpoint("dev", "10.0.0.4", 1)),
             endpoint_record(2, "b", 2, endpoint("dev", "10.0.0.3", 1)),
         ];
-        let delete = tombstone(&records[0], 2, 5);
+        let delete = tombstone(&records[0], 2, 5, 1);
         let mut forward = Store::default();
         let mut backward = Store::default();
         for record in records.iter().chain([&delete]) {
@@ -161,6 +160,20 @@ mod tests {
         }
         assert_eq!(forward.root(), backward.root());
         assert_eq!(forward.get(&records[0].key), Some(&records[1]));
+    }
+
+    #[test]
+    fn a_forged_record_changes_nothing() {
+        let mut store = Store::default();
+        let own = endpoint_record(1, "a", 3, endpoint("dev", "10.0.0.4", 1));
+        store.apply(own.clone(), 0).expect("valid");
+        let root = store.root();
+        let forged_delete = tombstone(&own, 4, 0, 2);
+        assert!(matches!(store.apply(forged_delete, 0), Err(Refused::Forged { .. })));
+        let mut hijacked = own.clone();
+        hijacked.version = 9;
+        assert!(matches!(store.apply(hijacked, 0), Err(Refused::Forged { .. })));
+        assert_eq!((store.root(), store.get(&own.key)), (root, Some(&own)));
     }
 
     #[test]
@@ -178,7 +191,7 @@ mod tests {
     fn tombstones_are_reaped_after_their_ttl_and_not_taken_back() {
         let mut store = Store::default();
         let live = endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1));
-        let dead = tombstone(&live, 2, 1_000);
+        let dead = tombstone(&live, 2, 1_000, 1);
         store.apply(live, 0).expect("valid");
         store.apply(dead.clone(), 1_000).expect("valid");
         assert_eq!(store.reap(1_000 + ENDPOINT_TOMBSTONE_TTL_MS - 1), 0);

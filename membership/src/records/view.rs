@@ -226,11 +226,12 @@ mod tests {
     use super::*;
 
     fn network_record(creator: u8, serial: u64, spec: NetworkSpec) -> Record {
-        Record {
-            key: RecordKey::Network(NetworkId { creator: node(creator), serial }),
-            version: 1,
-            value: Value::Network(spec),
-        }
+        Record::signed(
+            RecordKey::Network(NetworkId { creator: node(creator), serial }),
+            1,
+            Value::Network(spec),
+            &key(creator),
+        )
     }
 
     fn store_of(records: Vec<Record>) -> Store {
