@@ -89,12 +89,18 @@ impl Core {
 
     /// Takes back what [`Core::owned`] returned before a restart.
     pub fn restore(&mut self, owned: Owned) {
-        let now_ms = self.shared.lock().now_ms;
+        let me = self.identity().id;
         self.next_version = self.next_version.max(owned.next_version);
-        for record in owned.networks.into_iter().chain(owned.endpoints) {
-            let mine = matches!(&record.key, RecordKey::Endpoint { owner, .. } if *owner == self.identity().id);
+        let records: Vec<Record> = owned.networks.into_iter().chain(owned.endpoints).collect();
+        let merged = {
+            let mut shared = self.shared.lock();
+            let now_ms = shared.now_ms;
+            shared.store.apply_all(records, now_ms)
+        };
+        for (record, outcome) in merged {
+            let mine = matches!(&record.key, RecordKey::Endpoint { owner, .. } if *owner == me);
             self.next_version = self.next_version.max(record.version.saturating_add(1));
-            match self.shared.lock().store.apply(record.clone(), now_ms) {
+            match outcome {
                 Ok(true) if mine && !record.is_deleted() => {
                     self.own.insert(record.key.clone(), record);
                 }
@@ -314,12 +320,13 @@ impl Core {
     /// Merges records from a peer (`from`); returns those that were news.
     /// Forged records are refused and logged with the peer that passed
     /// them on (their origin, if not the peer, is unknown).
-    fn merge(&mut self, from: NodeId, records: Vec<Record>) -> Vec<Record> {
+    fn merge(&mut self, from: NodeId, mut records: Vec<Record>) -> Vec<Record> {
+        records.truncate(MAX_RECORDS_FRAME);
         let mut shared = self.shared.lock();
         let now_ms = shared.now_ms;
         let mut fresh = Vec::new();
-        for record in records.into_iter().take(MAX_RECORDS_FRAME) {
-            match shared.store.apply(record.clone(), now_ms) {
+        for (record, outcome) in shared.store.apply_all(records, now_ms) {
+            match outcome {
                 Ok(true) => fresh.push(record),
                 Ok(false) => {}
                 Err(error) => log_refused(from, &error),

@@ -44,21 +44,56 @@ impl Store {
     /// would change the store has its seal checked, so a record heard again
     /// costs no signature check.
     pub fn apply(&mut self, record: Record, now_ms: u64) -> Result<bool, Refused> {
-        record.validate()?;
-        let existing = self.records.get(&record.key);
-        match existing {
-            Some(existing) if !record.supersedes(&existing.record) => return Ok(false),
-            None if expired(&record, now_ms) => return Ok(false),
-            _ => {}
+        if !self.is_news(&record, now_ms)? {
+            return Ok(false);
         }
-        record.check_seal().map_err(|why| Refused::Forged { key: record.key.clone(), why })?;
+        check_seal(&record)?;
+        self.insert(record);
+        Ok(true)
+    }
+
+    /// Merges many records, as [`Store::apply`] one after another would,
+    /// but checks the seals of a large batch (a sync page) on every core:
+    /// a signature check costs about 0.1 ms, so 10,000 endpoints arriving
+    /// at once would otherwise wait a second on one core. Returns each
+    /// record with its outcome, in order.
+    pub fn apply_all(&mut self, records: Vec<Record>, now_ms: u64) -> Vec<(Record, Result<bool, Refused>)> {
+        let news: Vec<bool> = records.iter().map(|r| self.is_news(r, now_ms).unwrap_or(true)).collect();
+        let candidates: Vec<&Record> = records.iter().zip(&news).filter(|(_, &n)| n).map(|(r, _)| r).collect();
+        let mut seals = check_seals(&candidates).into_iter();
+        let mut outcomes = Vec::with_capacity(records.len());
+        for (record, news) in records.into_iter().zip(news) {
+            let seal = if news { seals.next() } else { None };
+            // An earlier record of the batch may have made this one old news.
+            let outcome = match self.is_news(&record, now_ms) {
+                Ok(true) => seal.unwrap_or_else(|| check_seal(&record)).map(|()| {
+                    self.insert(record.clone());
+                    true
+                }),
+                other => other,
+            };
+            outcomes.push((record, outcome));
+        }
+        outcomes
+    }
+
+    /// Whether `record` is well formed and would change the store.
+    fn is_news(&self, record: &Record, now_ms: u64) -> Result<bool, Refused> {
+        record.validate()?;
+        Ok(match self.records.get(&record.key) {
+            Some(existing) => record.supersedes(&existing.record),
+            None => !expired(record, now_ms),
+        })
+    }
+
+    /// Puts a checked record in, over whatever it supersedes.
+    fn insert(&mut self, record: Record) {
         let bucket = usize::from(bucket_of(&record.key));
         let hash = stable_hash(&encode(&record));
         self.buckets[bucket] ^= hash;
         if let Some(old) = self.records.insert(record.key.clone(), Entry { record, hash }) {
             self.buckets[bucket] ^= old.hash;
         }
-        Ok(true)
     }
 
     /// The record held for `key`, tombstones included.
@@ -128,6 +163,32 @@ pub fn bucket_of(key: &RecordKey) -> Bucket {
     bucket
 }
 
+/// Below this many records, seals are checked on the calling thread.
+const PARALLEL_CHECK_MIN: usize = 64;
+
+fn check_seal(record: &Record) -> Result<(), Refused> {
+    record.check_seal().map_err(|why| Refused::Forged { key: record.key.clone(), why })
+}
+
+/// The seal check of each record, in order, spread over the machine's cores.
+fn check_seals(records: &[&Record]) -> Vec<Result<(), Refused>> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if records.len() < PARALLEL_CHECK_MIN || threads == 1 {
+        return records.iter().map(|r| check_seal(r)).collect();
+    }
+    let check_part = |part: &[&Record]| part.iter().map(|r| check_seal(r)).collect::<Vec<_>>();
+    let parts: Vec<&[&Record]> = records.chunks(records.len().div_ceil(threads)).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts.iter().map(|&part| scope.spawn(move || check_part(part))).collect();
+        parts
+            .iter()
+            .zip(workers)
+            // A seal check does not panic; were one to, its part is checked again here.
+            .flat_map(|(&part, worker)| worker.join().unwrap_or_else(|_| check_part(part)))
+            .collect()
+    })
+}
+
 fn expired(record: &Record, now_ms: u64) -> bool {
     let Value::Deleted { at_ms } = record.value else { return false };
     let ttl = match record.key {
@@ -174,6 +235,21 @@ mod tests {
         hijacked.version = 9;
         assert!(matches!(store.apply(hijacked, 0), Err(Refused::Forged { .. })));
         assert_eq!((store.root(), store.get(&own.key)), (root, Some(&own)));
+    }
+
+    #[test]
+    fn a_batch_merges_as_one_record_after_another_would() {
+        let mut records: Vec<Record> = (0..300u64)
+            .map(|k| endpoint_record(1, &format!("e{}", k % 200), k, endpoint("dev", "10.0.0.2", 1)))
+            .collect();
+        records[7] = tombstone(&records[7], 99, 5, 2);
+        let mut one_by_one = Store::default();
+        let expected: Vec<_> = records.iter().map(|r| one_by_one.apply(r.clone(), 10)).collect();
+        let mut batch = Store::default();
+        let outcomes: Vec<_> = batch.apply_all(records, 10).into_iter().map(|(_, outcome)| outcome).collect();
+        assert_eq!(outcomes, expected);
+        assert!(matches!(outcomes[7], Err(Refused::Forged { .. })));
+        assert_eq!(batch.root(), one_by_one.root());
     }
 
     #[test]
