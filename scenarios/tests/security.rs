@@ -2,13 +2,19 @@
 //! SECURITY.md): the real `mesh` binary on lab hosts, with one host's
 //! credentials used by the test as a rogue member. Needs root.
 
-use std::time::Duration;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use mesh_membership::records::{EndpointSpec, NetworkId, NetworkSpec, Record, RecordKey, Value};
 use mesh_membership::wire::Frame;
 use mesh_membership::Owned;
-use mesh_scenarios::{rogue, Lab};
+use mesh_netdev::netns;
+use mesh_scenarios::{host_ip, hostile, procfs, rogue, Lab, AGENT_PORT};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde_json::Value as Json;
 
 /// Generous bound on convergence waits: a bound on the test, not a
@@ -116,5 +122,122 @@ fn a_member_cannot_forge_alter_or_delete_another_members_records() -> anyhow::Re
     ensure!(refusals.len() >= 10, "h2 logs each forgery, both times: {refusals:#?}");
     ensure!(refusals.iter().all(|l| l.contains(&rogue_key.id().to_string())), "naming the rogue: {refusals:#?}");
     println!("h2 refused {} forged records from h3, e.g.\n{}", refusals.len(), refusals[0]);
+    Ok(())
+}
+
+/// Random datagrams sent at the agent's QUIC port, and at a sandbox's resolver.
+const DATAGRAMS: usize = 20_000;
+
+/// `dig +short NAME` from sandbox `sandbox` of host `i`.
+fn resolve(lab: &Lab, i: usize, sandbox: &str, name: &str) -> anyhow::Result<String> {
+    Ok(lab.sandbox_exec(i, sandbox, "dig", &["+short", "+time=2", "+tries=1", name])?.stdout.trim().to_owned())
+}
+
+/// Sends `count` datagrams of random bytes (some of them larger than any
+/// MTU) from inside namespace `ns` to `to`; returns the bytes sent.
+fn flood_udp(ns: &str, from: Ipv4Addr, to: SocketAddr, count: usize) -> anyhow::Result<usize> {
+    netns::run_in(&netns::path_of(ns), move || {
+        Ok((|| -> anyhow::Result<usize> {
+            let socket = UdpSocket::bind((from, 0))?;
+            let mut rng = StdRng::seed_from_u64(count as u64);
+            let mut sent = 0;
+            for k in 0..count {
+                let len = if k % 500 == 0 { 60_000 } else { rng.random_range(1..1400) };
+                let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                // A full socket buffer only drops this datagram.
+                sent += socket.send_to(&bytes, to).unwrap_or(0);
+            }
+            Ok(sent)
+        })())
+    })?
+}
+
+/// Opens `count` TCP connections from inside `ns` to `to`, each sending
+/// random bytes (a DNS length prefix claiming more than follows, then
+/// garbage) and closing.
+fn garbage_tcp(ns: &str, to: SocketAddr, count: usize) -> anyhow::Result<()> {
+    netns::run_in(&netns::path_of(ns), move || {
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..count {
+            if let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                let bytes: Vec<u8> = (0..rng.random_range(0..3000)).map(|_| rng.random()).collect();
+                let _ = stream.write_all(&[0xff, 0xff]).and_then(|()| stream.write_all(&bytes));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Posts `body` to the control socket; returns the HTTP status (0 if the
+/// agent answered nothing).
+fn post_raw(socket: &std::path::Path, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: mesh\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0))
+}
+
+#[test]
+fn random_bytes_at_every_port_leave_the_agent_serving_with_bounded_memory() -> anyhow::Result<()> {
+    let mut lab = Lab::new(2)?;
+    lab.form_cluster()?;
+    lab.mesh_ok(1, &["network", "create", "dev"])?;
+    lab.mesh_ok(1, &["sandbox", "create", "svc1", "--network", "dev"])?;
+    lab.wait_for("dev on h2", CONVERGE, |lab| Ok(inspect(lab, 2, "dev").is_ok()))?;
+    lab.mesh_ok(2, &["sandbox", "create", "probe", "--network", "dev"])?;
+    lab.wait_for("svc1 resolves on h2", CONVERGE, |lab| Ok(!resolve(lab, 2, "probe", "svc1")?.is_empty()))?;
+    let svc1 = resolve(&lab, 2, "probe", "svc1")?;
+    let pid = lab.agent_pid(1).context("h1's agent runs")?;
+    let rss_before = procfs::rss_kib(pid)?;
+    let started = Instant::now();
+
+    // The QUIC port, from another host.
+    let agent = SocketAddr::new(host_ip(1).into(), AGENT_PORT);
+    let quic_bytes = flood_udp(lab.netns(2), host_ip(2), agent, DATAGRAMS)?;
+    // The resolver, from the sandbox it serves, over UDP and TCP.
+    let sandbox_ns = lab.sandbox_netns(1, "svc1");
+    let resolver = SocketAddr::new(mesh_dns::OWN_ADDRESS.into(), 53);
+    let dns_bytes = flood_udp(&sandbox_ns, Ipv4Addr::LOCALHOST, resolver, DATAGRAMS)?;
+    garbage_tcp(&sandbox_ns, resolver, 200)?;
+    // The control API: mutated JSON, and bytes that are not HTTP at all.
+    let mut rng = StdRng::seed_from_u64(11);
+    let valid = br#"{"name":"n1","driver":"overlay","subnet":"10.77.0.0/24","vni":77,"mtu":1400}"#;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..300 {
+        let body = hostile::mutate(&mut rng, valid);
+        *statuses.entry(post_raw(&lab.socket(1), "/v1/networks", &body)?).or_default() += 1;
+    }
+    for _ in 0..100 {
+        let mut stream = UnixStream::connect(lab.socket(1))?;
+        let bytes: Vec<u8> = (0..rng.random_range(1..4000)).map(|_| rng.random()).collect();
+        let _ = stream.write_all(&bytes);
+    }
+    let took = started.elapsed();
+
+    // Still serving: membership, names both ways, the control API.
+    lab.wait_for("h1 alive on h2", CONVERGE, |lab| Ok(lab.status_of(2, "h1")?.as_deref() == Some("alive")))?;
+    ensure!(resolve(&lab, 2, "probe", "svc1")? == svc1, "svc1 still resolves on h2");
+    ensure!(!resolve(&lab, 1, "svc1", "probe")?.is_empty(), "h1's resolver still answers");
+    lab.mesh_ok(1, &["status"])?;
+    ensure!(
+        !statuses.contains_key(&0) && statuses.keys().all(|&code| code < 500),
+        "every request answered, none failed inside: {statuses:?}"
+    );
+    let rss_after = procfs::rss_kib(pid)?;
+    println!(
+        "h1 took {DATAGRAMS} random datagrams ({quic_bytes} B) at its QUIC port, {DATAGRAMS} ({dns_bytes} B) and 200 TCP \
+         connections at a resolver, 400 bad control requests (answers {statuses:?}) in {took:?}; \
+         RSS {rss_before} -> {rss_after} KiB"
+    );
+    ensure!(rss_after < rss_before + 64 * 1024, "memory stays bounded: {rss_before} -> {rss_after} KiB");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mesh_scenarios::{bench, clean_leftovers, demo, Leftovers};
+use mesh_scenarios::{bench, clean_leftovers, demo, hostile, Leftovers};
 
 /// The mesh lab: several hosts on one machine, in network namespaces.
 #[derive(Debug, Parser)]
@@ -107,6 +107,13 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// Write the hostile-input harness's valid inputs, one directory per
+    /// target, as seed corpora for cargo-fuzz (`scenarios/fuzz`).
+    FuzzSeeds {
+        /// Where the target directories go (cargo-fuzz reads `fuzz/corpus`).
+        #[arg(long, default_value = "scenarios/fuzz/corpus")]
+        dir: std::path::PathBuf,
+    },
     /// Remove namespaces and agents left by lab runs that crashed.
     Clean,
 }
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
         Command::BenchEntries { count } => printed(bench::entries::run(count)),
         Command::BenchDns { names, seconds, creates } => printed(bench::dns::run(names, seconds, creates)),
         Command::BenchDocker { runs } => printed(bench::docker::run(runs)),
+        Command::FuzzSeeds { dir } => write_fuzz_seeds(&dir),
         Command::Sim { nodes, changes, loss_percent, latency_ms, seed } => {
             printed(bench::sim::run(&bench::sim::SimBench {
                 nodes,
@@ -152,4 +160,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes each hostile-input target's seeds under `dir/<target>/`.
+fn write_fuzz_seeds(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::ValueEnum;
+    for target in hostile::Target::ALL {
+        let name = target.to_possible_value().map(|v| v.get_name().replace('-', "_")).unwrap_or_default();
+        let target_dir = dir.join(&name);
+        std::fs::create_dir_all(&target_dir)?;
+        for (k, seed) in hostile::seeds(target).iter().enumerate() {
+            std::fs::write(target_dir.join(format!("seed-{k}")), seed)?;
+        }
+        println!("{}: {} seeds", target_dir.display(), hostile::seeds(target).len());
+    }
+    Ok(())
 }
