@@ -10,10 +10,15 @@ pub(crate) const INIT: &str = "/v1/init";
 pub(crate) const JOIN: &str = "/v1/join";
 /// `GET`: the join token. Answers [`TokenBody`].
 pub(crate) const TOKEN: &str = "/v1/token";
+/// `POST`: rotate the join secret (on every member). Answers the new [`TokenBody`].
+pub(crate) const TOKEN_ROTATE: &str = "/v1/token/rotate";
 /// `POST`: leave the cluster gracefully.
 pub(crate) const LEAVE: &str = "/v1/leave";
 /// `GET`: every known member. Answers a list of [`MemberBody`].
 pub(crate) const MEMBERS: &str = "/v1/members";
+/// `DELETE`: remove the member (name or node id) from the cluster for good.
+/// Answers [`Done`].
+pub(crate) const MEMBER: &str = "/v1/members/{name}";
 /// `GET`: this node and the cluster at a glance. Answers [`StatusBody`].
 pub(crate) const STATUS: &str = "/v1/status";
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Event, MemberInfo, Status};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::pki::ClusterSecret;
 use crate::records::view::View;
 use crate::transport::{Inbound, Transport, TransportError};
 
@@ -55,11 +56,13 @@ pub struct CurrentView {
     pub generation: u64,
     /// The view.
     pub view: View,
+    /// The join secret since its latest rotation, if it was ever rotated.
+    pub join_secret: Option<[u8; 32]>,
 }
 
 impl CurrentView {
     fn of(core: &Core) -> Self {
-        Self { generation: core.generation(), view: core.view() }
+        Self { generation: core.generation(), view: core.view(), join_secret: core.join_secret() }
     }
 }
 
@@ -192,6 +195,11 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, shutdown: CancellationToken) {
+        // What a restart restored: removed members, a rotated secret.
+        if let Some(secret) = self.core.join_secret() {
+            self.transport.set_join_secret(ClusterSecret(secret));
+        }
+        self.flush();
         let mut rejoin = tokio::time::interval(REJOIN_EVERY);
         loop {
             let deadline = self.core.poll_timeout();
@@ -257,6 +265,7 @@ impl Driver {
                 }
                 Event::MemberDown(id) => tracing::info!(member = ?id, "member down"),
                 Event::MemberLeft(id) => tracing::info!(member = ?id, "member left"),
+                Event::Removed(id) => self.transport.deny(*id),
                 Event::RecordsChanged => {}
                 other => tracing::debug!(event = ?other, "membership"),
             }
@@ -264,6 +273,9 @@ impl Driver {
         }
         if view_changed {
             self.view.send_replace(Arc::new(CurrentView::of(&self.core)));
+            if let Some(secret) = self.core.join_secret() {
+                self.transport.set_join_secret(ClusterSecret(secret));
+            }
         }
         deliveries
     }

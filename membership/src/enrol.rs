@@ -5,6 +5,8 @@
 //! The member checks the secret and answers with a certificate, the CA
 //! certificate and the CA key.
 
+use std::sync::{Mutex, PoisonError};
+
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
@@ -46,12 +48,23 @@ pub enum EnrolResponse {
 /// The member side of enrolment: what it needs to admit joiners.
 pub struct Enroller {
     /// The cluster CA, to sign joiners' certificates.
-    pub ca: ClusterCa,
+    ca: ClusterCa,
     /// The cluster secret joiners must present.
-    pub secret: ClusterSecret,
+    secret: Mutex<ClusterSecret>,
 }
 
 impl Enroller {
+    /// An enroller that signs with `ca` and admits holders of `secret`.
+    pub fn new(ca: ClusterCa, secret: ClusterSecret) -> Self {
+        Self { ca, secret: Mutex::new(secret) }
+    }
+
+    /// Replaces the secret joiners must present (a rotation): tokens with
+    /// the old one stop admitting anyone.
+    pub fn set_secret(&self, secret: ClusterSecret) {
+        *self.secret.lock().unwrap_or_else(PoisonError::into_inner) = secret;
+    }
+
     /// Decides on a request.
     pub fn admit(&self, request: &EnrolRequest) -> EnrolResponse {
         if request.version != PROTOCOL_VERSION {
@@ -60,7 +73,7 @@ impl Enroller {
                 request.version
             ));
         }
-        if !self.secret.matches(&ClusterSecret(request.secret)) {
+        if !self.secret.lock().unwrap_or_else(PoisonError::into_inner).matches(&ClusterSecret(request.secret)) {
             return EnrolResponse::Refused("the join token is not valid for this cluster".into());
         }
         match self.ca.issue(request.node, &request.csr_der) {
@@ -87,7 +100,7 @@ mod tests {
     #[test]
     fn right_secret_is_admitted_wrong_one_refused() -> Result<(), PkiError> {
         let secret = ClusterSecret::random();
-        let enroller = Enroller { ca: ClusterCa::generate()?, secret: secret.clone() };
+        let enroller = Enroller::new(ClusterCa::generate()?, secret.clone());
         let key = NodeKey::generate();
         let node = key.id();
         match enroller.admit(&request(secret.0, &key)?) {
@@ -107,6 +120,11 @@ mod tests {
             panic!("a request for another node's id was admitted");
         };
         assert!(why.contains("identity key"), "{why}");
+        enroller.set_secret(ClusterSecret::random());
+        assert!(
+            matches!(enroller.admit(&request(secret.0, &key)?), EnrolResponse::Refused(_)),
+            "the old secret is out"
+        );
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! enrolment on a bidirectional stream. Connections are opened lazily, one
 //! per peer, and identified by the node id in the peer's certificate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::enrol::{EnrolRequest, EnrolResponse, Enroller, MAX_ENROL_MESSAGE};
 use crate::identity::{NodeId, NodeIdentity};
 use crate::node_key::NodeKey;
-use crate::pki::{certificate_request, node_id_of, ClusterCa, JoinToken, NodeCredentials, PkiError, SERVER_NAME};
+use crate::pki::{
+    certificate_request, node_id_of, ClusterCa, ClusterSecret, JoinToken, NodeCredentials, PkiError, SERVER_NAME,
+};
 use crate::tls::{self, TlsError};
 use crate::wire::PROTOCOL_VERSION;
 
@@ -105,6 +107,8 @@ pub struct Transport {
     endpoint: Endpoint,
     client: quinn::ClientConfig,
     pool: Mutex<HashMap<NodeId, Slot>>,
+    /// Members removed from the cluster, whose connections are refused.
+    denied: Mutex<HashSet<NodeId>>,
     inbound: mpsc::Sender<Inbound>,
     enroller: Enroller,
     shutdown: CancellationToken,
@@ -125,12 +129,31 @@ impl Transport {
             endpoint,
             client: tls::member_client_config(creds)?,
             pool: Mutex::new(HashMap::new()),
+            denied: Mutex::new(HashSet::new()),
             inbound: tx,
             enroller,
             shutdown,
         });
         tokio::spawn(Arc::clone(&transport).accept_loop());
         Ok((transport, rx))
+    }
+
+    /// Replaces the secret enrolling nodes must present (a rotation).
+    pub fn set_join_secret(&self, secret: ClusterSecret) {
+        self.enroller.set_secret(secret);
+    }
+
+    /// Refuses member `node` from now on: its connection is closed, and
+    /// any new one is closed at once (it was removed from the cluster).
+    pub fn deny(&self, node: NodeId) {
+        self.denied.lock().unwrap_or_else(PoisonError::into_inner).insert(node);
+        if let Some(Slot::Up(conn)) = self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node) {
+            conn.close(0u32.into(), b"removed from the cluster");
+        }
+    }
+
+    fn is_denied(&self, node: NodeId) -> bool {
+        self.denied.lock().unwrap_or_else(PoisonError::into_inner).contains(&node)
     }
 
     /// The address the endpoint is bound to.
@@ -222,6 +245,12 @@ impl Transport {
     /// Puts a live connection in the pool, flushes what was queued for it,
     /// and starts reading from it.
     fn register(self: &Arc<Self>, node: NodeId, conn: Connection) {
+        if self.is_denied(node) {
+            tracing::debug!(peer = ?node, "refused a removed member's connection");
+            conn.close(0u32.into(), b"removed from the cluster");
+            self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node);
+            return;
+        }
         let previous = self.pool.lock().unwrap_or_else(PoisonError::into_inner).insert(node, Slot::Up(conn.clone()));
         if let Some(Slot::Connecting(queue)) = previous {
             for (payload, reliable) in queue {

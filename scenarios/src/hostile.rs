@@ -75,7 +75,7 @@ fn frame(data: &[u8]) {
 /// The enroller every enrolment input goes to (a CA takes milliseconds to make).
 fn enroller() -> &'static Option<Enroller> {
     static ENROLLER: OnceLock<Option<Enroller>> = OnceLock::new();
-    ENROLLER.get_or_init(|| Some(Enroller { ca: ClusterCa::generate().ok()?, secret: ClusterSecret([7; 32]) }))
+    ENROLLER.get_or_init(|| Some(Enroller::new(ClusterCa::generate().ok()?, ClusterSecret([7; 32]))))
 }
 
 fn enrol(data: &[u8]) {

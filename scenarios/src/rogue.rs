@@ -31,7 +31,7 @@ pub fn send_as(lab: &Lab, from: usize, to: usize, frames: &[Frame]) -> anyhow::R
     let ca = ClusterCa::from_pem(&read("pki/ca.pem")?, &read("pki/ca-key.pem")?)?;
     let key = node_key(lab, from)?;
     let creds = NodeCredentials::new(pem_cert(&read("pki/node.pem")?)?, &key, ca.cert_der().clone());
-    let enroller = Enroller { ca, secret: ClusterSecret::random() };
+    let enroller = Enroller::new(ca, ClusterSecret::random());
     let payloads: Vec<Vec<u8>> = frames.iter().map(wire::encode).collect();
     let local = SocketAddr::new(IpAddr::V4(host_ip(from)), 0);
     let peer = SocketAddr::new(IpAddr::V4(host_ip(to)), AGENT_PORT);

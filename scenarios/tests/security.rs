@@ -241,3 +241,68 @@ fn random_bytes_at_every_port_leave_the_agent_serving_with_bounded_memory() -> a
     ensure!(rss_after < rss_before + 64 * 1024, "memory stays bounded: {rss_before} -> {rss_after} KiB");
     Ok(())
 }
+
+/// Whether host `i` lists a member called `name`.
+fn lists(lab: &Lab, i: usize, name: &str) -> anyhow::Result<bool> {
+    Ok(lab.members_api(i)?.iter().any(|m| m.name == name))
+}
+
+#[test]
+fn a_rotated_token_admits_no_one_and_a_removed_member_is_cut_off_everywhere() -> anyhow::Result<()> {
+    let mut lab = Lab::new(4)?;
+    for i in 1..=4 {
+        lab.start_agent(i, &[])?;
+    }
+    let old = lab.mesh_ok(1, &["init"])?.trim().to_owned();
+    for i in 2..=3 {
+        lab.mesh_ok(i, &["join", &lab.agent_addr(1), "--token", &old])?;
+    }
+
+    // A rotation on h2 reaches every member; the old token admits no one, anywhere.
+    let new = lab.mesh_ok(2, &["token", "rotate"])?.trim().to_owned();
+    ensure!(new != old && new.starts_with("mesh1."), "a new token: {new}");
+    lab.wait_for("every member gives the new token", CONVERGE, |lab| {
+        Ok((1..=3)
+            .map(|i| lab.mesh_ok(i, &["token"]))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .iter()
+            .all(|t| t.trim() == new))
+    })?;
+    let refused = lab.mesh(4, &["join", &lab.agent_addr(3), "--token", &old])?;
+    ensure!(!refused.success && refused.stderr.contains("not valid"), "the old token is refused: {}", refused.stderr);
+    lab.mesh_ok(4, &["join", &lab.agent_addr(3), "--token", &new])?;
+    lab.wait_for("four members everywhere", CONVERGE, |lab| {
+        Ok((1..=4).all(|i| lab.members_api(i).is_ok_and(|m| m.len() == 4 && m.iter().all(|m| m.status == "alive"))))
+    })?;
+
+    // h3, with a sandbox, is removed (from h1): gone from every list and view.
+    lab.mesh_ok(1, &["network", "create", "dev"])?;
+    lab.wait_for("dev on h3", CONVERGE, |lab| Ok(inspect(lab, 3, "dev").is_ok()))?;
+    lab.mesh_ok(3, &["sandbox", "create", "s3", "--network", "dev"])?;
+    lab.wait_for("s3 on h4", CONVERGE, |lab| Ok(endpoints(lab, 4, "dev")?.iter().any(|e| e.0 == "s3")))?;
+    ensure!(!lab.mesh(1, &["remove", "h1"])?.success, "a node does not remove itself");
+    ensure!(!lab.mesh(1, &["remove", "nosuch"])?.success, "an unknown member is an error");
+    lab.mesh_ok(1, &["remove", "h3"])?;
+    let gone = |lab: &Lab| -> anyhow::Result<bool> {
+        for i in [1, 2, 4] {
+            if lists(lab, i, "h3")? || endpoints(lab, i, "dev")?.iter().any(|e| e.0 == "s3") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let took = lab.wait_for("h3 and s3 gone from h1, h2 and h4", CONVERGE, gone)?;
+    println!("a removal reached every member in {took:?}");
+
+    // Restarted, h3 cannot get back in: its connections are refused.
+    lab.terminate(3)?;
+    lab.start_agent(3, &[])?;
+    std::thread::sleep(Duration::from_secs(8));
+    ensure!(gone(&lab)?, "h3 stays out after a restart");
+    ensure!(
+        lab.members_api(3)?.iter().filter(|m| m.name != "h3").all(|m| m.status != "alive"),
+        "h3 reaches no one: {:?}",
+        lab.members_api(3)?
+    );
+    Ok(())
+}

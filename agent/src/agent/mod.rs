@@ -150,7 +150,7 @@ impl Agent {
                     "this agent is already in another cluster (its token is for a different CA); a node belongs to one cluster".into(),
                 ))
             }
-            Some(ours) if !ours.secret.matches(&token.secret) => {
+            Some(_) if !self.token()?.secret.matches(&token.secret) => {
                 return Err(AgentError::BadRequest("the join token is not valid for this cluster (wrong secret)".into()))
             }
             Some(_) => self.require_membership()?,
@@ -205,9 +205,58 @@ impl Agent {
         Ok(())
     }
 
-    /// The join token of this node's cluster.
+    /// The join token of this node's cluster, with the secret of the latest
+    /// rotation.
     pub(crate) fn token(&self) -> Result<JoinToken, AgentError> {
-        self.session_token().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))
+        let token = self.session_token().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?;
+        let rotated = self.membership().and_then(|m| m.watch_view().borrow().join_secret);
+        Ok(JoinToken { secret: rotated.map_or(token.secret, ClusterSecret), ..token })
+    }
+
+    /// Rotates the join secret on every member; returns the new token.
+    pub(crate) async fn rotate_token(&self) -> Result<JoinToken, AgentError> {
+        let membership = self.require_membership()?;
+        let secret = ClusterSecret::random();
+        let new = secret.0;
+        membership
+            .with_core(move |core, now| core.rotate_join_secret(now, new))
+            .await
+            .map_err(|e| AgentError::Internal(e.into()))?
+            .map_err(networks::publish_error)?;
+        tracing::info!("rotated the join secret: earlier tokens admit no one");
+        Ok(JoinToken { secret, ..self.token()? })
+    }
+
+    /// Removes a member (by name or node id) from the cluster for good.
+    pub(crate) async fn remove_member(&self, node: &str) -> Result<(), AgentError> {
+        let membership = self.require_membership()?;
+        let members = membership.members().await.map_err(|e| AgentError::Internal(e.into()))?;
+        let matching: Vec<NodeId> = members
+            .iter()
+            .filter(|m| m.identity.name == node || m.identity.id.to_string() == node)
+            .map(|m| m.identity.id)
+            .collect();
+        let id = match matching.as_slice() {
+            [] => return Err(AgentError::NotFound(format!("no member named {node} (`mesh members` lists them)"))),
+            [id] if *id == self.key.id() => {
+                return Err(AgentError::Conflict("this is the node itself: use `mesh leave`".into()))
+            }
+            [id] => *id,
+            _ => {
+                let ids: Vec<String> = matching.iter().map(ToString::to_string).collect();
+                return Err(AgentError::Conflict(format!(
+                    "several members are named {node}; give a node id: {}",
+                    ids.join(", ")
+                )));
+            }
+        };
+        membership
+            .with_core(move |core, now| core.remove_member(now, id))
+            .await
+            .map_err(|e| AgentError::Internal(e.into()))?
+            .map_err(networks::publish_error)?;
+        tracing::info!(%node, "removed a member from the cluster");
+        Ok(())
     }
 
     /// This node's id.
@@ -315,7 +364,7 @@ impl Agent {
         let identity =
             NodeIdentity { id: self.key.id(), bump: state.bump, name: self.name.clone(), addr: self.advertise };
         let token = files.token();
-        let enroller = Enroller { ca: files.ca, secret: files.secret };
+        let enroller = Enroller::new(files.ca, files.secret);
         let (transport, inbound) =
             Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
                 .map_err(anyhow::Error::from)?;

@@ -6,6 +6,7 @@ mod join;
 mod leave;
 mod members;
 mod network;
+mod remove;
 mod run;
 mod sandbox;
 mod status;
@@ -37,12 +38,16 @@ enum Command {
     Init(ClientOpts),
     /// Join a cluster through one of its members.
     Join(join::JoinArgs),
-    /// Print the join token of this agent's cluster.
-    Token(ClientOpts),
+    /// Print the join token of this agent's cluster (`rotate`: replace it).
+    Token(token::TokenArgs),
     /// Leave the cluster gracefully (peers show this node as left).
     Leave(ClientOpts),
     /// List the cluster's members and their status.
     Members(OutputOpts),
+    /// Remove a member from the cluster for good: its certificate is
+    /// refused everywhere and its sandboxes are withdrawn. Rotate the token
+    /// too if the node could still hold it.
+    Remove(remove::RemoveArgs),
     /// Show this node and the cluster at a glance.
     Status(OutputOpts),
     /// Create, list, inspect and remove networks.
@@ -58,7 +63,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct ClientOpts {
     /// The agent's control socket.
-    #[arg(long, env = "MESH_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, env = "MESH_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     socket: PathBuf,
 }
 
@@ -98,9 +103,10 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Command::Agent(_) => unreachable!("handled above"),
             Command::Init(opts) => init::run(&opts).await,
             Command::Join(args) => join::run(&args).await,
-            Command::Token(opts) => token::run(&opts).await,
+            Command::Token(args) => token::run(&args).await,
             Command::Leave(opts) => leave::run(&opts).await,
             Command::Members(opts) => members::run(&opts).await,
+            Command::Remove(args) => remove::run(&args).await,
             Command::Status(opts) => status::run(&opts).await,
             Command::Network(args) => network::run(&args).await,
             Command::Sandbox(args) => sandbox::run(&args).await,

@@ -54,6 +54,15 @@ async fn token(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
     Ok(Json(TokenBody { token: agent.token()?.to_string() }))
 }
 
+async fn token_rotate(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
+    Ok(Json(TokenBody { token: agent.rotate_token().await?.to_string() }))
+}
+
+async fn member_remove(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Reply<Done> {
+    agent.remove_member(&name).await?;
+    Ok(Json(Done {}))
+}
+
 async fn leave(State(agent): State<Arc<Agent>>) -> Reply<serde_json::Value> {
     agent.leave().await?;
     Ok(Json(serde_json::json!({})))
@@ -146,6 +155,8 @@ pub(crate) async fn serve(
         .route(api::INIT, post(init))
         .route(api::JOIN, post(join))
         .route(api::TOKEN, get(token))
+        .route(api::TOKEN_ROTATE, post(token_rotate))
+        .route(api::MEMBER, delete(member_remove))
         .route(api::LEAVE, post(leave))
         .route(api::MEMBERS, get(members))
         .route(api::STATUS, get(status))

@@ -7,6 +7,7 @@
 //! [`driver`](crate::driver) and the simulator drive this very same code.
 
 mod config;
+mod control;
 mod lifeguard;
 mod peers;
 mod records;
@@ -106,6 +107,8 @@ pub enum Event {
     Rejoined(NodeIdentity),
     /// The records changed (here or elsewhere): the view may have changed.
     RecordsChanged,
+    /// A member was removed from the cluster for good: refuse its connections.
+    Removed(NodeId),
 }
 
 /// Why an input was rejected. The core's state is unchanged by it.
@@ -126,6 +129,9 @@ pub enum CoreError {
     /// Foca refused the input (malformed or unexpected packet).
     #[error("swim: {0}")]
     Swim(#[from] foca::Error),
+    /// The sender was removed from the cluster.
+    #[error("node {0} was removed from the cluster")]
+    Removed(NodeId),
 }
 
 type Swim = Foca<NodeIdentity, PostcardCodec, StdRng, RecordGossip>;
@@ -268,6 +274,7 @@ impl Core {
     /// certificate names.
     pub fn handle_datagram(&mut self, now: Instant, from: NodeId, data: &[u8]) -> Result<(), CoreError> {
         self.tick(now);
+        self.refuse_removed(from)?;
         match wire::decode(data)? {
             // A node that left must not be pulled back in by members that
             // announce to it (they do so to every member they saw go down).
@@ -373,6 +380,7 @@ impl Core {
         let mut others: Vec<MemberInfo> = self
             .swim
             .iter_membership_state()
+            .filter(|member| !self.is_removed(member.id().id))
             .map(|member| MemberInfo {
                 identity: member.id().clone(),
                 status: match member.state() {

@@ -44,15 +44,17 @@ const MAX_PAGE_BYTES: usize = 64 * 1024;
 const MAX_RECORDS_FRAME: usize = 8192;
 
 /// What a node persists to come back unchanged after a restart: its own
-/// endpoints, its version counter, and the networks it knows (a lone node
-/// has nobody to learn them from again).
+/// endpoints, its version counter, and the cluster-wide records it knows
+/// (networks, the join secret, removals: a lone node has nobody to learn
+/// them from again).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owned {
     /// The next version the node gives a record.
     pub next_version: u64,
     /// The node's live endpoints.
     pub endpoints: Vec<Record>,
-    /// Every network record held, tombstones included.
+    /// Every cluster-wide record held (networks, the join secret,
+    /// removals), tombstones included.
     pub networks: Vec<Record>,
 }
 
@@ -104,6 +106,12 @@ impl Core {
                 Ok(true) if mine && !record.is_deleted() => {
                     self.own.insert(record.key.clone(), record);
                 }
+                // The driver must refuse a removed member from the start.
+                Ok(true) if matches!(record.key, RecordKey::Removed(_)) => {
+                    if let RecordKey::Removed(id) = record.key {
+                        self.events.push_back(super::Event::Removed(id));
+                    }
+                }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "ignored an invalid persisted record"),
             }
@@ -121,7 +129,7 @@ impl Core {
     /// What this node must persist (see [`Owned`]).
     pub fn owned(&self) -> Owned {
         let shared = self.shared.lock();
-        let networks = shared.store.iter().filter(|r| matches!(r.key, RecordKey::Network(_))).cloned().collect();
+        let networks = shared.store.iter().filter(|r| !matches!(r.key, RecordKey::Endpoint { .. })).cloned().collect();
         Owned { next_version: self.next_version, endpoints: self.own.values().cloned().collect(), networks }
     }
 
@@ -305,6 +313,7 @@ impl Core {
         if !fresh.is_empty() {
             self.records_changed = true;
             self.assert_ownership(now, &fresh);
+            self.expel_removed(now, &fresh);
         }
         if std::mem::take(&mut self.records_changed) {
             self.generation += 1;
@@ -313,7 +322,7 @@ impl Core {
     }
 
     /// A record this node writes, sealed with its key.
-    fn sign(&self, key: RecordKey, version: u64, value: Value) -> Record {
+    pub(super) fn sign(&self, key: RecordKey, version: u64, value: Value) -> Record {
         Record::signed(key, version, value, &self.key)
     }
 
@@ -355,7 +364,7 @@ impl Core {
     }
 
     /// Merges a change made here and sends it on its three ways.
-    fn publish(&mut self, now: Instant, record: Record) -> Result<(), PublishError> {
+    pub(super) fn publish(&mut self, now: Instant, record: Record) -> Result<(), PublishError> {
         let now_ms = self.wall_ms(now);
         self.shared.lock().store.apply(record.clone(), now_ms)?;
         if let Err(error) = self.swim.add_broadcast(&encode(&record)) {
@@ -443,7 +452,7 @@ impl Core {
         self.outbox.push_back(Transmit { to: to.clone(), payload, reliable });
     }
 
-    fn wall_ms(&self, now: Instant) -> u64 {
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
         self.epoch.map_or(0, |(at, ms)| {
             let elapsed = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
             ms.saturating_add(elapsed)

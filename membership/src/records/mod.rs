@@ -24,7 +24,8 @@
 //! it, checked by every node that merges it, however it arrived (pushed,
 //! relayed, gossiped or synced). Only an endpoint's owner may write it, live
 //! or deleted; only a network's creator may write its definition; any
-//! member may delete a network. A node id is the hash of the node's
+//! member may delete a network, rotate the join secret or remove a member.
+//! Nothing a removed member signs is taken. A node id is the hash of the node's
 //! identity key ([`crate::node_key`]), so the check needs nothing but the
 //! record itself.
 
@@ -146,14 +147,20 @@ pub enum RecordKey {
         /// The network it is on (its spec names the same one).
         network: String,
     },
+    /// The secret a join token must carry (one record: the latest
+    /// rotation wins).
+    JoinSecret,
+    /// A member removed from the cluster for good.
+    Removed(NodeId),
 }
 
 impl RecordKey {
-    /// The node whose counter versions this record.
-    pub fn owner(&self) -> NodeId {
+    /// The only node that may write this record, if only one may.
+    pub fn writer(&self) -> Option<NodeId> {
         match self {
-            Self::Network(id) => id.creator,
-            Self::Endpoint { owner, .. } => *owner,
+            Self::Network(id) => Some(id.creator),
+            Self::Endpoint { owner, .. } => Some(*owner),
+            Self::JoinSecret | Self::Removed(_) => None,
         }
     }
 }
@@ -169,6 +176,19 @@ pub enum Value {
     /// the Unix epoch, deleter's clock) and is reaped some time after.
     Deleted {
         /// When it was deleted.
+        at_ms: u64,
+    },
+    /// The join secret since a rotation.
+    JoinSecret {
+        /// The secret.
+        secret: [u8; 32],
+        /// When it was rotated (milliseconds since the Unix epoch, rotator's clock).
+        rotated_ms: u64,
+    },
+    /// The member was removed at this time (milliseconds since the Unix
+    /// epoch, remover's clock); the seal names who removed it.
+    Removed {
+        /// When it was removed.
         at_ms: u64,
     },
 }
@@ -223,6 +243,9 @@ pub enum Forged {
         /// Who alone may write it.
         entitled: NodeId,
     },
+    /// Its signer was removed from the cluster.
+    #[error("it was signed by node {0}, which was removed from the cluster")]
+    Removed(NodeId),
 }
 
 /// Why a record from a peer was not merged. Nothing changed.
@@ -259,7 +282,7 @@ impl Record {
         signature[32..].copy_from_slice(&self.seal.signature.1);
         let entitled = match (&self.key, &self.value) {
             (RecordKey::Network(_), Value::Deleted { .. }) => None,
-            (key, _) => Some(key.owner()),
+            (key, _) => key.writer(),
         };
         let signer = self.seal.signer();
         if let Some(entitled) = entitled.filter(|&entitled| entitled != signer) {
@@ -294,6 +317,12 @@ impl Record {
     /// ranges and that the key and value agree.
     pub fn validate(&self) -> Result<(), InvalidRecord> {
         match (&self.key, &self.value) {
+            (RecordKey::JoinSecret, Value::JoinSecret { .. }) | (RecordKey::Removed(_), Value::Removed { .. }) => {
+                Ok(())
+            }
+            (RecordKey::JoinSecret | RecordKey::Removed(_), _) => {
+                Err(InvalidRecord("a join secret or a removal is never deleted or replaced by another kind".into()))
+            }
             (_, Value::Deleted { .. }) => Ok(()),
             (RecordKey::Network(_), Value::Network(spec)) => spec.validate(),
             (RecordKey::Endpoint { name, network, .. }, Value::Endpoint(spec)) => {

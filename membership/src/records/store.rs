@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{encode, stable_hash, Record, RecordKey, Refused, Value};
+use super::{encode, stable_hash, Forged, Record, RecordKey, Refused, Value};
+use crate::identity::NodeId;
 
 /// Number of digest buckets. A sync whose roots differ compares the
 /// buckets and exchanges only the records of the ones that differ.
@@ -48,6 +49,7 @@ impl Store {
             return Ok(false);
         }
         check_seal(&record)?;
+        self.check_signer(&record)?;
         self.insert(record);
         Ok(true)
     }
@@ -66,15 +68,32 @@ impl Store {
             let seal = if news { seals.next() } else { None };
             // An earlier record of the batch may have made this one old news.
             let outcome = match self.is_news(&record, now_ms) {
-                Ok(true) => seal.unwrap_or_else(|| check_seal(&record)).map(|()| {
-                    self.insert(record.clone());
-                    true
-                }),
+                Ok(true) => {
+                    seal.unwrap_or_else(|| check_seal(&record)).and_then(|()| self.check_signer(&record)).map(|()| {
+                        self.insert(record.clone());
+                        true
+                    })
+                }
                 other => other,
             };
             outcomes.push((record, outcome));
         }
         outcomes
+    }
+
+    /// Whether `id` was removed from the cluster.
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.records.contains_key(&RecordKey::Removed(id))
+    }
+
+    /// Refuses what a removed member signed (a removal of itself aside:
+    /// that changes nothing it could abuse).
+    fn check_signer(&self, record: &Record) -> Result<(), Refused> {
+        let signer = record.seal.signer();
+        if self.is_removed(signer) && record.key != RecordKey::Removed(signer) {
+            return Err(Refused::Forged { key: record.key.clone(), why: Forged::Removed(signer) });
+        }
+        Ok(())
     }
 
     /// Whether `record` is well formed and would change the store.
@@ -192,8 +211,8 @@ fn check_seals(records: &[&Record]) -> Vec<Result<(), Refused>> {
 fn expired(record: &Record, now_ms: u64) -> bool {
     let Value::Deleted { at_ms } = record.value else { return false };
     let ttl = match record.key {
-        RecordKey::Network(_) => NETWORK_TOMBSTONE_TTL_MS,
         RecordKey::Endpoint { .. } => ENDPOINT_TOMBSTONE_TTL_MS,
+        RecordKey::Network(_) | RecordKey::JoinSecret | RecordKey::Removed(_) => NETWORK_TOMBSTONE_TTL_MS,
     };
     now_ms.saturating_sub(at_ms) >= ttl
 }

@@ -90,6 +90,8 @@ impl View {
         for record in store.iter() {
             match (&record.key, &record.value) {
                 (RecordKey::Network(id), Value::Network(spec)) => networks.push((*id, spec)),
+                // A removed member's endpoints are withdrawn at once.
+                (RecordKey::Endpoint { owner, .. }, _) if store.is_removed(*owner) => {}
                 (RecordKey::Endpoint { owner, name, .. }, Value::Endpoint(spec)) => {
                     let state = match status.get(owner).copied().unwrap_or(Status::Down) {
                         Status::Alive | Status::Suspect => EndpointState::Active,
