@@ -54,6 +54,7 @@ pub(crate) struct Config {
     pub(crate) upstream_dns: Vec<String>,
     pub(crate) docker_plugin_dir: Option<PathBuf>,
     pub(crate) docker_socket: Option<PathBuf>,
+    pub(crate) cert_lifetime_secs: Option<u64>,
 }
 
 impl Config {
@@ -87,6 +88,7 @@ impl Config {
             upstream_dns: if flags.upstream_dns.is_empty() { self.upstream_dns } else { flags.upstream_dns },
             docker_plugin_dir: flags.docker_plugin_dir.or(self.docker_plugin_dir),
             docker_socket: flags.docker_socket.or(self.docker_socket),
+            cert_lifetime_secs: flags.cert_lifetime_secs.or(self.cert_lifetime_secs),
         }
     }
 
@@ -122,6 +124,13 @@ impl Config {
         if let Some(prefix) = self.netns_prefix.as_deref().filter(|p| p.contains('/') || p.len() > 64) {
             bail!("bad netns prefix {prefix:?}: at most 64 characters, no '/'");
         }
+        let cert_lifetime = match self.cert_lifetime_secs {
+            Some(secs) if secs < MIN_CERT_LIFETIME_SECS => {
+                bail!("cert_lifetime_secs {secs} is too short: at least {MIN_CERT_LIFETIME_SECS}")
+            }
+            Some(secs) => std::time::Duration::from_secs(secs),
+            None => mesh_membership::pki::NODE_CERT_LIFETIME,
+        };
         let upstream_dns = if self.upstream_dns.is_empty() {
             host_nameservers(RESOLV_CONF)
         } else {
@@ -152,6 +161,7 @@ impl Config {
                 None => Some(DEFAULT_DOCKER_PLUGIN_DIR.into()),
             },
             docker_socket: self.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
+            cert_lifetime,
         })
     }
 }
@@ -181,7 +191,13 @@ pub(crate) struct Settings {
     pub(crate) docker_plugin_dir: Option<PathBuf>,
     /// The Docker engine the plugin asks for names.
     pub(crate) docker_socket: PathBuf,
+    /// How long the node certificates this node issues are valid.
+    pub(crate) cert_lifetime: std::time::Duration,
 }
+
+/// The shortest certificate lifetime accepted: renewal happens when a third
+/// is left, and must have time to.
+const MIN_CERT_LIFETIME_SECS: u64 = 15;
 
 /// The host's resolver configuration.
 const RESOLV_CONF: &str = "/etc/resolv.conf";

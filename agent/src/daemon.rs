@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, NodeSettings};
 use crate::config::Settings;
 use crate::control::server;
 use crate::datadir::DataDir;
@@ -44,15 +44,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             tracing::warn!(%error, "no DNS for Docker's containers");
         }
     }
-    let agent = Agent::start(
-        settings.name.clone(),
-        advertise,
-        datadir.clone(),
-        endpoint,
-        Arc::clone(&dataplane),
-        dns,
-        shutdown.clone(),
-    )?;
+    let node = NodeSettings { name: settings.name.clone(), advertise, cert_lifetime: settings.cert_lifetime };
+    let agent = Agent::start(node, datadir.clone(), endpoint, Arc::clone(&dataplane), dns, shutdown.clone())?;
     if let Some(dir) = &settings.docker_plugin_dir {
         let agent = Arc::clone(&agent);
         crate::docker::start(dir, &settings.docker_socket, agent, dataplane, datadir, shutdown.clone()).await?;

@@ -175,6 +175,16 @@ impl DataDir {
         Ok(Some(ClusterFiles { creds, ca, secret }))
     }
 
+    /// This node's certificate, DER, if it has one.
+    pub(crate) fn node_cert(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.read_optional("pki/node.pem")?.map(|pem| Ok(pem_cert(&pem)?.to_vec())).transpose()
+    }
+
+    /// Saves a renewed certificate of this node.
+    pub(crate) fn save_node_cert(&self, cert: &[u8]) -> anyhow::Result<()> {
+        self.write("pki/node.pem", to_pem("CERTIFICATE", cert).as_bytes(), 0o644)
+    }
+
     /// Saves the cluster credentials.
     pub(crate) fn save_cluster(&self, files: &ClusterFiles) -> anyhow::Result<()> {
         self.write("pki/ca.pem", files.ca.cert_pem().as_bytes(), 0o644)?;
@@ -182,7 +192,7 @@ impl DataDir {
         let secret = files.token().secret_text();
         self.write("pki/cluster-secret", format!("{secret}\n").as_bytes(), 0o600)?;
         // The certificate goes last: its presence marks the set complete.
-        self.write("pki/node.pem", to_pem("CERTIFICATE", &files.creds.cert).as_bytes(), 0o644)
+        self.save_node_cert(&files.creds.cert)
     }
 
     /// A JSON file, or the type's default if there is none.
@@ -247,7 +257,7 @@ mod tests {
         let key = dir.node_key()?;
         assert!(dir.cluster(&key)?.is_none());
         let ca = ClusterCa::generate()?;
-        let cert = ca.issue(key.id(), &certificate_request(&key)?)?;
+        let cert = ca.issue(key.id(), &certificate_request(&key)?, mesh_membership::pki::NODE_CERT_LIFETIME)?;
         let files = ClusterFiles {
             creds: NodeCredentials::new(cert, &key, ca.cert_der().clone()),
             ca,

@@ -20,6 +20,7 @@ mod docker;
 mod ipam;
 mod logging;
 mod names;
+mod renewal;
 mod unix_http;
 mod upkeep;
 

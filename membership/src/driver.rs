@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Event, MemberInfo, Status};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::node_key::NodeKey;
 use crate::pki::ClusterSecret;
 use crate::records::view::View;
-use crate::transport::{Inbound, Transport, TransportError};
+use crate::transport::{EnrolError, Inbound, Transport, TransportError};
+use rustls::pki_types::CertificateDer;
 
 /// While this node knows no live member, it re-announces to the peers it
 /// knows this often (after a restart, a heal, or with `--join` at boot).
@@ -168,6 +170,12 @@ impl Membership {
     /// Membership events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Gives this node a fresh certificate (see
+    /// [`Transport::renew_certificate`]); returns it, to be saved.
+    pub fn renew_certificate(&self, key: &NodeKey) -> Result<CertificateDer<'static>, EnrolError> {
+        self.transport.renew_certificate(key)
     }
 
     /// Closes all connections (peers are not told the node left).

@@ -6,11 +6,15 @@
 //! certificate and the CA key.
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
-use crate::pki::{ClusterCa, ClusterSecret};
+use crate::node_key::NodeKey;
+use crate::pki::{certificate_request, ClusterCa, ClusterSecret, PkiError, NODE_CERT_LIFETIME};
 use crate::wire::PROTOCOL_VERSION;
 
 /// Largest enrolment message either side reads.
@@ -51,12 +55,31 @@ pub struct Enroller {
     ca: ClusterCa,
     /// The cluster secret joiners must present.
     secret: Mutex<ClusterSecret>,
+    /// How long the certificates it issues are valid.
+    lifetime: Duration,
 }
 
 impl Enroller {
     /// An enroller that signs with `ca` and admits holders of `secret`.
     pub fn new(ca: ClusterCa, secret: ClusterSecret) -> Self {
-        Self { ca, secret: Mutex::new(secret) }
+        Self { ca, secret: Mutex::new(secret), lifetime: NODE_CERT_LIFETIME }
+    }
+
+    /// The same, issuing certificates valid for `lifetime` (default
+    /// [`NODE_CERT_LIFETIME`]).
+    pub fn with_cert_lifetime(self, lifetime: Duration) -> Self {
+        Self { lifetime, ..self }
+    }
+
+    /// The cluster CA's certificate.
+    pub fn ca_cert(&self) -> &CertificateDer<'static> {
+        self.ca.cert_der()
+    }
+
+    /// A fresh certificate for the node whose key is `key` (this node's
+    /// own, when it renews).
+    pub fn issue(&self, key: &NodeKey) -> Result<CertificateDer<'static>, PkiError> {
+        self.ca.issue(key.id(), &certificate_request(key)?, self.lifetime)
     }
 
     /// Replaces the secret joiners must present (a rotation): tokens with
@@ -76,7 +99,7 @@ impl Enroller {
         if !self.secret.lock().unwrap_or_else(PoisonError::into_inner).matches(&ClusterSecret(request.secret)) {
             return EnrolResponse::Refused("the join token is not valid for this cluster".into());
         }
-        match self.ca.issue(request.node, &request.csr_der) {
+        match self.ca.issue(request.node, &request.csr_der, self.lifetime) {
             Ok(cert) => EnrolResponse::Admitted {
                 cert_der: cert.to_vec(),
                 ca_cert_der: self.ca.cert_der().to_vec(),
@@ -90,8 +113,7 @@ impl Enroller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node_key::NodeKey;
-    use crate::pki::{certificate_request, node_id_of, PkiError};
+    use crate::pki::node_id_of;
 
     fn request(secret: [u8; 32], key: &NodeKey) -> Result<EnrolRequest, PkiError> {
         Ok(EnrolRequest { version: PROTOCOL_VERSION, secret, node: key.id(), csr_der: certificate_request(key)? })

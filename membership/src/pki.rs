@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -26,6 +27,10 @@ use crate::node_key::NodeKey;
 
 /// The name every node certificate carries, and that clients verify.
 pub const SERVER_NAME: &str = "mesh";
+
+/// How long a node certificate is valid. Agents renew theirs when a third
+/// of its lifetime is left, so a certificate in use never expires.
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// A certificate or key could not be made, parsed or checked.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +110,11 @@ impl ClusterCa {
         fingerprint(&self.cert_der)
     }
 
-    /// Issues a certificate for `node` for the public key in a DER
-    /// certificate signing request, which must be `node`'s identity key.
-    /// The request's own names are ignored: the CA decides what the
-    /// certificate says.
-    pub fn issue(&self, node: NodeId, csr_der: &[u8]) -> Result<CertificateDer<'static>, PkiError> {
+    /// Issues a certificate for `node`, valid for `lifetime` from now, for
+    /// the public key in a DER certificate signing request, which must be
+    /// `node`'s identity key. The request's own names are ignored: the CA
+    /// decides what the certificate says.
+    pub fn issue(&self, node: NodeId, csr_der: &[u8], lifetime: Duration) -> Result<CertificateDer<'static>, PkiError> {
         let request = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())?;
         if request.public_key.algorithm() != &rcgen::PKCS_ED25519
             || NodeId::of_public_key(request.public_key.der_bytes()) != node
@@ -117,9 +122,13 @@ impl ClusterCa {
             return Err(PkiError::NotTheNodesKey(node));
         }
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
-        let signed =
-            CertificateSigningRequestParams { params: node_cert_params(node)?, public_key: request.public_key }
-                .signed_by(&issuer)?;
+        let mut params = node_cert_params(node)?;
+        let now = time::OffsetDateTime::now_utc();
+        // Grace for clocks that lag the issuer's: an hour, or a tenth of
+        // a short lifetime (renewal is due when a third is left).
+        params.not_before = now - lifetime.min(Duration::from_secs(3600 * 10)) / 10;
+        params.not_after = now + lifetime;
+        let signed = CertificateSigningRequestParams { params, public_key: request.public_key }.signed_by(&issuer)?;
         Ok(signed.der().clone())
     }
 }
@@ -165,6 +174,16 @@ impl NodeCredentials {
 pub fn certificate_request(key: &NodeKey) -> Result<Vec<u8>, PkiError> {
     let pair = KeyPair::try_from(key.pkcs8().as_slice())?;
     Ok(node_cert_params(key.id())?.serialize_request(&pair)?.der().to_vec())
+}
+
+/// When a DER certificate becomes valid and when it expires.
+pub fn validity(cert: &[u8]) -> Result<(SystemTime, SystemTime), PkiError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|_| PkiError::NoNodeName)?;
+    let at = |time: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(time.timestamp()).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    Ok((at(parsed.validity().not_before), at(parsed.validity().not_after)))
 }
 
 /// The node named in a DER certificate (its `ID.node.mesh` name), if the
@@ -322,13 +341,16 @@ mod tests {
         let ca = ClusterCa::generate()?;
         let key = NodeKey::generate();
         let node = key.id();
-        let cert = ca.issue(node, &certificate_request(&key)?)?;
+        let cert = ca.issue(node, &certificate_request(&key)?, Duration::from_secs(60))?;
         assert_eq!(node_id_of(&cert)?, node);
+        let (from, until) = validity(&cert)?;
+        let now = SystemTime::now();
+        assert!(from < now && until > now && until < now + Duration::from_secs(61), "valid for a minute from now");
         assert!(node_id_of(ca.cert_der()).is_err());
 
         let reloaded = ClusterCa::from_pem(&ca.cert_pem(), &ca.key_pem())?;
         assert_eq!(reloaded.fingerprint(), ca.fingerprint());
-        assert!(ca.issue(node, b"not a request").is_err());
+        assert!(ca.issue(node, b"not a request", NODE_CERT_LIFETIME).is_err());
         Ok(())
     }
 
@@ -339,7 +361,8 @@ mod tests {
         // A request for the victim's id made with the forger's key is refused...
         let mut params = node_cert_params(victim.id())?;
         let forged_request = params.serialize_request(&KeyPair::try_from(forger.pkcs8().as_slice())?)?;
-        assert!(matches!(ca.issue(victim.id(), forged_request.der()), Err(PkiError::NotTheNodesKey(_))));
+        let issued = ca.issue(victim.id(), forged_request.der(), NODE_CERT_LIFETIME);
+        assert!(matches!(issued, Err(PkiError::NotTheNodesKey(_))));
         // ...and a certificate minted with the CA key directly is not accepted.
         params = node_cert_params(victim.id())?;
         let issuer = Issuer::from_ca_cert_der(ca.cert_der(), &ca.key)?;

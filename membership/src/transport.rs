@@ -105,7 +105,8 @@ enum Slot {
 /// The running transport of a member node.
 pub struct Transport {
     endpoint: Endpoint,
-    client: quinn::ClientConfig,
+    /// What this node presents when it connects (replaced on renewal).
+    client: Mutex<quinn::ClientConfig>,
     pool: Mutex<HashMap<NodeId, Slot>>,
     /// Members removed from the cluster, whose connections are refused.
     denied: Mutex<HashSet<NodeId>>,
@@ -127,7 +128,7 @@ impl Transport {
         let (tx, rx) = mpsc::channel(4096);
         let transport = Arc::new(Self {
             endpoint,
-            client: tls::member_client_config(creds)?,
+            client: Mutex::new(tls::member_client_config(creds)?),
             pool: Mutex::new(HashMap::new()),
             denied: Mutex::new(HashSet::new()),
             inbound: tx,
@@ -141,6 +142,19 @@ impl Transport {
     /// Replaces the secret enrolling nodes must present (a rotation).
     pub fn set_join_secret(&self, secret: ClusterSecret) {
         self.enroller.set_secret(secret);
+    }
+
+    /// Gives this node (whose identity key is `key`) a fresh certificate
+    /// from its copy of the cluster CA, and presents it from now on, to
+    /// peers that connect and to peers it connects to. Connections up keep
+    /// going: nothing is interrupted. Returns the certificate, to be saved.
+    pub fn renew_certificate(&self, key: &NodeKey) -> Result<CertificateDer<'static>, EnrolError> {
+        let cert = self.enroller.issue(key)?;
+        let creds = NodeCredentials::new(cert.clone(), key, self.enroller.ca_cert().clone());
+        self.endpoint.set_server_config(Some(tls::server_config(&creds).map_err(TransportError::from)?));
+        *self.client.lock().unwrap_or_else(PoisonError::into_inner) =
+            tls::member_client_config(&creds).map_err(TransportError::from)?;
+        Ok(cert)
     }
 
     /// Refuses member `node` from now on: its connection is closed, and
@@ -200,7 +214,8 @@ impl Transport {
         addr: SocketAddr,
         expected: Option<NodeId>,
     ) -> Result<NodeId, TransportError> {
-        let conn = dial(&self.endpoint, self.client.clone(), addr).await?;
+        let client = self.client.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let conn = dial(&self.endpoint, client, addr).await?;
         let node = peer_node(&conn).ok_or(TransportError::NotANode(addr))?;
         if expected.is_some_and(|expected| expected != node) {
             conn.close(0u32.into(), b"unexpected node");

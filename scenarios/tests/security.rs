@@ -306,3 +306,35 @@ fn a_rotated_token_admits_no_one_and_a_removed_member_is_cut_off_everywhere() ->
     );
     Ok(())
 }
+
+#[test]
+fn certificates_are_renewed_before_they_expire_without_a_break() -> anyhow::Result<()> {
+    // 15 s certificates: each agent renews its own at 10 s of age.
+    let mut lab = Lab::new(3)?;
+    lab.form_cluster_with(&["--cert-lifetime-secs", "15"])?;
+    let all_alive = |lab: &Lab| -> anyhow::Result<bool> {
+        Ok((1..=3).all(|i| lab.members_api(i).is_ok_and(|m| m.len() == 3 && m.iter().all(|m| m.status == "alive"))))
+    };
+    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    let cert = || std::fs::read_to_string(lab.data_dir(2).join("pki/node.pem"));
+    let first = cert()?;
+    let mut seen = vec![first.clone()];
+    // Past the first certificates' expiry, checking every second that nobody drops out.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(25) {
+        ensure!(all_alive(&lab)?, "every member stays alive through renewals");
+        let now = cert()?;
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    ensure!(seen.len() >= 3, "h2 renewed its certificate at least twice in 25 s: {} versions", seen.len());
+    // New handshakes, both ways, with the renewed certificates only (the
+    // first ones expired 10 s ago).
+    lab.terminate(3)?;
+    lab.start_agent(3, &["--cert-lifetime-secs", "15"])?;
+    let took = lab.wait_for("h3 back everywhere", CONVERGE, all_alive)?;
+    println!("{} certificates of h2 in 25 s; after a restart, h3 back in {took:?}", seen.len());
+    Ok(())
+}

@@ -59,11 +59,23 @@ struct Session {
     token: JoinToken,
 }
 
+/// Who this node is to its peers.
+pub(crate) struct NodeSettings {
+    /// Its name.
+    pub(crate) name: String,
+    /// Where peers reach it (also its VTEP address).
+    pub(crate) advertise: SocketAddr,
+    /// How long the certificates it issues are valid.
+    pub(crate) cert_lifetime: Duration,
+}
+
 /// What the agent is and holds.
 pub(crate) struct Agent {
     name: String,
     /// This node's identity key; its id is `key.id()`.
     key: NodeKey,
+    /// How long the certificates this node issues are valid.
+    cert_lifetime: Duration,
     advertise: SocketAddr,
     datadir: DataDir,
     state: Arc<Mutex<State>>,
@@ -84,14 +96,14 @@ pub(crate) struct Agent {
 impl Agent {
     /// An agent that resumes its cluster session if its data dir has one.
     pub(crate) fn start(
-        name: String,
-        advertise: SocketAddr,
+        node: NodeSettings,
         datadir: DataDir,
         endpoint: quinn::Endpoint,
         dataplane: Arc<Dataplane>,
         dns: Arc<SandboxDns>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
+        let NodeSettings { name, advertise, cert_lifetime } = node;
         for (name, attachment) in dataplane.attachments() {
             if let Err(error) = dns.serve(&name, &attachment) {
                 tracing::warn!(%error, "no DNS in a sandbox");
@@ -100,6 +112,7 @@ impl Agent {
         let agent = Arc::new(Self {
             name,
             key: datadir.node_key()?,
+            cert_lifetime,
             advertise,
             state: Arc::new(Mutex::new(datadir.state()?)),
             datadir,
@@ -128,7 +141,7 @@ impl Agent {
         }
         let ca = ClusterCa::generate().map_err(anyhow::Error::from)?;
         let request = certificate_request(&self.key).map_err(anyhow::Error::from)?;
-        let cert = ca.issue(self.key.id(), &request).map_err(anyhow::Error::from)?;
+        let cert = ca.issue(self.key.id(), &request, self.cert_lifetime).map_err(anyhow::Error::from)?;
         let creds = NodeCredentials::new(cert, &self.key, ca.cert_der().clone());
         let files = ClusterFiles { creds, ca, secret: ClusterSecret::random() };
         self.datadir.save_cluster(&files)?;
@@ -364,7 +377,7 @@ impl Agent {
         let identity =
             NodeIdentity { id: self.key.id(), bump: state.bump, name: self.name.clone(), addr: self.advertise };
         let token = files.token();
-        let enroller = Enroller::new(files.ca, files.secret);
+        let enroller = Enroller::new(files.ca, files.secret).with_cert_lifetime(self.cert_lifetime);
         let (transport, inbound) =
             Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
                 .map_err(anyhow::Error::from)?;
@@ -377,6 +390,12 @@ impl Agent {
         let (membership, _task) = Membership::spawn(core, transport, inbound, state.peers, self.shutdown.child_token());
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
         tokio::spawn(crate::upkeep::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
+        tokio::spawn(crate::renewal::run(
+            membership.clone(),
+            self.datadir.clone(),
+            self.key.clone(),
+            self.shutdown.child_token(),
+        ));
         tokio::spawn(Arc::clone(&self.dataplane).run(membership.clone(), self.shutdown.child_token()));
         tokio::spawn(Arc::clone(&self.dns).follow(membership.clone()));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =

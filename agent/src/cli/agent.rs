@@ -65,6 +65,11 @@ pub(crate) struct AgentArgs {
     /// and container names [default: /run/docker.sock].
     #[arg(long, value_name = "PATH")]
     docker_socket: Option<PathBuf>,
+    /// How long the node certificates this node issues (to itself, and to
+    /// nodes that enrol through it) are valid; renewed when a third is left
+    /// [default: one year].
+    #[arg(long, value_name = "SECONDS")]
+    cert_lifetime_secs: Option<u64>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -89,6 +94,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         upstream_dns: args.upstream_dns,
         docker_plugin_dir: args.docker_plugin_dir,
         docker_socket: args.docker_socket,
+        cert_lifetime_secs: args.cert_lifetime_secs,
     };
     let settings = file.overlay(flags).resolve()?;
     crate::logging::init(settings.log_format, &settings.log_level)?;
