@@ -127,3 +127,18 @@ impl Churn {
         serde_json::from_str(&out).context("inspect prints JSON")
     }
 }
+
+/// How many "member down" verdicts the agents logged about hosts other
+/// than `faulted` (hosts the fault could rightly get declared down).
+pub fn false_verdicts(lab: &Lab, faulted: &[usize]) -> usize {
+    let healthy: Vec<String> =
+        (1..=lab.len()).filter(|i| !faulted.contains(i)).map(|i| format!("member=h{i}(")).collect();
+    (1..=lab.len())
+        .map(|i| {
+            lab.log_tail(i, usize::MAX)
+                .lines()
+                .filter(|line| line.contains("member down") && healthy.iter().any(|h| line.contains(h.as_str())))
+                .count()
+        })
+        .sum()
+}

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use mesh_scenarios::chaos::Churn;
+use mesh_scenarios::chaos::{false_verdicts, Churn};
 use mesh_scenarios::Lab;
 
 const HOSTS: usize = 4;
@@ -44,25 +44,49 @@ fn churn_for(lab: &Lab, churn: &mut Churn, span: Duration) -> anyhow::Result<()>
 }
 
 /// Waits for every host to show the expected state after `case`'s fault
-/// cleared, and reports how long that took.
-fn converges(lab: &Lab, churn: &Churn, case: &str) -> anyhow::Result<()> {
+/// cleared (so no live sandbox was lost and nothing stale is programmed),
+/// and reports how long that took and how many "down" verdicts were
+/// given about hosts the fault did not touch (`faulted` may rightly be
+/// declared down). Such verdicts fail the test.
+fn converges(lab: &Lab, churn: &Churn, case: &str, faulted: &[usize]) -> anyhow::Result<()> {
     let took = lab.wait_for(&format!("convergence after {case}"), CONVERGE, |lab| churn.converged(lab))?;
-    println!("chaos: {case}: {} sandboxes, converged {:.2} s after the fault cleared", churn.len(), took.as_secs_f64());
+    let false_verdicts = false_verdicts(lab, faulted);
+    println!(
+        "chaos: {case}: {} sandboxes, converged {:.2} s after the fault cleared, {false_verdicts} false down verdicts",
+        churn.len(),
+        took.as_secs_f64()
+    );
+    ensure!(false_verdicts == 0, "{case}: {false_verdicts} healthy hosts were declared down");
     Ok(())
 }
 
-#[test]
-fn thirty_percent_loss_on_every_host() -> anyhow::Result<()> {
+/// `percent` loss on every host for `span` under churn.
+fn loss_case(percent: u32, span: Duration) -> anyhow::Result<()> {
     let (lab, mut churn) = cluster()?;
     for i in 1..=HOSTS {
-        lab.set_loss(i, 30)?;
+        lab.set_loss(i, percent)?;
     }
-    let churned = churn_for(&lab, &mut churn, Duration::from_secs(30));
+    let churned = churn_for(&lab, &mut churn, span);
     for i in 1..=HOSTS {
         lab.set_loss(i, 0)?;
     }
     churned?;
-    converges(&lab, &churn, "30 % loss for 30 s")
+    converges(&lab, &churn, &format!("{percent} % loss for {} s", span.as_secs()), &[])
+}
+
+#[test]
+fn ten_percent_loss_on_every_host() -> anyhow::Result<()> {
+    loss_case(10, Duration::from_secs(20))
+}
+
+#[test]
+fn twenty_percent_loss_on_every_host() -> anyhow::Result<()> {
+    loss_case(20, Duration::from_secs(20))
+}
+
+#[test]
+fn thirty_percent_loss_on_every_host() -> anyhow::Result<()> {
+    loss_case(30, Duration::from_secs(30))
 }
 
 #[test]
@@ -74,7 +98,7 @@ fn a_flapping_link() -> anyhow::Result<()> {
         lab.cut(2, false)?;
         churn_for(&lab, &mut churn, Duration::from_secs(2))?;
     }
-    converges(&lab, &churn, "h2's link flapping every 2 s for 24 s")
+    converges(&lab, &churn, "h2's link flapping every 2 s for 24 s", &[2])
 }
 
 #[test]
@@ -85,7 +109,7 @@ fn a_partition_that_heals() -> anyhow::Result<()> {
     let churned = churn_for(&lab, &mut churn, Duration::from_secs(20));
     lab.heal()?;
     churned?;
-    converges(&lab, &churn, "a 20 s partition healed")
+    converges(&lab, &churn, "a 20 s partition healed", &[1, 2, 3, 4])
 }
 
 #[test]
@@ -97,7 +121,7 @@ fn a_frozen_agent_that_resumes() -> anyhow::Result<()> {
     lab.freeze(3, false)?;
     churned?;
     churn.skip(3, false);
-    converges(&lab, &churn, "h3's agent frozen 15 s and resumed")
+    converges(&lab, &churn, "h3's agent frozen 15 s and resumed", &[3])
 }
 
 #[test]
@@ -119,7 +143,7 @@ fn rolling_restarts_of_every_agent_under_churn() -> anyhow::Result<()> {
         churn.skip(i, false);
         churn_for(&lab, &mut churn, Duration::from_secs(2))?;
     }
-    converges(&lab, &churn, "every agent restarted in turn (SIGTERM or SIGKILL)")
+    converges(&lab, &churn, "every agent restarted in turn (SIGTERM or SIGKILL)", &[1, 2, 3, 4])
 }
 
 #[test]
@@ -132,5 +156,5 @@ fn the_check_notices_a_missing_kernel_entry() -> anyhow::Result<()> {
     lab.exec(1, "bridge", &["fdb", "del", words[0], "dev", "mvx3030", "dst", words[dst + 1]])?;
     ensure!(!churn.converged(&lab)?, "the check missed h1's deleted FDB entry for {}", words[0]);
     // The reconciler restores it.
-    converges(&lab, &churn, "an FDB entry deleted by hand")
+    converges(&lab, &churn, "an FDB entry deleted by hand", &[])
 }
