@@ -147,6 +147,8 @@ enum CoreTimer {
     Reap,
     /// A suspicion of this node's may be due (see [`lifeguard`]).
     SuspicionDue(NodeId),
+    /// Seals of records merged unchecked are due for their check.
+    CheckSeals,
 }
 
 /// The membership and record state machine of one node.
@@ -189,6 +191,8 @@ pub struct Core {
     oracle: Option<Box<dyn peers::PeerOracle>>,
     /// Suspicions, accusations and local health.
     lifeguard: lifeguard::Lifeguard,
+    /// Whether a [`CoreTimer::CheckSeals`] is pending.
+    seal_checks_scheduled: bool,
 }
 
 impl Core {
@@ -222,6 +226,7 @@ impl Core {
             last_members_pull: None,
             oracle: None,
             lifeguard: lifeguard::Lifeguard::default(),
+            seal_checks_scheduled: false,
         }
     }
 
@@ -337,6 +342,7 @@ impl Core {
                 CoreTimer::Sync => self.start_sync(now),
                 CoreTimer::Reap => self.reap(now),
                 CoreTimer::SuspicionDue(id) => self.suspicion_due(now, id),
+                CoreTimer::CheckSeals => self.check_deferred_seals(now),
             }
             self.drain(now);
         }

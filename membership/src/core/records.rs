@@ -42,6 +42,9 @@ const REAP_EVERY: Duration = Duration::from_secs(60);
 const MAX_PAGE_BYTES: usize = 64 * 1024;
 /// Most records taken from one frame.
 const MAX_RECORDS_FRAME: usize = 8192;
+/// Most deferred seal checks in one turn of the core (about 15 ms on a
+/// core of the lab machine), so other work is not held up.
+const SEAL_CHECKS_PER_TURN: usize = 128;
 
 /// What a node persists to come back unchanged after a restart: its own
 /// endpoints, its version counter, and the cluster-wide records it knows
@@ -97,7 +100,7 @@ impl Core {
         let merged = {
             let mut shared = self.shared.lock();
             let now_ms = shared.now_ms;
-            shared.store.apply_all(records, now_ms)
+            shared.store.apply_all(records, now_ms, None)
         };
         for (record, outcome) in merged {
             let mine = matches!(&record.key, RecordKey::Endpoint { owner, .. } if *owner == me);
@@ -251,7 +254,31 @@ impl Core {
             }
             _ => tracing::debug!(peer = ?from, "ignored a malformed sync frame"),
         }
+        self.schedule_seal_checks(now);
         self.drain(now);
+    }
+
+    /// Makes sure the seals of records merged unchecked get checked soon.
+    fn schedule_seal_checks(&mut self, now: Instant) {
+        if !self.seal_checks_scheduled && self.shared.lock().store.has_deferred() {
+            self.seal_checks_scheduled = true;
+            self.timers.insert(now, CoreTimer::CheckSeals);
+        }
+    }
+
+    /// Checks a turn's worth of deferred seals; a forged record found
+    /// there is taken out of the view again.
+    pub(super) fn check_deferred_seals(&mut self, now: Instant) {
+        self.seal_checks_scheduled = false;
+        let refused = self.shared.lock().store.check_deferred(SEAL_CHECKS_PER_TURN);
+        for error in &refused {
+            // Deferred records came from their writer's own connection.
+            if let Refused::Forged { key, .. } = error {
+                log_refused(key.writer().unwrap_or(self.identity().id), error);
+            }
+        }
+        self.records_changed |= !refused.is_empty();
+        self.schedule_seal_checks(now);
     }
 
     /// Starts an anti-entropy round with a random active member.
@@ -334,7 +361,7 @@ impl Core {
         let mut shared = self.shared.lock();
         let now_ms = shared.now_ms;
         let mut fresh = Vec::new();
-        for (record, outcome) in shared.store.apply_all(records, now_ms) {
+        for (record, outcome) in shared.store.apply_all(records, now_ms, Some(from)) {
             match outcome {
                 Ok(true) => fresh.push(record),
                 Ok(false) => {}
