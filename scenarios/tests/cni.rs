@@ -31,6 +31,13 @@ fn in_view(lab: &Lab, i: usize, name: &str, alias: Option<&str>) -> anyhow::Resu
 /// and `config` on stdin, as a runtime does: whether it exited 0, and its
 /// stdout as JSON (null if empty).
 fn cni(plugin: &Path, command: &str, env: &[(&str, &str)], config: &Value) -> anyhow::Result<(bool, Value)> {
+    let (code, stdout) = cni_raw(plugin, command, env, config.to_string().as_bytes())?;
+    let json = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout)? };
+    Ok((code == Some(0), json))
+}
+
+/// Runs `mesh-cni` with any bytes on stdin: its exit code and stdout.
+fn cni_raw(plugin: &Path, command: &str, env: &[(&str, &str)], stdin: &[u8]) -> anyhow::Result<(Option<i32>, String)> {
     let mut child = Command::new(plugin)
         .env_clear()
         .env("CNI_COMMAND", command)
@@ -40,11 +47,10 @@ fn cni(plugin: &Path, command: &str, env: &[(&str, &str)], config: &Value) -> an
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(config.to_string().as_bytes())?;
+    // The plugin may stop reading at the first byte it cannot parse.
+    let _ = child.stdin.take().context("stdin")?.write_all(stdin);
     let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout)? };
-    Ok((out.status.success(), json))
+    Ok((out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 #[test]
@@ -175,5 +181,26 @@ fn mesh_cni_follows_the_spec() -> anyhow::Result<()> {
         ensure!(answer["cniVersion"].is_string(), "errors carry a version: {answer}");
     }
     ensure!(lab.mesh_ok(1, &["sandbox", "ls", "--format", "json"])?.trim() == "[]", "no error left a sandbox");
+
+    // Hostile stdin: mutations of a valid config. Every run answers with a
+    // result or a CNI error, never a panic (exit 101) or nothing.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    let valid = config("1.0.0").to_string().into_bytes();
+    let mut errors = 0;
+    for _ in 0..300 {
+        let input = mesh_scenarios::hostile::mutate(&mut rng, &valid);
+        let (code, stdout) = cni_raw(&plugin, "ADD", &env, &input)?;
+        let answer: Value = serde_json::from_str(&stdout).with_context(|| {
+            format!("exit {code:?}, stdout not JSON: {stdout:?} for {:?}", String::from_utf8_lossy(&input))
+        })?;
+        ensure!(code != Some(101), "mesh-cni panicked on {:?}", String::from_utf8_lossy(&input));
+        if code != Some(0) {
+            ensure!(answer["code"].is_u64() && answer["msg"].is_string(), "a CNI error: {answer}");
+            errors += 1;
+        }
+    }
+    cni(&plugin, "DEL", &env, &config("1.0.0"))?;
+    println!("mesh-cni: 300 mutated configs, {errors} refused with a CNI error, none panicked");
+    ensure!(lab.mesh_ok(1, &["sandbox", "ls", "--format", "json"])?.trim() == "[]", "nothing left behind");
     Ok(())
 }

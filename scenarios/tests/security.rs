@@ -169,9 +169,9 @@ fn garbage_tcp(ns: &str, to: SocketAddr, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Posts `body` to the control socket; returns the HTTP status (0 if the
-/// agent answered nothing).
-fn post_raw(socket: &std::path::Path, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+/// Posts `body` to an agent's unix socket; returns the HTTP status (0 if
+/// the agent answered nothing) and the body.
+fn post_raw(socket: &std::path::Path, path: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let head = format!(
@@ -183,7 +183,9 @@ fn post_raw(socket: &std::path::Path, path: &str, body: &[u8]) -> anyhow::Result
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
     let text = String::from_utf8_lossy(&answer);
-    Ok(text.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0))
+    let status = text.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
 }
 
 #[test]
@@ -214,7 +216,25 @@ fn random_bytes_at_every_port_leave_the_agent_serving_with_bounded_memory() -> a
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     for _ in 0..300 {
         let body = hostile::mutate(&mut rng, valid);
-        *statuses.entry(post_raw(&lab.socket(1), "/v1/networks", &body)?).or_default() += 1;
+        *statuses.entry(post_raw(&lab.socket(1), "/v1/networks", &body)?.0).or_default() += 1;
+    }
+    // The Docker plugin: mutated calls get the protocol's answer, a JSON
+    // body, with {"Err": ...} on a 500.
+    let plugin = lab.docker_plugin_dir(1).join("mesh.sock");
+    let calls: [(&str, &[u8]); 2] = [
+        (
+            "/NetworkDriver.CreateNetwork",
+            br#"{"NetworkID":"n1","Options":{"com.docker.network.generic":{}},"IPv4Data":[{"AddressSpace":"","Pool":"10.88.0.0/24","Gateway":"10.88.0.1/24"}],"IPv6Data":[]}"#,
+        ),
+        ("/IpamDriver.RequestAddress", br#"{"PoolID":"10.88.0.0/24","Address":"","Options":{}}"#),
+    ];
+    let mut plugin_answers = std::collections::BTreeMap::<u16, usize>::new();
+    for k in 0..300 {
+        let (path, valid) = calls[k % calls.len()];
+        let (status, body) = post_raw(&plugin, path, &hostile::mutate(&mut rng, valid))?;
+        let json: Json = serde_json::from_str(&body).with_context(|| format!("{path}: {status} {body:?}"))?;
+        ensure!(status == 200 || (status == 500 && json["Err"].is_string()), "{path}: {status} {body}");
+        *plugin_answers.entry(status).or_default() += 1;
     }
     for _ in 0..100 {
         let mut stream = UnixStream::connect(lab.socket(1))?;
@@ -235,7 +255,8 @@ fn random_bytes_at_every_port_leave_the_agent_serving_with_bounded_memory() -> a
     let rss_after = procfs::rss_kib(pid)?;
     println!(
         "h1 took {DATAGRAMS} random datagrams ({quic_bytes} B) at its QUIC port, {DATAGRAMS} ({dns_bytes} B) and 200 TCP \
-         connections at a resolver, 400 bad control requests (answers {statuses:?}) in {took:?}; \
+         connections at a resolver, 400 bad control requests (answers {statuses:?}), 300 bad Docker plugin calls \
+         (answers {plugin_answers:?}) in {took:?}; \
          RSS {rss_before} -> {rss_after} KiB"
     );
     ensure!(rss_after < rss_before + 64 * 1024, "memory stays bounded: {rss_before} -> {rss_after} KiB");

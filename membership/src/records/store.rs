@@ -91,10 +91,12 @@ impl Store {
                     self.insert(record.clone(), false);
                     true
                 }),
-                Ok(true) => seal.unwrap_or_else(|| check_seal(&record)).and_then(|()| self.check_signer(&record)).map(|()| {
-                    self.insert(record.clone(), true);
-                    true
-                }),
+                Ok(true) => {
+                    seal.unwrap_or_else(|| check_seal(&record)).and_then(|()| self.check_signer(&record)).map(|()| {
+                        self.insert(record.clone(), true);
+                        true
+                    })
+                }
                 other => other,
             };
             outcomes.push((record, outcome));
