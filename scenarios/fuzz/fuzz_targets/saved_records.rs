@@ -1,7 +1,6 @@
 //! libFuzzer's inputs into the harness's `SavedRecords` target.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mesh_scenarios::hostile::feed(
-    mesh_scenarios::hostile::Target::SavedRecords,
-    data
-));
+use mesh_scenarios::hostile::{feed, Target};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| feed(Target::SavedRecords, data));

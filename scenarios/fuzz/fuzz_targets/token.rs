@@ -1,4 +1,6 @@
 //! libFuzzer's inputs into the harness's `Token` target.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mesh_scenarios::hostile::feed(mesh_scenarios::hostile::Target::Token, data));
+use mesh_scenarios::hostile::{feed, Target};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| feed(Target::Token, data));
