@@ -121,6 +121,35 @@ impl Churn {
         Ok(true)
     }
 
+    /// What each host shows, for a report when [`Churn::converged`] never
+    /// came true: the expected sandboxes, then each host's endpoint rows
+    /// and VXLAN tables.
+    pub fn describe(&self, lab: &Lab) -> String {
+        let mut out = format!("expected: {:?}\n", self.live.values().collect::<Vec<_>>());
+        for i in 1..=lab.len() {
+            let rows: Vec<String> = self.inspect(lab, i).map_or_else(
+                |e| vec![format!("inspect failed: {e}")],
+                |view| {
+                    view["endpoints"]
+                        .as_array()
+                        .map(|endpoints| {
+                            endpoints
+                                .iter()
+                                .map(|e| format!("{} {} {} {}", e["name"], e["ip"], e["node"], e["state"]))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                },
+            );
+            out.push_str(&format!("h{i} view: {rows:?}\n"));
+            match lab.vxlan_tables(i, &self.device) {
+                Ok((fdb, neigh)) => out.push_str(&format!("h{i} fdb: {fdb:?}\nh{i} neigh: {neigh:?}\n")),
+                Err(e) => out.push_str(&format!("h{i} tables: {e}\n")),
+            }
+        }
+        out
+    }
+
     /// `mesh network inspect` on host `i`, as JSON.
     fn inspect(&self, lab: &Lab, i: usize) -> anyhow::Result<Value> {
         let out = lab.mesh_ok(i, &["network", "inspect", &self.network, "--format", "json"])?;

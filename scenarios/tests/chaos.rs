@@ -49,7 +49,9 @@ fn churn_for(lab: &Lab, churn: &mut Churn, span: Duration) -> anyhow::Result<()>
 /// given about hosts the fault did not touch (`faulted` may rightly be
 /// declared down). Such verdicts fail the test.
 fn converges(lab: &Lab, churn: &Churn, case: &str, faulted: &[usize]) -> anyhow::Result<()> {
-    let took = lab.wait_for(&format!("convergence after {case}"), CONVERGE, |lab| churn.converged(lab))?;
+    let took = lab
+        .wait_for(&format!("convergence after {case}"), CONVERGE, |lab| churn.converged(lab))
+        .map_err(|e| e.context(format!("what each host shows:\n{}", churn.describe(lab))))?;
     let false_verdicts = false_verdicts(lab, faulted);
     println!(
         "chaos: {case}: {} sandboxes, converged {:.2} s after the fault cleared, {false_verdicts} false down verdicts",
