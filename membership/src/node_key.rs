@@ -132,27 +132,3 @@ mod tests {
         assert!(!verify(&NodeKey::generate().public_key(), b"hello", &signature));
     }
 }
-#[cfg(test)]
-mod timing_tmp {
-    #[test]
-    fn verify_cost() {
-        let key = super::NodeKey::generate();
-        let sig =
-            key.sign(b"some record bytes of about a hundred bytes long...........................................");
-        let pk = key.public_key();
-        let t = std::time::Instant::now();
-        for _ in 0..10_000 {
-            assert!(super::verify(
-                &pk,
-                b"some record bytes of about a hundred bytes long...........................................",
-                &sig
-            ));
-        }
-        println!("10k verifies: {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        for _ in 0..10_000 {
-            let _ = key.sign(b"x");
-        }
-        println!("10k signs: {:?}", t.elapsed());
-    }
-}
