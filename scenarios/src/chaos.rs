@@ -82,9 +82,10 @@ impl Churn {
 
     /// Whether every host shows exactly the expected state: the same view
     /// everywhere holding each live sandbox once, active, owned by its
-    /// host, with distinct addresses; and on each host an FDB entry
-    /// (MAC → owner's underlay address) and a neighbour entry for every
-    /// remote sandbox, and nothing else.
+    /// host, with distinct addresses; and on each host holding a sandbox
+    /// an FDB entry (MAC → owner's underlay address) and a neighbour entry
+    /// for every remote sandbox, and nothing else (nothing at all on a
+    /// host holding none).
     pub fn converged(&self, lab: &Lab) -> anyhow::Result<bool> {
         let first = self.inspect(lab, 1)?;
         for i in 2..=lab.len() {
@@ -110,7 +111,10 @@ impl Churn {
         let ips: BTreeSet<&String> = seen.values().map(|(ip, _)| ip).collect();
         ensure!(ips.len() == seen.len(), "two sandboxes share an address: {seen:?}");
         for i in 1..=lab.len() {
-            let remote = expected.iter().filter(|(_, &host)| host != i);
+            // A host builds a network only while it holds a sandbox on it,
+            // as Docker's overlay does: with none, its tables stay empty.
+            let holds_one = expected.values().any(|&host| host == i);
+            let remote = expected.iter().filter(|(_, &host)| holds_one && host != i);
             let want_neigh: BTreeSet<String> = remote.clone().map(|(name, _)| seen[*name].0.clone()).collect();
             let want_fdb: BTreeSet<String> =
                 remote.map(|(name, &host)| format!("{} dst {}", seen[*name].1, host_ip(host))).collect();
