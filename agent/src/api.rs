@@ -12,6 +12,9 @@ pub(crate) const JOIN: &str = "/v1/join";
 pub(crate) const TOKEN: &str = "/v1/token";
 /// `POST`: rotate the join secret (on every member). Answers the new [`TokenBody`].
 pub(crate) const TOKEN_ROTATE: &str = "/v1/token/rotate";
+/// `POST` [`CaRotateBody`]: rotate the cluster CA (on every member) and
+/// the join secret. Answers the new [`TokenBody`].
+pub(crate) const CA_ROTATE: &str = "/v1/ca/rotate";
 /// `POST`: leave the cluster gracefully.
 pub(crate) const LEAVE: &str = "/v1/leave";
 /// `GET`: every known member. Answers a list of [`MemberBody`].
@@ -32,6 +35,14 @@ pub(crate) struct ErrorBody {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TokenBody {
     pub(crate) token: String,
+}
+
+/// How a CA rotation goes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CaRotateBody {
+    /// How long members' certificates from the replaced CA still count,
+    /// in seconds.
+    pub(crate) grace_secs: u64,
 }
 
 /// Where to join and with what token.

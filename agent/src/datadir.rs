@@ -163,6 +163,7 @@ impl DataDir {
         let Some(node_pem) = self.read_optional("pki/node.pem")? else {
             return Ok(None);
         };
+        self.finish_ca_switch()?;
         let read = |name: &str| -> anyhow::Result<String> {
             self.read_optional(name)?.with_context(|| format!("{} is missing", self.path.join(name).display()))
         };
@@ -175,14 +176,46 @@ impl DataDir {
         Ok(Some(ClusterFiles { creds, ca, secret }))
     }
 
-    /// This node's certificate, DER, if it has one.
-    pub(crate) fn node_cert(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        self.read_optional("pki/node.pem")?.map(|pem| Ok(pem_cert(&pem)?.to_vec())).transpose()
-    }
-
     /// Saves a renewed certificate of this node.
     pub(crate) fn save_node_cert(&self, cert: &[u8]) -> anyhow::Result<()> {
         self.write("pki/node.pem", to_pem("CERTIFICATE", cert).as_bytes(), 0o644)
+    }
+
+    /// Replaces the cluster CA (after a rotation) with the one whose PEM
+    /// certificate and key are given; nothing if it is the one saved. A
+    /// crash halfway leaves the old CA or the new one, never a mix: both go
+    /// to side files first, and [`DataDir::cluster`] finishes or drops a
+    /// switch it finds.
+    pub(crate) fn save_ca(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        if self.read_optional("pki/ca.pem")?.as_deref() == Some(cert_pem)
+            && self.read_optional("pki/ca-key.pem")?.as_deref() == Some(key_pem)
+        {
+            return Ok(());
+        }
+        self.write("pki/ca-next.pem", cert_pem.as_bytes(), 0o644)?;
+        self.write("pki/ca-key-next.pem", key_pem.as_bytes(), 0o600)?;
+        self.finish_ca_switch()
+    }
+
+    /// Completes a CA switch [`DataDir::save_ca`] began, or drops one that
+    /// never got its key.
+    fn finish_ca_switch(&self) -> anyhow::Result<()> {
+        let pki = self.path.join("pki");
+        let rename = |from: &str, to: &str| {
+            fs::rename(pki.join(from), pki.join(to)).with_context(|| format!("cannot rename {from} to {to}"))
+        };
+        let Some(next) = self.read_optional("pki/ca-next.pem")? else {
+            return Ok(());
+        };
+        if self.read_optional("pki/ca-key-next.pem")?.is_some() {
+            rename("ca-key-next.pem", "ca-key.pem")?;
+        }
+        let key = self.read_optional("pki/ca-key.pem")?.unwrap_or_default();
+        if ClusterCa::from_pem(&next, &key).is_ok() {
+            rename("ca-next.pem", "ca.pem")
+        } else {
+            fs::remove_file(pki.join("ca-next.pem")).context("cannot remove an unfinished CA switch")
+        }
     }
 
     /// Saves the cluster credentials.
@@ -267,6 +300,37 @@ mod tests {
         let loaded = dir.cluster(&key)?.context("credentials were saved")?;
         assert_eq!(loaded.token(), files.token());
         assert_eq!(loaded.creds.cert, files.creds.cert);
+        Ok(())
+    }
+
+    #[test]
+    fn a_ca_switch_cut_short_leaves_the_old_ca_or_the_new_one() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = DataDir::open(tmp.path())?;
+        let key = dir.node_key()?;
+        let (old, new) = (ClusterCa::generate()?, ClusterCa::generate()?);
+        let cert = old.issue(key.id(), &certificate_request(&key)?, mesh_membership::pki::NODE_CERT_LIFETIME)?;
+        let files = ClusterFiles {
+            creds: NodeCredentials::new(cert, &key, old.cert_der().clone()),
+            ca: old,
+            secret: ClusterSecret::random(),
+        };
+        dir.save_cluster(&files)?;
+        let fingerprint =
+            |dir: &DataDir| -> anyhow::Result<_> { Ok(dir.cluster(&key)?.context("saved")?.ca.fingerprint()) };
+        let pki = tmp.path().join("pki");
+        // Cut after the new certificate's side file: the old CA stays.
+        fs::write(pki.join("ca-next.pem"), new.cert_pem())?;
+        assert_eq!(fingerprint(&dir)?, files.ca.fingerprint());
+        // Cut after both side files, or after the key's rename: the new CA.
+        fs::write(pki.join("ca-next.pem"), new.cert_pem())?;
+        fs::write(pki.join("ca-key-next.pem"), new.key_pem())?;
+        assert_eq!(fingerprint(&dir)?, new.fingerprint());
+        dir.save_ca(&files.ca.cert_pem(), &files.ca.key_pem())?;
+        fs::write(pki.join("ca-next.pem"), new.cert_pem())?;
+        fs::write(pki.join("ca-key.pem"), new.key_pem())?;
+        assert_eq!(fingerprint(&dir)?, new.fingerprint());
+        assert!(!pki.join("ca-next.pem").exists() && !pki.join("ca-key-next.pem").exists());
         Ok(())
     }
 

@@ -13,6 +13,7 @@ mod cli;
 mod cni;
 mod config;
 mod control;
+mod credentials;
 mod daemon;
 mod datadir;
 mod dataplane;
@@ -20,7 +21,6 @@ mod docker;
 mod ipam;
 mod logging;
 mod names;
-mod renewal;
 mod unix_http;
 mod upkeep;
 

@@ -12,12 +12,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Core, Event, MemberInfo, Status};
+use crate::core::{Core, Event, MemberInfo, PublishError, Status};
 use crate::identity::{NodeId, NodeIdentity};
-use crate::node_key::NodeKey;
-use crate::pki::ClusterSecret;
+use crate::pki::{ClusterCa, ClusterSecret, Fingerprint};
 use crate::records::view::View;
-use crate::transport::{EnrolError, Inbound, Transport, TransportError};
+use crate::records::CaRotation;
+use crate::transport::{Credentials, EnrolError, Inbound, Transport, TransportError};
 use rustls::pki_types::CertificateDer;
 
 /// While this node knows no live member, it re-announces to the peers it
@@ -77,6 +77,20 @@ pub enum JoinError {
     /// The peer was reached but did not take this node in.
     #[error("{0} did not accept this node within {JOIN_TIMEOUT:?}")]
     NotAccepted(SocketAddr),
+    /// The membership task has stopped.
+    #[error("the membership task has stopped")]
+    Stopped,
+}
+
+/// A CA rotation failed. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The record could not be published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The new CA could not be installed.
+    #[error("{0}")]
+    Keyring(String),
     /// The membership task has stopped.
     #[error("the membership task has stopped")]
     Stopped,
@@ -173,9 +187,41 @@ impl Membership {
     }
 
     /// Gives this node a fresh certificate (see
-    /// [`Transport::renew_certificate`]); returns it, to be saved.
-    pub fn renew_certificate(&self, key: &NodeKey) -> Result<CertificateDer<'static>, EnrolError> {
-        self.transport.renew_certificate(key)
+    /// [`Transport::renew_certificate`]); returns it.
+    pub fn renew_certificate(&self) -> Result<CertificateDer<'static>, EnrolError> {
+        self.transport.renew_certificate()
+    }
+
+    /// This node's credentials as they should be saved, kept current
+    /// through renewals and CA rotations.
+    pub fn watch_credentials(&self) -> watch::Receiver<Credentials> {
+        self.transport.watch_credentials()
+    }
+
+    /// The fingerprint of the CA this node signs with (the one its join
+    /// tokens pin).
+    pub fn ca_fingerprint(&self) -> Fingerprint {
+        self.transport.ca_fingerprint()
+    }
+
+    /// Rotates the cluster CA to `ca` on every member; certificates from
+    /// the CA it replaces count for `grace` more, for the members known now.
+    pub async fn rotate_ca(&self, ca: ClusterCa, grace: Duration) -> Result<(), RotateError> {
+        let transport = Arc::clone(&self.transport);
+        let rotation = CaRotation {
+            cert_der: ca.cert_der().to_vec(),
+            previous_der: transport.ca_cert().to_vec(),
+            cross_der: transport.cross_sign(&ca).map_err(|e| RotateError::Keyring(e.to_string()))?.to_vec(),
+            members: Vec::new(),
+            rotated_ms: 0,
+            grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.with_core(move |core, now| {
+            let rotation = core.rotate_ca(now, rotation)?;
+            transport.rotate_ca(ca, rotation).map_err(RotateError::Keyring)
+        })
+        .await
+        .map_err(|_| RotateError::Stopped)?
     }
 
     /// Closes all connections (peers are not told the node left).
@@ -203,10 +249,8 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, shutdown: CancellationToken) {
-        // What a restart restored: removed members, a rotated secret.
-        if let Some(secret) = self.core.join_secret() {
-            self.transport.set_join_secret(ClusterSecret(secret));
-        }
+        // What a restart restored: removed members, a rotated secret or CA.
+        self.follow_control_records();
         self.flush();
         let mut rejoin = tokio::time::interval(REJOIN_EVERY);
         loop {
@@ -281,11 +325,19 @@ impl Driver {
         }
         if view_changed {
             self.view.send_replace(Arc::new(CurrentView::of(&self.core)));
-            if let Some(secret) = self.core.join_secret() {
-                self.transport.set_join_secret(ClusterSecret(secret));
-            }
+            self.follow_control_records();
         }
         deliveries
+    }
+
+    /// Hands the transport the latest join secret and CA rotation.
+    fn follow_control_records(&self) {
+        if let Some(secret) = self.core.join_secret() {
+            self.transport.set_join_secret(ClusterSecret(secret));
+        }
+        if let Some(rotation) = self.core.ca_rotation() {
+            self.transport.set_ca_rotation(rotation);
+        }
     }
 
     /// Re-announces to a few known peers while no member is alive.

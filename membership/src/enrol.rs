@@ -3,7 +3,9 @@
 //! checks that the server's chain ends in the CA its token pins, and sends
 //! the token's secret with a signing request on one bidirectional stream.
 //! The member checks the secret and answers with a certificate, the CA
-//! certificate and the CA key.
+//! certificate and the CA key. After a CA rotation (see
+//! [`crate::keyring`]), members hand each other the new CA's key the same
+//! way, over their authenticated connections.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -13,8 +15,10 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
+use crate::keyring::{unix_ms, Keyring, KeyringError};
 use crate::node_key::NodeKey;
-use crate::pki::{certificate_request, ClusterCa, ClusterSecret, PkiError, NODE_CERT_LIFETIME};
+use crate::pki::{certificate_request, ClusterCa, ClusterSecret, Fingerprint, PkiError, NODE_CERT_LIFETIME};
+use crate::records::CaRotation;
 use crate::wire::PROTOCOL_VERSION;
 
 /// Largest enrolment message either side reads.
@@ -49,10 +53,27 @@ pub enum EnrolResponse {
     Refused(String),
 }
 
+/// What a member asks another for after a CA rotation, on a bidirectional
+/// stream of their authenticated connection: the key of the rotated CA.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaKeyRequest {
+    /// The fingerprint of the CA whose key is wanted.
+    pub wanted: Fingerprint,
+}
+
+/// The answer to a [`CaKeyRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum CaKeyResponse {
+    /// The CA key, PEM.
+    Key(String),
+    /// Not given, and why.
+    Refused(String),
+}
+
 /// The member side of enrolment: what it needs to admit joiners.
 pub struct Enroller {
-    /// The cluster CA, to sign joiners' certificates.
-    ca: ClusterCa,
+    /// The cluster CAs, to sign joiners' certificates (and this node's).
+    keyring: Mutex<Keyring>,
     /// The cluster secret joiners must present.
     secret: Mutex<ClusterSecret>,
     /// How long the certificates it issues are valid.
@@ -62,7 +83,7 @@ pub struct Enroller {
 impl Enroller {
     /// An enroller that signs with `ca` and admits holders of `secret`.
     pub fn new(ca: ClusterCa, secret: ClusterSecret) -> Self {
-        Self { ca, secret: Mutex::new(secret), lifetime: NODE_CERT_LIFETIME }
+        Self { keyring: Mutex::new(Keyring::new(ca)), secret: Mutex::new(secret), lifetime: NODE_CERT_LIFETIME }
     }
 
     /// The same, issuing certificates valid for `lifetime` (default
@@ -71,15 +92,61 @@ impl Enroller {
         Self { lifetime, ..self }
     }
 
-    /// The cluster CA's certificate.
-    pub fn ca_cert(&self) -> &CertificateDer<'static> {
-        self.ca.cert_der()
+    /// Runs `f` on the keyring.
+    pub fn keyring<R>(&self, f: impl FnOnce(&mut Keyring) -> R) -> R {
+        f(&mut self.keyring.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The certificate of the CA this member signs with.
+    pub fn ca_cert(&self) -> CertificateDer<'static> {
+        self.keyring(|k| k.signer().cert_der().clone())
+    }
+
+    /// The CA this member signs with, PEM: its certificate and its key.
+    pub fn ca_pem(&self) -> (String, String) {
+        self.keyring(|k| (k.signer().cert_pem(), k.signer().key_pem()))
     }
 
     /// A fresh certificate for the node whose key is `key` (this node's
     /// own, when it renews).
     pub fn issue(&self, key: &NodeKey) -> Result<CertificateDer<'static>, PkiError> {
-        self.ca.issue(key.id(), &certificate_request(key)?, self.lifetime)
+        let request = certificate_request(key)?;
+        self.keyring(|k| k.signer().issue(key.id(), &request, self.lifetime))
+    }
+
+    /// Takes the latest CA rotation record; returns whether it is news.
+    pub fn set_rotation(&self, rotation: CaRotation) -> bool {
+        self.keyring(|k| k.set_rotation(rotation))
+    }
+
+    /// The fingerprint of the rotated CA while this member lacks its key.
+    pub fn missing(&self) -> Option<Fingerprint> {
+        self.keyring(|k| k.missing())
+    }
+
+    /// Adopts the rotated CA from its PEM key (fetched from a member).
+    pub fn adopt(&self, key_pem: &str) -> Result<(), String> {
+        self.keyring(|k| {
+            let rotation = k.rotation().ok_or("no CA rotation is known")?;
+            let cert_pem = crate::pki::to_pem("CERTIFICATE", &rotation.cert_der);
+            let ca = ClusterCa::from_pem(&cert_pem, key_pem).map_err(|e| e.to_string())?;
+            k.adopt(ca).map_err(|e| e.to_string())
+        })
+    }
+
+    /// The rotated CA's key for member `node`, if it may have it.
+    pub fn key_for(&self, node: NodeId, wanted: Fingerprint) -> Result<String, KeyringError> {
+        self.keyring(|k| k.key_for(node, wanted))
+    }
+
+    /// The CAs a peer's certificate may chain to now.
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.keyring(|k| k.roots(unix_ms()))
+    }
+
+    /// Whether member `node` may connect with `cert` now (see [`Keyring::admits`]).
+    pub fn admits(&self, node: NodeId, cert: &[u8]) -> bool {
+        self.keyring(|k| k.admits(node, cert, unix_ms()))
     }
 
     /// Replaces the secret joiners must present (a rotation): tokens with
@@ -99,14 +166,22 @@ impl Enroller {
         if !self.secret.lock().unwrap_or_else(PoisonError::into_inner).matches(&ClusterSecret(request.secret)) {
             return EnrolResponse::Refused("the join token is not valid for this cluster".into());
         }
-        match self.ca.issue(request.node, &request.csr_der, self.lifetime) {
-            Ok(cert) => EnrolResponse::Admitted {
-                cert_der: cert.to_vec(),
-                ca_cert_der: self.ca.cert_der().to_vec(),
-                ca_key_pem: self.ca.key_pem(),
-            },
-            Err(error) => EnrolResponse::Refused(format!("bad certificate request: {error}")),
-        }
+        self.keyring(|k| {
+            if k.missing().is_some() {
+                return EnrolResponse::Refused(
+                    "this member is switching to a rotated cluster CA; try again in a few seconds".into(),
+                );
+            }
+            let ca = k.signer();
+            match ca.issue(request.node, &request.csr_der, self.lifetime) {
+                Ok(cert) => EnrolResponse::Admitted {
+                    cert_der: cert.to_vec(),
+                    ca_cert_der: ca.cert_der().to_vec(),
+                    ca_key_pem: ca.key_pem(),
+                },
+                Err(error) => EnrolResponse::Refused(format!("bad certificate request: {error}")),
+            }
+        })
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`node_key`]: a node's Ed25519 identity key, whose hash is its id and
 //!   which signs its records.
 //! - [`pki`] and [`enrol`]: the cluster CA, node certificates, join tokens
-//!   and how a new node gets its certificate.
+//!   and how a new node gets its certificate; [`keyring`]: the CAs a
+//!   member holds and trusts through a CA rotation.
 //!
 //! # Why SWIM travels as QUIC datagrams
 //!
@@ -34,6 +35,7 @@ pub mod core;
 pub mod driver;
 pub mod enrol;
 pub mod identity;
+pub mod keyring;
 pub mod node_key;
 pub mod pki;
 pub mod records;
@@ -44,6 +46,6 @@ pub mod wire;
 mod timers;
 
 pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, Status};
-pub use crate::driver::{CurrentView, JoinError, Membership};
+pub use crate::driver::{CurrentView, JoinError, Membership, RotateError};
 pub use crate::identity::{NodeId, NodeIdentity};
 pub use crate::node_key::NodeKey;

@@ -7,8 +7,8 @@
 //! before it trusts anything, and the cluster secret, which proves to that
 //! peer that the joiner may enrol. An enrolled node receives the CA key too,
 //! so that any member can enrol the next joiner: there is no central
-//! authority to be down. (Removing a node for good therefore means rotating
-//! the CA; that is for a later change.)
+//! authority to be down. Removing a node for good therefore also means
+//! rotating the CA (see [`crate::keyring`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,6 +48,12 @@ pub enum PkiError {
     /// carry (a node id is the hash of its key; see [`crate::node_key`]).
     #[error("the key is not the identity key of node {0}")]
     NotTheNodesKey(NodeId),
+    /// A CA key was paired with a certificate for another key.
+    #[error("the CA key does not match the CA certificate")]
+    KeyDoesNotMatch,
+    /// A certificate could not be parsed.
+    #[error("unreadable certificate")]
+    Unreadable,
 }
 
 /// The bytes of a SHA-256 digest.
@@ -74,20 +80,37 @@ impl fmt::Debug for ClusterCa {
 }
 
 impl ClusterCa {
-    /// A new CA for a new cluster.
+    /// A new CA, for a new cluster or a rotation. Each has its own name,
+    /// so a certificate's issuer tells which CA signed it.
     pub fn generate() -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "mesh cluster CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
+        let tag: [u8; 8] = rand::random();
+        let name = format!("mesh cluster CA {}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let cert = ca_params(&name)?.self_signed(&key)?;
         Ok(Self { cert_der: cert.der().clone(), key })
     }
 
-    /// Loads a CA from its PEM certificate and PEM private key.
+    /// `newer`'s certificate signed by this CA: presented beside a node
+    /// certificate from `newer`, it lets a member that trusts only this CA
+    /// verify that node during a rotation's grace period.
+    pub fn cross_sign(&self, newer: &ClusterCa) -> Result<CertificateDer<'static>, PkiError> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(&newer.cert_der).map_err(|_| PkiError::Unreadable)?;
+        let name = parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+        let params = ca_params(name.ok_or(PkiError::Unreadable)?)?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
+        Ok(params.signed_by(&newer.key, &issuer)?.der().clone())
+    }
+
+    /// Loads a CA from its PEM certificate and PEM private key, which must
+    /// be the certificate's.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        Ok(Self { cert_der: pem_cert(cert_pem)?, key: KeyPair::from_pem(key_pem)? })
+        let cert_der = pem_cert(cert_pem)?;
+        let key = KeyPair::from_pem(key_pem)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der).map_err(|_| PkiError::Unreadable)?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(PkiError::KeyDoesNotMatch);
+        }
+        Ok(Self { cert_der, key })
     }
 
     /// The CA certificate, PEM.
@@ -133,6 +156,14 @@ impl ClusterCa {
     }
 }
 
+fn ca_params(name: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
 fn node_cert_params(node: NodeId) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned(), node.cert_name()])?;
     params.distinguished_name.push(DnType::CommonName, node.cert_name());
@@ -150,12 +181,20 @@ pub struct NodeCredentials {
     pub key: PrivatePkcs8KeyDer<'static>,
     /// The cluster CA certificate.
     pub ca_cert: CertificateDer<'static>,
+    /// During a CA rotation's grace period, the CA's certificate signed by
+    /// the CA it replaces (see [`ClusterCa::cross_sign`]).
+    pub cross: Option<CertificateDer<'static>>,
 }
 
 impl NodeCredentials {
     /// The credentials of the node whose identity key is `key`.
     pub fn new(cert: CertificateDer<'static>, key: &NodeKey, ca_cert: CertificateDer<'static>) -> Self {
-        Self { cert, key: key.pkcs8().into(), ca_cert }
+        Self { cert, key: key.pkcs8().into(), ca_cert, cross: None }
+    }
+
+    /// The same, presenting `cross` too.
+    pub fn with_cross(self, cross: Option<CertificateDer<'static>>) -> Self {
+        Self { cross, ..self }
     }
 
     /// The private key in the form rustls takes.
@@ -164,9 +203,10 @@ impl NodeCredentials {
     }
 
     /// The chain a node presents: its certificate, then the CA's (so an
-    /// enrolling peer can check the CA against its token's fingerprint).
+    /// enrolling peer can check the CA against its token's fingerprint),
+    /// then the cross-signed one if any.
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.cert.clone(), self.ca_cert.clone()]
+        [self.cert.clone(), self.ca_cert.clone()].into_iter().chain(self.cross.clone()).collect()
     }
 }
 
@@ -204,6 +244,23 @@ pub fn node_id_of(cert: &[u8]) -> Result<NodeId, PkiError> {
         return Err(PkiError::NotTheNodesKey(node));
     }
     Ok(node)
+}
+
+/// Whether `der` is one whole X.509 certificate.
+pub fn is_certificate(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(rest, _)| rest.is_empty())
+}
+
+/// Whether `cert` names `ca` as its issuer. CAs have distinct names (see
+/// [`ClusterCa::generate`]), so once TLS has verified a chain this tells
+/// which of the trusted CAs signed it.
+pub fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) =
+        (x509_parser::parse_x509_certificate(cert), x509_parser::parse_x509_certificate(ca))
+    else {
+        return false;
+    };
+    cert.issuer().as_raw() == ca.subject().as_raw()
 }
 
 /// Parses the first certificate in PEM text.
@@ -368,6 +425,34 @@ mod tests {
         let issuer = Issuer::from_ca_cert_der(ca.cert_der(), &ca.key)?;
         let minted = params.signed_by(&KeyPair::try_from(forger.pkcs8().as_slice())?, &issuer)?;
         assert!(matches!(node_id_of(minted.der()), Err(PkiError::NotTheNodesKey(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_cross_signed_ca_lets_a_node_of_the_new_ca_be_verified_by_the_old_one() -> Result<(), PkiError> {
+        use rustls::client::danger::ServerCertVerifier;
+        let (old, new) = (ClusterCa::generate()?, ClusterCa::generate()?);
+        assert!(ClusterCa::from_pem(&new.cert_pem(), &old.key_pem()).is_err(), "a key is checked against its CA");
+        let key = NodeKey::generate();
+        let cert = new.issue(key.id(), &certificate_request(&key)?, Duration::from_secs(3600))?;
+        assert!(issued_by(&cert, new.cert_der()) && !issued_by(&cert, old.cert_der()));
+        let verify = |root: &ClusterCa, chain: &[CertificateDer<'static>]| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(root.cert_der().clone()).map_err(|_| PkiError::Unreadable)?;
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .map_err(|_| PkiError::Unreadable)?;
+            let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(|_| PkiError::Unreadable)?;
+            let now = rustls::pki_types::UnixTime::now();
+            Ok::<_, PkiError>(verifier.verify_server_cert(&cert, chain, &name, &[], now).is_ok())
+        };
+        let creds = NodeCredentials::new(cert.clone(), &key, new.cert_der().clone());
+        assert!(verify(&new, &creds.chain()[1..])?);
+        assert!(!verify(&old, &creds.chain()[1..])?, "without the cross-signed CA the old one cannot tell");
+        let creds = creds.with_cross(Some(old.cross_sign(&new)?));
+        assert!(verify(&old, &creds.chain()[1..])?, "with it, it can");
+        assert!(verify(&new, &creds.chain()[1..])?);
         Ok(())
     }
 

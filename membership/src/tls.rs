@@ -35,9 +35,11 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
+fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone())?;
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -62,12 +64,15 @@ fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// The server side of every member: presents the node's certificate and
-/// asks for the client's. A client without one is let through the handshake
-/// only so it can enrol; the transport refuses it everything else.
-pub fn server_config(creds: &NodeCredentials) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_cert)?, provider())
-        .allow_unauthenticated()
-        .build()?;
+/// asks for the client's, which must chain to one of the CAs in `roots`. A
+/// client without one is let through the handshake only so it can enrol;
+/// the transport refuses it everything else.
+pub fn server_config(
+    creds: &NodeCredentials,
+    roots: &[CertificateDer<'static>],
+) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider()).allow_unauthenticated().build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -78,13 +83,16 @@ pub fn server_config(creds: &NodeCredentials) -> Result<quinn::ServerConfig, Tls
     Ok(config)
 }
 
-/// The client side between members: verifies the server against the
-/// cluster CA and presents this node's certificate.
-pub fn member_client_config(creds: &NodeCredentials) -> Result<quinn::ClientConfig, TlsError> {
+/// The client side between members: verifies the server against the CAs
+/// in `roots` and presents this node's certificate.
+pub fn member_client_config(
+    creds: &NodeCredentials,
+    roots: &[CertificateDer<'static>],
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(&creds.ca_cert)?)
-        .with_client_auth_cert(vec![creds.cert.clone()], creds.private_key())?;
+        .with_root_certificates(root_store(roots)?)
+        .with_client_auth_cert(creds.chain(), creds.private_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     config.transport_config(transport());

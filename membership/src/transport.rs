@@ -2,24 +2,33 @@
 //! packets as datagrams, other frames on unidirectional streams, and
 //! enrolment on a bidirectional stream. Connections are opened lazily, one
 //! per peer, and identified by the node id in the peer's certificate.
+//!
+//! The transport also follows CA rotations (see [`crate::keyring`]): it
+//! trusts what the keyring trusts, fetches a rotated CA's key from peers,
+//! re-issues this node's certificate from it, and closes connections whose
+//! certificates stopped counting.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::enrol::{EnrolRequest, EnrolResponse, Enroller, MAX_ENROL_MESSAGE};
+use crate::enrol::{CaKeyRequest, CaKeyResponse, EnrolRequest, EnrolResponse, Enroller, MAX_ENROL_MESSAGE};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::keyring::unix_ms;
 use crate::node_key::NodeKey;
 use crate::pki::{
-    certificate_request, node_id_of, ClusterCa, ClusterSecret, JoinToken, NodeCredentials, PkiError, SERVER_NAME,
+    certificate_request, issued_by, node_id_of, ClusterCa, ClusterSecret, Fingerprint, JoinToken, NodeCredentials,
+    PkiError, SERVER_NAME,
 };
+use crate::records::CaRotation;
 use crate::tls::{self, TlsError};
 use crate::wire::PROTOCOL_VERSION;
 
@@ -32,6 +41,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const MAX_QUEUED: usize = 32;
 /// Largest frame read from a stream.
 const MAX_STREAM_FRAME: usize = 1024 * 1024;
+/// How often a member lacking a rotated CA's key asks its peers again.
+const FETCH_EVERY: Duration = Duration::from_secs(1);
 
 /// A frame received from an authenticated member.
 #[derive(Debug)]
@@ -96,6 +107,26 @@ pub struct Enrolled {
     pub ca: ClusterCa,
 }
 
+/// This node's cluster credentials as they should be saved: the CA it
+/// signs with and its own certificate. They change on renewal and when a
+/// rotated CA is adopted.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The CA's certificate, PEM.
+    pub ca_cert_pem: String,
+    /// The CA's key, PEM.
+    pub ca_key_pem: String,
+    /// This node's certificate, DER.
+    pub node_cert: CertificateDer<'static>,
+}
+
+/// What this node presents and trusts, derived from its keyring.
+struct Presented {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+    saved: Credentials,
+}
+
 enum Slot {
     Up(Connection),
     Connecting(Vec<(Vec<u8>, bool)>),
@@ -107,6 +138,12 @@ pub struct Transport {
     endpoint: Endpoint,
     /// What this node presents when it connects (replaced on renewal).
     client: Mutex<quinn::ClientConfig>,
+    /// This node's identity key, to re-issue its certificate.
+    key: NodeKey,
+    /// Its credentials as presented; the lock also orders their changes.
+    credentials: Mutex<watch::Sender<Credentials>>,
+    /// Whether a task is fetching a rotated CA's key.
+    fetching: AtomicBool,
     pool: Mutex<HashMap<NodeId, Slot>>,
     /// Members removed from the cluster, whose connections are refused.
     denied: Mutex<HashSet<NodeId>>,
@@ -116,19 +153,26 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts serving members and enrolments on `endpoint` with this node's
-    /// credentials. Frames from members arrive on the returned receiver.
+    /// Starts serving members and enrolments on `endpoint` as the node
+    /// whose identity key is `key` and certificate `cert` (re-issued if it
+    /// is not from the CA `enroller` signs with). Frames from members
+    /// arrive on the returned receiver.
     pub fn start(
         endpoint: Endpoint,
-        creds: &NodeCredentials,
+        key: &NodeKey,
+        cert: CertificateDer<'static>,
         enroller: Enroller,
         shutdown: CancellationToken,
-    ) -> Result<(Arc<Self>, mpsc::Receiver<Inbound>), TransportError> {
-        endpoint.set_server_config(Some(tls::server_config(creds)?));
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Inbound>), EnrolError> {
+        let presented = present(key, cert, &enroller, false)?;
+        endpoint.set_server_config(Some(presented.server));
         let (tx, rx) = mpsc::channel(4096);
         let transport = Arc::new(Self {
             endpoint,
-            client: Mutex::new(tls::member_client_config(creds)?),
+            client: Mutex::new(presented.client),
+            key: key.clone(),
+            credentials: Mutex::new(watch::Sender::new(presented.saved)),
+            fetching: AtomicBool::new(false),
             pool: Mutex::new(HashMap::new()),
             denied: Mutex::new(HashSet::new()),
             inbound: tx,
@@ -144,17 +188,164 @@ impl Transport {
         self.enroller.set_secret(secret);
     }
 
-    /// Gives this node (whose identity key is `key`) a fresh certificate
-    /// from its copy of the cluster CA, and presents it from now on, to
-    /// peers that connect and to peers it connects to. Connections up keep
-    /// going: nothing is interrupted. Returns the certificate, to be saved.
-    pub fn renew_certificate(&self, key: &NodeKey) -> Result<CertificateDer<'static>, EnrolError> {
-        let cert = self.enroller.issue(key)?;
-        let creds = NodeCredentials::new(cert.clone(), key, self.enroller.ca_cert().clone());
-        self.endpoint.set_server_config(Some(tls::server_config(&creds).map_err(TransportError::from)?));
-        *self.client.lock().unwrap_or_else(PoisonError::into_inner) =
-            tls::member_client_config(&creds).map_err(TransportError::from)?;
+    /// Gives this node a fresh certificate from its copy of the cluster
+    /// CA, and presents it from now on, to peers that connect and to peers
+    /// it connects to. Connections up keep going: nothing is interrupted.
+    /// Returns the certificate.
+    pub fn renew_certificate(&self) -> Result<CertificateDer<'static>, EnrolError> {
+        self.install(true)
+    }
+
+    /// This node's credentials as they should be saved, kept current.
+    pub fn watch_credentials(&self) -> watch::Receiver<Credentials> {
+        self.credentials.lock().unwrap_or_else(PoisonError::into_inner).subscribe()
+    }
+
+    /// The fingerprint of the CA this node signs with (the one its join
+    /// tokens pin).
+    pub fn ca_fingerprint(&self) -> Fingerprint {
+        crate::pki::fingerprint(&self.ca_cert())
+    }
+
+    /// The certificate of the CA this node signs with.
+    pub fn ca_cert(&self) -> CertificateDer<'static> {
+        self.enroller.ca_cert()
+    }
+
+    /// `newer`'s certificate signed by the CA this node signs with.
+    pub fn cross_sign(&self, newer: &ClusterCa) -> Result<CertificateDer<'static>, PkiError> {
+        self.enroller.keyring(|k| k.signer().cross_sign(newer))
+    }
+
+    /// Presents and trusts what the keyring says now; re-issues this node's
+    /// certificate if `reissue`, or if it is not from the CA it signs with.
+    fn install(&self, reissue: bool) -> Result<CertificateDer<'static>, EnrolError> {
+        let credentials = self.credentials.lock().unwrap_or_else(PoisonError::into_inner);
+        let cert = credentials.borrow().node_cert.clone();
+        let presented = present(&self.key, cert, &self.enroller, reissue)?;
+        self.endpoint.set_server_config(Some(presented.server));
+        *self.client.lock().unwrap_or_else(PoisonError::into_inner) = presented.client;
+        let cert = presented.saved.node_cert.clone();
+        credentials.send_if_modified(|saved| {
+            let changed =
+                saved.node_cert != presented.saved.node_cert || saved.ca_key_pem != presented.saved.ca_key_pem;
+            *saved = presented.saved;
+            changed
+        });
         Ok(cert)
+    }
+
+    /// Follows the latest CA rotation record: trusts the new CA, fetches
+    /// its key from peers if this node lacks it, and stops trusting the
+    /// previous CA when the grace period ends.
+    pub fn set_ca_rotation(self: &Arc<Self>, rotation: CaRotation) {
+        if !self.enroller.set_rotation(rotation.clone()) {
+            return;
+        }
+        tracing::info!(grace_ends_ms = rotation.grace_ends_ms(), "the cluster CA was rotated");
+        self.after_rotation(rotation.grace_ends_ms());
+    }
+
+    /// Starts a CA rotation made on this node: `ca` is the new CA, which
+    /// `rotation` names.
+    pub fn rotate_ca(self: &Arc<Self>, ca: ClusterCa, rotation: CaRotation) -> Result<(), String> {
+        let grace_ends_ms = rotation.grace_ends_ms();
+        self.enroller.keyring(|k| k.rotate(ca, rotation)).map_err(|e| e.to_string())?;
+        self.after_rotation(grace_ends_ms);
+        Ok(())
+    }
+
+    fn after_rotation(self: &Arc<Self>, grace_ends_ms: u64) {
+        if let Err(error) = self.install(false) {
+            tracing::warn!(%error, "cannot present a certificate from the rotated CA yet");
+        }
+        if self.enroller.missing().is_some() && !self.fetching.swap(true, Ordering::SeqCst) {
+            tokio::spawn(Arc::clone(self).fetch_ca_key());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let wait = Duration::from_millis(grace_ends_ms.saturating_sub(unix_ms()));
+            tokio::select! {
+                () = this.shutdown.cancelled() => {}
+                () = tokio::time::sleep(wait) => this.end_grace(),
+            }
+        });
+    }
+
+    /// After a rotation's grace period: only the rotated CA counts, and
+    /// connections with certificates from another close.
+    fn end_grace(&self) {
+        if let Err(error) = self.install(false) {
+            tracing::warn!(%error, "cannot drop the previous CA");
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.retain(|&node, slot| match slot {
+            Slot::Up(conn) if !peer_cert(conn).is_some_and(|cert| self.enroller.admits(node, &cert)) => {
+                conn.close(0u32.into(), b"certificate from a replaced cluster CA");
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Asks connected peers for the rotated CA's key until one gives it.
+    async fn fetch_ca_key(self: Arc<Self>) {
+        while let Some(wanted) = self.enroller.missing() {
+            let peers: Vec<(NodeId, Connection)> = {
+                let pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                pool.iter()
+                    .filter_map(|(node, slot)| match slot {
+                        Slot::Up(conn) => Some((*node, conn.clone())),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            for (node, conn) in peers {
+                match request_ca_key(&conn, wanted).await {
+                    Ok(key_pem) => match self.enroller.adopt(&key_pem) {
+                        Ok(()) => {
+                            tracing::info!(from = %node, "adopted the rotated cluster CA");
+                            if let Err(error) = self.install(false) {
+                                tracing::warn!(%error, "cannot present a certificate from the rotated CA");
+                            }
+                            break;
+                        }
+                        Err(error) => tracing::warn!(from = %node, %error, "a peer sent an unusable CA key"),
+                    },
+                    Err(error) => tracing::debug!(peer = %node, %error, "no CA key from this peer"),
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep(FETCH_EVERY) => {}
+            }
+        }
+        self.fetching.store(false, Ordering::SeqCst);
+    }
+
+    /// Answers a member's request for the rotated CA's key.
+    async fn serve_ca_key(self: Arc<Self>, node: NodeId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let served = async {
+            let bytes = recv.read_to_end(MAX_ENROL_MESSAGE).await?;
+            let response = match postcard::from_bytes::<CaKeyRequest>(&bytes) {
+                Ok(request) => match self.enroller.key_for(node, request.wanted) {
+                    Ok(key_pem) => {
+                        tracing::info!(to = %node, "handed the rotated cluster CA's key to a member");
+                        CaKeyResponse::Key(key_pem)
+                    }
+                    Err(why) => CaKeyResponse::Refused(why.to_string()),
+                },
+                Err(error) => CaKeyResponse::Refused(format!("malformed request: {error}")),
+            };
+            send.write_all(&postcard::to_allocvec(&response)?).await?;
+            send.finish()?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, served).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(peer = %node, %error, "CA key request failed"),
+            Err(_) => tracing::debug!(peer = %node, "CA key request timed out"),
+        }
     }
 
     /// Refuses member `node` from now on: its connection is closed, and
@@ -266,6 +457,12 @@ impl Transport {
             self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node);
             return;
         }
+        if !peer_cert(&conn).is_some_and(|cert| self.enroller.admits(node, &cert)) {
+            tracing::info!(peer = %node, "refused a certificate from a replaced cluster CA");
+            conn.close(0u32.into(), b"certificate from a replaced cluster CA");
+            self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node);
+            return;
+        }
         let previous = self.pool.lock().unwrap_or_else(PoisonError::into_inner).insert(node, Slot::Up(conn.clone()));
         if let Some(Slot::Connecting(queue)) = previous {
             for (payload, reliable) in queue {
@@ -304,6 +501,13 @@ impl Transport {
                 () = self.shutdown.cancelled() => break,
                 datagram = conn.read_datagram() => match datagram {
                     Ok(bytes) => bytes.to_vec(),
+                    Err(_) => break,
+                },
+                stream = conn.accept_bi() => match stream {
+                    Ok((send, recv)) => {
+                        tokio::spawn(Arc::clone(&self).serve_ca_key(node, send, recv));
+                        continue;
+                    }
                     Err(_) => break,
                 },
                 stream = conn.accept_uni() => match stream {
@@ -373,10 +577,56 @@ async fn dial(
     }
 }
 
+/// The certificate a connection's peer presented.
+fn peer_cert(conn: &Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
 /// The node named by the certificate a connection's peer presented.
 fn peer_node(conn: &Connection) -> Option<NodeId> {
-    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    node_id_of(certs.first()?).ok()
+    node_id_of(&peer_cert(conn)?).ok()
+}
+
+/// What the node whose key is `key` presents and trusts, from its keyring:
+/// `cert`, or a new certificate if `reissue` or if `cert` is not from the
+/// CA it signs with.
+fn present(
+    key: &NodeKey,
+    cert: CertificateDer<'static>,
+    enroller: &Enroller,
+    reissue: bool,
+) -> Result<Presented, EnrolError> {
+    let (ca_cert, (ca_cert_pem, ca_key_pem), roots, cross) = enroller.keyring(|k| {
+        let signer = k.signer();
+        let now_ms = unix_ms();
+        (signer.cert_der().clone(), (signer.cert_pem(), signer.key_pem()), k.roots(now_ms), k.cross(now_ms))
+    });
+    let cert = if reissue || !issued_by(&cert, &ca_cert) { enroller.issue(key)? } else { cert };
+    let creds = NodeCredentials::new(cert.clone(), key, ca_cert).with_cross(cross);
+    let tls = |e: crate::tls::TlsError| EnrolError::Transport(TransportError::Tls(e));
+    Ok(Presented {
+        server: tls::server_config(&creds, &roots).map_err(tls)?,
+        client: tls::member_client_config(&creds, &roots).map_err(tls)?,
+        saved: Credentials { ca_cert_pem, ca_key_pem, node_cert: cert },
+    })
+}
+
+/// Asks the member at the other end of `conn` for the key of the CA whose
+/// fingerprint is `wanted`.
+async fn request_ca_key(conn: &Connection, wanted: Fingerprint) -> Result<String, String> {
+    let asked = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let request = postcard::to_allocvec(&CaKeyRequest { wanted }).map_err(|e| e.to_string())?;
+        send.write_all(&request).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let answer = recv.read_to_end(MAX_ENROL_MESSAGE).await.map_err(|e| e.to_string())?;
+        match postcard::from_bytes::<CaKeyResponse>(&answer).map_err(|e| e.to_string())? {
+            CaKeyResponse::Key(key_pem) => Ok(key_pem),
+            CaKeyResponse::Refused(why) => Err(why),
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, asked).await.map_err(|_| "no answer in time".to_owned())?
 }
 
 /// Enrols this node (whose identity key is `key`) into the cluster `token`

@@ -16,7 +16,7 @@ use mesh_dns::answer::{answer, encode as encode_dns, Outcome};
 use mesh_dns::table::{Endpoint as DnsEndpoint, NameTable, Scope};
 use mesh_membership::enrol::{EnrolRequest, Enroller};
 use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken};
-use mesh_membership::records::{EndpointSpec, NetworkId, NetworkSpec, Record, RecordKey, Value};
+use mesh_membership::records::{CaRotation, EndpointSpec, NetworkId, NetworkSpec, Record, RecordKey, Value};
 use mesh_membership::wire::{self, Frame, PROTOCOL_VERSION};
 use mesh_membership::{Core, Owned};
 use rand::rngs::StdRng;
@@ -123,7 +123,8 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
             vec![JoinToken { ca_fingerprint: [3; 32], secret: ClusterSecret([7; 32]) }.to_string().into_bytes()]
         }
         Target::SavedRecords => {
-            let owned = Owned { next_version: 9, endpoints: sample_records()[..1].to_vec(), networks: Vec::new() };
+            let records = sample_records();
+            let owned = Owned { next_version: 9, endpoints: records[..1].to_vec(), networks: records[1..].to_vec() };
             vec![serde_json::to_vec(&owned).unwrap_or_default()]
         }
     }
@@ -136,7 +137,22 @@ fn sample_records() -> Vec<Record> {
     let endpoint = Record::signed(spec.key(key.id(), "svc1"), 3, Value::Endpoint(spec), &key);
     let network = NetworkSpec::overlay("dev", 10, "10.0.0.0/24".parse().unwrap_or_default(), 1);
     let id = NetworkId { creator: key.id(), serial: 1 };
-    vec![endpoint, Record::signed(RecordKey::Network(id), 1, Value::Network(network), &key)]
+    let mut records = vec![endpoint, Record::signed(RecordKey::Network(id), 1, Value::Network(network), &key)];
+    records.extend(sample_rotation().map(|rotation| Record::signed(RecordKey::ClusterCa, 1, rotation, &key)));
+    records
+}
+
+/// A CA rotation listing node 1.
+fn sample_rotation() -> Option<Value> {
+    let (old, new) = (ClusterCa::generate().ok()?, ClusterCa::generate().ok()?);
+    Some(Value::ClusterCa(CaRotation {
+        cert_der: new.cert_der().to_vec(),
+        previous_der: old.cert_der().to_vec(),
+        cross_der: old.cross_sign(&new).ok()?.to_vec(),
+        members: vec![node_key(1).id()],
+        rotated_ms: 1,
+        grace_ms: 1_000,
+    }))
 }
 
 fn frame_seeds() -> Vec<Vec<u8>> {

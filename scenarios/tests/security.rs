@@ -359,3 +359,86 @@ fn certificates_are_renewed_before_they_expire_without_a_break() -> anyhow::Resu
     println!("{} certificates of h2 in 25 s; after a restart, h3 back in {took:?}", seen.len());
     Ok(())
 }
+
+/// `mesh token` on host `i`.
+fn token(lab: &Lab, i: usize) -> anyhow::Result<String> {
+    Ok(lab.mesh_ok(i, &["token"])?.trim().to_owned())
+}
+
+#[test]
+fn a_ca_rotation_shuts_out_what_a_removed_member_mints_and_keeps_every_member() -> anyhow::Result<()> {
+    const GRACE: Duration = Duration::from_secs(20);
+    let mut lab = Lab::new(4)?;
+    let old = lab.form_cluster()?;
+    lab.mesh_ok(1, &["network", "create", "dev"])?;
+    lab.wait_for("dev on every host", CONVERGE, |lab| Ok((1..=4).all(|i| inspect(lab, i, "dev").is_ok())))?;
+    lab.mesh_ok(1, &["sandbox", "create", "s1", "--network", "dev"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "s2", "--network", "dev"])?;
+
+    // h3 is removed, but holds the CA: an identity it mints is let in.
+    lab.mesh_ok(1, &["remove", "h3"])?;
+    lab.wait_for("h3 gone from h2", CONVERGE, |lab| Ok(!lists(lab, 2, "h3")?))?;
+    let minted = rogue::RogueCredentials::minted_with(&lab, 3)?;
+    let before = rogue::connect_as(&lab, 3, 2, &minted)?;
+    ensure!(matches!(before, rogue::Reception::Kept(_)), "before a rotation the CA admits anyone: {before:?}");
+
+    // h4 is down through the rotation; its old credentials are kept for later.
+    let h4_old = rogue::RogueCredentials::of_host(&lab, 4)?;
+    lab.terminate(4)?;
+    let ca_before = std::fs::read_to_string(lab.data_dir(1).join("pki/ca.pem"))?;
+    let rotated_at = Instant::now();
+    let new = lab.mesh_ok(1, &["ca", "rotate", "--grace-secs", &GRACE.as_secs().to_string()])?.trim().to_owned();
+    ensure!(new != old && new.starts_with("mesh1."), "a new token: {new}");
+    let took = lab.wait_for("h2 adopts the new CA", CONVERGE, |lab| Ok(token(lab, 2)? == new))?;
+    println!("h2 adopted the rotated CA {took:?} after the rotation");
+    let saved = |lab: &Lab, i: usize| std::fs::read_to_string(lab.data_dir(i).join("pki/ca.pem"));
+    lab.wait_for("h1 and h2 save the new CA", CONVERGE, |lab| {
+        Ok(saved(lab, 1)? != ca_before && saved(lab, 2)? == saved(lab, 1)?)
+    })?;
+
+    // What h3 mints from the old CA is refused at once, grace or not.
+    let after = rogue::connect_as(&lab, 3, 2, &rogue::RogueCredentials::minted_with(&lab, 3)?)?;
+    ensure!(matches!(after, rogue::Reception::Refused(_)), "a minted identity is refused: {after:?}");
+    // A listed member's old certificate counts in the grace period, and gets the new key.
+    let listed = rogue::connect_as(&lab, 4, 2, &h4_old)?;
+    ensure!(listed == rogue::Reception::Kept(Ok(())), "h4's old certificate counts in the grace period: {listed:?}");
+
+    // h4, back within the grace period, switches too.
+    lab.start_agent(4, &[])?;
+    let took = lab.wait_for("h4 adopts the new CA", CONVERGE, |lab| Ok(token(lab, 4)? == new))?;
+    println!("h4, restarted within the grace period, adopted the rotated CA in {took:?}");
+
+    // The old token admits no one; a wiped h3 comes in with the new one as a new node.
+    lab.terminate(3)?;
+    std::fs::remove_dir_all(lab.data_dir(3))?;
+    lab.start_agent(3, &[])?;
+    let refused = lab.mesh(3, &["join", &lab.agent_addr(2), "--token", &old])?;
+    ensure!(!refused.success, "the old token is refused: {}", refused.stdout);
+    lab.mesh_ok(3, &["join", &lab.agent_addr(2), "--token", &new])?;
+
+    // After the grace period only the new CA counts: h4's old certificate
+    // is refused, and every member is still up and reachable.
+    std::thread::sleep(GRACE.saturating_sub(rotated_at.elapsed()) + Duration::from_secs(1));
+    let late = rogue::connect_as(&lab, 4, 2, &h4_old)?;
+    ensure!(
+        matches!(late, rogue::Reception::Refused(_)),
+        "after the grace period an old certificate is refused: {late:?}"
+    );
+    let all_alive = |lab: &Lab| -> anyhow::Result<bool> {
+        Ok([1, 2, 4].iter().all(|&i| {
+            lab.members_api(i).is_ok_and(|m| {
+                ["h1", "h2", "h4"].iter().all(|name| m.iter().any(|m| m.name == *name && m.status == "alive"))
+            })
+        }))
+    };
+    lab.wait_for("h1, h2 and h4 alive everywhere", CONVERGE, all_alive)?;
+    let s1 = resolve(&lab, 2, "s2", "s1")?;
+    ensure!(!s1.is_empty(), "s1 resolves from s2");
+    ensure!(lab.sandbox_exec(2, "s2", "ping", &["-c", "1", "-W", "2", &s1])?.success, "s2 pings s1 at {s1}");
+    // A restarted member comes back with the CA it saved.
+    lab.terminate(2)?;
+    lab.start_agent(2, &[])?;
+    let took = lab.wait_for("h2 back everywhere", CONVERGE, all_alive)?;
+    println!("after the grace period, a restarted h2 was back in {took:?}");
+    Ok(())
+}

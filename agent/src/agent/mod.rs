@@ -18,7 +18,7 @@ use std::time::Duration;
 use mesh_membership::enrol::Enroller;
 use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
 use mesh_membership::transport::{enrol, Transport};
-use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey};
+use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey, RotateError};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{MemberBody, StatusBody};
@@ -29,6 +29,9 @@ use crate::names::SandboxDns;
 
 /// How many peer addresses the data dir remembers for rejoining.
 const MAX_REMEMBERED_PEERS: usize = 256;
+/// Shortest and longest grace period of a CA rotation.
+const MIN_CA_GRACE: Duration = Duration::from_secs(1);
+const MAX_CA_GRACE: Duration = Duration::from_secs(30 * 86_400);
 
 /// Why an operation failed, in terms a client can act on.
 #[derive(Debug, thiserror::Error)]
@@ -222,8 +225,12 @@ impl Agent {
     /// rotation.
     pub(crate) fn token(&self) -> Result<JoinToken, AgentError> {
         let token = self.session_token().ok_or_else(|| AgentError::Conflict(NOT_IN_CLUSTER.into()))?;
-        let rotated = self.membership().and_then(|m| m.watch_view().borrow().join_secret);
-        Ok(JoinToken { secret: rotated.map_or(token.secret, ClusterSecret), ..token })
+        let membership = self.require_membership()?;
+        let rotated = membership.watch_view().borrow().join_secret;
+        Ok(JoinToken {
+            ca_fingerprint: membership.ca_fingerprint(),
+            secret: rotated.map_or(token.secret, ClusterSecret),
+        })
     }
 
     /// Rotates the join secret on every member; returns the new token.
@@ -238,6 +245,27 @@ impl Agent {
             .map_err(networks::publish_error)?;
         tracing::info!("rotated the join secret: earlier tokens admit no one");
         Ok(JoinToken { secret, ..self.token()? })
+    }
+
+    /// Rotates the cluster CA, then the join secret, on every member;
+    /// certificates from the old CA count for `grace` more (for members
+    /// known now). Returns the new token.
+    pub(crate) async fn rotate_ca(&self, grace: Duration) -> Result<JoinToken, AgentError> {
+        if !(MIN_CA_GRACE..=MAX_CA_GRACE).contains(&grace) {
+            return Err(AgentError::BadRequest(format!(
+                "the grace period must be {} to {} seconds",
+                MIN_CA_GRACE.as_secs(),
+                MAX_CA_GRACE.as_secs()
+            )));
+        }
+        let membership = self.require_membership()?;
+        let ca = ClusterCa::generate().map_err(anyhow::Error::from)?;
+        membership.rotate_ca(ca, grace).await.map_err(|error| match error {
+            RotateError::Publish(error) => networks::publish_error(error),
+            other => AgentError::Internal(other.into()),
+        })?;
+        tracing::info!(grace_secs = grace.as_secs(), "rotated the cluster CA");
+        self.rotate_token().await
     }
 
     /// Removes a member (by name or node id) from the cluster for good.
@@ -379,7 +407,7 @@ impl Agent {
         let token = files.token();
         let enroller = Enroller::new(files.ca, files.secret).with_cert_lifetime(self.cert_lifetime);
         let (transport, inbound) =
-            Transport::start(self.endpoint.clone(), &files.creds, enroller, self.shutdown.child_token())
+            Transport::start(self.endpoint.clone(), &self.key, files.creds.cert, enroller, self.shutdown.child_token())
                 .map_err(anyhow::Error::from)?;
         let mut core = Core::new(identity, self.key.clone(), rand::random());
         core.set_wall_clock(std::time::Instant::now(), unix_ms());
@@ -390,12 +418,7 @@ impl Agent {
         let (membership, _task) = Membership::spawn(core, transport, inbound, state.peers, self.shutdown.child_token());
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
         tokio::spawn(crate::upkeep::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
-        tokio::spawn(crate::renewal::run(
-            membership.clone(),
-            self.datadir.clone(),
-            self.key.clone(),
-            self.shutdown.child_token(),
-        ));
+        tokio::spawn(crate::credentials::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
         tokio::spawn(Arc::clone(&self.dataplane).run(membership.clone(), self.shutdown.child_token()));
         tokio::spawn(Arc::clone(&self.dns).follow(membership.clone()));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =

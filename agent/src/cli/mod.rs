@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, the doc comments are the help.
 
 mod agent;
+mod ca;
 mod init;
 mod join;
 mod leave;
@@ -45,9 +46,11 @@ enum Command {
     /// List the cluster's members and their status.
     Members(OutputOpts),
     /// Remove a member from the cluster for good: its certificate is
-    /// refused everywhere and its sandboxes are withdrawn. Rotate the token
-    /// too if the node could still hold it.
+    /// refused everywhere and its sandboxes are withdrawn. Then `mesh ca
+    /// rotate`: the node still holds the cluster CA and the token.
     Remove(remove::RemoveArgs),
+    /// Rotate the cluster CA (`rotate`).
+    Ca(ca::CaArgs),
     /// Show this node and the cluster at a glance.
     Status(OutputOpts),
     /// Create, list, inspect and remove networks.
@@ -107,6 +110,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Command::Leave(opts) => leave::run(&opts).await,
             Command::Members(opts) => members::run(&opts).await,
             Command::Remove(args) => remove::run(&args).await,
+            Command::Ca(args) => ca::run(&args).await,
             Command::Status(opts) => status::run(&opts).await,
             Command::Network(args) => network::run(&args).await,
             Command::Sandbox(args) => sandbox::run(&args).await,

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError};
 use crate::api::{
-    self, ChangesBody, ChangesQuery, Done, ErrorBody, JoinBody, MemberBody, NetworkBody, NetworkCreateBody,
-    SandboxBody, SandboxCreateBody, StatusBody, TokenBody,
+    self, CaRotateBody, ChangesBody, ChangesQuery, Done, ErrorBody, JoinBody, MemberBody, NetworkBody,
+    NetworkCreateBody, SandboxBody, SandboxCreateBody, StatusBody, TokenBody,
 };
 
 impl IntoResponse for AgentError {
@@ -56,6 +56,15 @@ async fn token(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
 
 async fn token_rotate(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
     Ok(Json(TokenBody { token: agent.rotate_token().await?.to_string() }))
+}
+
+async fn ca_rotate(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Json<CaRotateBody>, JsonRejection>,
+) -> Reply<TokenBody> {
+    let Json(body) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    let grace = std::time::Duration::from_secs(body.grace_secs);
+    Ok(Json(TokenBody { token: agent.rotate_ca(grace).await?.to_string() }))
 }
 
 async fn member_remove(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> Reply<Done> {
@@ -156,6 +165,7 @@ pub(crate) async fn serve(
         .route(api::JOIN, post(join))
         .route(api::TOKEN, get(token))
         .route(api::TOKEN_ROTATE, post(token_rotate))
+        .route(api::CA_ROTATE, post(ca_rotate))
         .route(api::MEMBER, delete(member_remove))
         .route(api::LEAVE, post(leave))
         .route(api::MEMBERS, get(members))

@@ -1,5 +1,6 @@
-//! The core's cluster-control half: rotating the join secret and removing
-//! members for good. Both are records any member may write (see
+//! The core's cluster-control half: rotating the join secret or the
+//! cluster CA, and removing members for good. All are records any member
+//! may write (see
 //! [`crate::records`]), so they reach every member the way networks do and
 //! survive restarts in [`Owned`](super::Owned).
 //!
@@ -14,7 +15,7 @@ use foca::{Member, State};
 use super::records::PublishError;
 use super::{Core, CoreError, Event};
 use crate::identity::NodeId;
-use crate::records::{Record, RecordKey, Value};
+use crate::records::{CaRotation, Record, RecordKey, Value};
 
 impl Core {
     /// Rotates the join secret: from now on, on every member, only tokens
@@ -32,6 +33,37 @@ impl Core {
     pub fn join_secret(&self) -> Option<[u8; 32]> {
         match self.record(&RecordKey::JoinSecret)?.value {
             Value::JoinSecret { secret, .. } => Some(secret),
+            _ => None,
+        }
+    }
+
+    /// Announces a new cluster CA: `rotation`'s certificates and grace
+    /// period, with its version, time and members filled in here. The new
+    /// CA's key may go to the members known now (removed ones left out),
+    /// and their certificates from the previous CA count for the grace
+    /// period. Returns the rotation as published.
+    pub fn rotate_ca(&mut self, now: Instant, rotation: CaRotation) -> Result<CaRotation, PublishError> {
+        self.tick(now);
+        let version = self.record(&RecordKey::ClusterCa).map_or(1, |r| r.version + 1);
+        let members = self
+            .swim
+            .iter_membership_state()
+            .map(|m| m.id().id)
+            .chain([self.identity().id])
+            .filter(|&id| !self.is_removed(id))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let rotation = CaRotation { members, rotated_ms: self.wall_ms(now), ..rotation };
+        self.publish(now, self.sign(RecordKey::ClusterCa, version, Value::ClusterCa(rotation.clone())))?;
+        Ok(rotation)
+    }
+
+    /// The cluster CA since its latest rotation (`None` if it was never
+    /// rotated: the CA `mesh init` made still holds).
+    pub fn ca_rotation(&self) -> Option<CaRotation> {
+        match self.record(&RecordKey::ClusterCa)?.value {
+            Value::ClusterCa(rotation) => Some(rotation),
             _ => None,
         }
     }

@@ -24,7 +24,8 @@
 //! it, checked by every node that merges it, however it arrived (pushed,
 //! relayed, gossiped or synced). Only an endpoint's owner may write it, live
 //! or deleted; only a network's creator may write its definition; any
-//! member may delete a network, rotate the join secret or remove a member.
+//! member may delete a network, rotate the join secret or the cluster CA, or
+//! remove a member.
 //! Nothing a removed member signs is taken. A node id is the hash of the node's
 //! identity key ([`crate::node_key`]), so the check needs nothing but the
 //! record itself.
@@ -152,6 +153,9 @@ pub enum RecordKey {
     JoinSecret,
     /// A member removed from the cluster for good.
     Removed(NodeId),
+    /// The cluster CA since its latest rotation (one record: the latest
+    /// rotation wins).
+    ClusterCa,
 }
 
 impl RecordKey {
@@ -160,7 +164,7 @@ impl RecordKey {
         match self {
             Self::Network(id) => Some(id.creator),
             Self::Endpoint { owner, .. } => Some(*owner),
-            Self::JoinSecret | Self::Removed(_) => None,
+            Self::JoinSecret | Self::Removed(_) | Self::ClusterCa => None,
         }
     }
 }
@@ -191,6 +195,57 @@ pub enum Value {
         /// When it was removed.
         at_ms: u64,
     },
+    /// The cluster CA since a rotation.
+    ClusterCa(CaRotation),
+}
+
+/// A rotation of the cluster CA: the new CA's certificate (its key goes
+/// only to the members listed, over their authenticated connections), and
+/// for how long certificates from the CA it replaces still count, and
+/// whose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CaRotation {
+    /// The new CA's certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The certificate of the CA it replaces, DER.
+    pub previous_der: Vec<u8>,
+    /// The new CA's certificate signed by the one it replaces, DER: members
+    /// present it in the grace period, for members not yet switched.
+    pub cross_der: Vec<u8>,
+    /// The members at the rotation (removed ones left out): the only nodes
+    /// that may fetch the new CA's key, and the only ones whose
+    /// certificates from the previous CA count during the grace period.
+    pub members: Vec<NodeId>,
+    /// When it was rotated (milliseconds since the Unix epoch, rotator's clock).
+    pub rotated_ms: u64,
+    /// How long after `rotated_ms` certificates from the previous CA count.
+    pub grace_ms: u64,
+}
+
+/// Largest CA certificate a rotation record may carry.
+const MAX_CA_CERT_LEN: usize = 4096;
+/// Most members a rotation record may list.
+const MAX_ROTATION_MEMBERS: usize = 100_000;
+
+impl CaRotation {
+    /// When certificates from the previous CA stop counting (milliseconds
+    /// since the Unix epoch).
+    pub fn grace_ends_ms(&self) -> u64 {
+        self.rotated_ms.saturating_add(self.grace_ms)
+    }
+
+    fn validate(&self) -> Result<(), InvalidRecord> {
+        let usable = |der: &[u8]| der.len() <= MAX_CA_CERT_LEN && crate::pki::is_certificate(der);
+        if !usable(&self.cert_der) || !usable(&self.previous_der) || !usable(&self.cross_der) {
+            return Err(InvalidRecord(format!(
+                "a CA certificate must be a certificate of at most {MAX_CA_CERT_LEN} bytes"
+            )));
+        }
+        if self.members.len() > MAX_ROTATION_MEMBERS {
+            return Err(InvalidRecord(format!("a CA rotation lists at most {MAX_ROTATION_MEMBERS} members")));
+        }
+        Ok(())
+    }
 }
 
 /// One versioned record.
@@ -320,9 +375,10 @@ impl Record {
             (RecordKey::JoinSecret, Value::JoinSecret { .. }) | (RecordKey::Removed(_), Value::Removed { .. }) => {
                 Ok(())
             }
-            (RecordKey::JoinSecret | RecordKey::Removed(_), _) => {
-                Err(InvalidRecord("a join secret or a removal is never deleted or replaced by another kind".into()))
-            }
+            (RecordKey::ClusterCa, Value::ClusterCa(rotation)) => rotation.validate(),
+            (RecordKey::JoinSecret | RecordKey::Removed(_) | RecordKey::ClusterCa, _) => Err(InvalidRecord(
+                "a join secret, a removal or a CA rotation is never deleted or replaced by another kind".into(),
+            )),
             (_, Value::Deleted { .. }) => Ok(()),
             (RecordKey::Network(_), Value::Network(spec)) => spec.validate(),
             (RecordKey::Endpoint { name, network, .. }, Value::Endpoint(spec)) => {

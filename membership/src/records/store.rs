@@ -268,7 +268,9 @@ fn expired(record: &Record, now_ms: u64) -> bool {
     let Value::Deleted { at_ms } = record.value else { return false };
     let ttl = match record.key {
         RecordKey::Endpoint { .. } => ENDPOINT_TOMBSTONE_TTL_MS,
-        RecordKey::Network(_) | RecordKey::JoinSecret | RecordKey::Removed(_) => NETWORK_TOMBSTONE_TTL_MS,
+        RecordKey::Network(_) | RecordKey::JoinSecret | RecordKey::Removed(_) | RecordKey::ClusterCa => {
+            NETWORK_TOMBSTONE_TTL_MS
+        }
     };
     now_ms.saturating_sub(at_ms) >= ttl
 }
