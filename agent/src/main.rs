@@ -1,41 +1,6 @@
-//! `mesh`: the agent that gives containers on many hosts one overlay
-//! network, and the commands that drive it.
-//!
-//! Data flow, top down: [`cli`] parses a command; `mesh agent` runs
-//! [`daemon`], which wires the [`agent`] (cluster session, state in the
-//! [`datadir`]) to membership (`mesh-membership`) and serves the control
-//! API ([`control`], messages in [`api`]) that the other commands call.
-//! Run as `mesh-cni` (a copy or link), it is a CNI plugin ([`cni`]).
+//! The `mesh` binary (and `mesh-cni`, by its name): see the `mesh_agent`
+//! library.
 
-mod agent;
-mod api;
-mod cli;
-mod cni;
-mod config;
-mod control;
-mod credentials;
-mod daemon;
-mod datadir;
-mod dataplane;
-mod docker;
-mod ipam;
-mod logging;
-mod names;
-mod unix_http;
-mod upkeep;
-
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
-    if invoked_as.as_deref().and_then(std::path::Path::file_name).is_some_and(|name| name == cni::NAME) {
-        return cni::main();
-    }
-    match cli::run() {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    mesh_agent::main()
 }

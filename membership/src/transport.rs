@@ -278,6 +278,12 @@ impl Transport {
         if let Err(error) = self.install(false) {
             tracing::warn!(%error, "cannot drop the previous CA");
         }
+        if self.enroller.missing().is_some() {
+            tracing::warn!(
+                "the CA rotation's grace period is over and this node never got the new CA: \
+                 members refuse it now; move its data dir away and join again with a new token"
+            );
+        }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         pool.retain(|&node, slot| match slot {
             Slot::Up(conn) if !peer_cert(conn).is_some_and(|cert| self.enroller.admits(node, &cert)) => {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
+use mesh_agent::hostile as agent;
 use mesh_dns::answer::{answer, encode as encode_dns, Outcome};
 use mesh_dns::table::{Endpoint as DnsEndpoint, NameTable, Scope};
 use mesh_membership::enrol::{EnrolRequest, Enroller};
@@ -38,11 +39,29 @@ pub enum Target {
     Token,
     /// The records an agent saved in its data dir.
     SavedRecords,
+    /// The agent's TOML config file.
+    Config,
+    /// A control API request body (the first byte picks which).
+    ControlJson,
+    /// A Docker plugin call's body (the first byte picks which).
+    DockerJson,
+    /// A CNI network configuration on `mesh-cni`'s stdin.
+    CniConfig,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Self; 5] = [Self::Frame, Self::Enrol, Self::DnsQuery, Self::Token, Self::SavedRecords];
+    pub const ALL: [Self; 9] = [
+        Self::Frame,
+        Self::Enrol,
+        Self::DnsQuery,
+        Self::Token,
+        Self::SavedRecords,
+        Self::Config,
+        Self::ControlJson,
+        Self::DockerJson,
+        Self::CniConfig,
+    ];
 }
 
 /// Feeds `data` to `target`'s decoder and whatever acts on what it decodes.
@@ -55,6 +74,22 @@ pub fn feed(target: Target, data: &[u8]) {
             let _ = JoinToken::from_str(&String::from_utf8_lossy(data));
         }
         Target::SavedRecords => saved_records(data),
+        Target::Config => {
+            let _ = agent::config_toml(data);
+        }
+        Target::ControlJson => {
+            if let Some((which, body)) = data.split_first() {
+                let _ = agent::control_body(usize::from(*which), body);
+            }
+        }
+        Target::DockerJson => {
+            if let Some((which, body)) = data.split_first() {
+                let _ = agent::docker_call(usize::from(*which), body);
+            }
+        }
+        Target::CniConfig => {
+            let _ = agent::cni_config(data);
+        }
     }
 }
 
@@ -119,15 +154,57 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
         Target::Frame => frame_seeds(),
         Target::Enrol => enrol_seeds(),
         Target::DnsQuery => dns_seeds(),
-        Target::Token => {
-            vec![JoinToken { ca_fingerprint: [3; 32], secret: ClusterSecret([7; 32]) }.to_string().into_bytes()]
-        }
+        Target::Token => vec![sample_token().into_bytes()],
+        Target::Config => vec![format!(
+            "name = \"edge-1\"\nadvertise = \"198.18.0.1\"\nbind = \"0.0.0.0:7950\"\njoin = [\"198.18.0.2\"]\n\
+             token = \"{}\"\nlog_format = \"json\"\nupstream_dns = [\"192.0.2.53:53\"]\n\
+             cert_lifetime_secs = 86400\nnetns_prefix = \"m-\"\n",
+            sample_token()
+        )
+        .into_bytes()],
+        Target::ControlJson => [
+            format!(r#"{{"peer":"198.18.0.1","token":"{}"}}"#, sample_token()),
+            r#"{"name":"dev","driver":"overlay","subnet":"10.1.0.0/24","vni":42,"mtu":1450}"#.into(),
+            r#"{"name":"s1","networks":["dev"],"aliases":["web"],"ip":"10.1.0.9","netns":null}"#.into(),
+            r#"{"grace_secs":60}"#.into(),
+            r#"{"after":3,"network":"dev","timeout_ms":100}"#.into(),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(which, body)| tagged(which, &body))
+        .collect(),
+        Target::DockerJson => [
+            r#"{"AddressSpace":"mesh","Pool":"10.32.0.0/24","SubPool":"","Options":{},"V6":false}"#,
+            r#"{"PoolID":"10.32.0.0/24"}"#,
+            r#"{"PoolID":"10.32.0.0/24","Address":"","Options":{}}"#,
+            r#"{"PoolID":"10.32.0.0/24","Address":"10.32.0.5"}"#,
+            r#"{"NetworkID":"abc","Options":{"com.docker.network.generic":{"mesh.network":"dev"}},"IPv4Data":[{"AddressSpace":"mesh","Pool":"10.32.0.0/24","Gateway":"10.32.0.1/24"}],"IPv6Data":[]}"#,
+            r#"{"NetworkID":"abc"}"#,
+            r#"{"NetworkID":"abc","EndpointID":"def","Interface":{"Address":"10.32.0.5/24","AddressIPv6":"","MacAddress":""},"Options":{}}"#,
+            r#"{"NetworkID":"abc","EndpointID":"def","SandboxKey":"/var/run/docker/netns/x","Options":{}}"#,
+            r#"{"NetworkID":"abc","EndpointID":"def"}"#,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(which, body)| tagged(which, body))
+        .collect(),
+        Target::CniConfig => vec![br#"{"cniVersion":"1.0.0","name":"podman","type":"mesh-cni","network":"dev","aliases":["web"],"runtimeConfig":{"aliases":{"podman":["api"]}},"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"lo"}],"ips":[],"dns":{"nameservers":["192.0.2.53"]}}}"#.to_vec()],
         Target::SavedRecords => {
             let records = sample_records();
             let owned = Owned { next_version: 9, endpoints: records[..1].to_vec(), networks: records[1..].to_vec() };
             vec![serde_json::to_vec(&owned).unwrap_or_default()]
         }
     }
+}
+
+/// A well-formed join token.
+fn sample_token() -> String {
+    JoinToken { ca_fingerprint: [3; 32], secret: ClusterSecret([7; 32]) }.to_string()
+}
+
+/// `body` behind the byte that picks which kind of body it is.
+fn tagged(which: usize, body: &str) -> Vec<u8> {
+    [u8::try_from(which).unwrap_or_default()].into_iter().chain(body.bytes()).collect()
 }
 
 /// A network and an endpoint of node 1, signed by it.

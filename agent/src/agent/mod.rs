@@ -9,6 +9,8 @@ mod containers;
 mod networks;
 mod sandboxes;
 
+pub(crate) use networks::check_network_create;
+
 pub(crate) use containers::{mesh_name, ContainerEndpoint};
 
 use std::net::SocketAddr;

@@ -85,6 +85,11 @@ pub(super) fn publish_error(error: PublishError) -> AgentError {
     }
 }
 
+/// Checks a create request as on a cluster with no network yet.
+pub(crate) fn check_network_create(body: NetworkCreateBody) -> Result<(), AgentError> {
+    network_spec(&View::default(), body).map(drop)
+}
+
 /// Checks a create request against the view and fills in the defaults.
 fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, AgentError> {
     let bad = AgentError::BadRequest;

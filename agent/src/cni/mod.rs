@@ -15,9 +15,9 @@
 //! MESH_NETWORK, "socket": AGENT_SOCKET, "aliases": [...]}`, plus the
 //! runtime's `aliases` capability. Errors are CNI's JSON on stdout.
 
-mod conf;
+pub(crate) mod conf;
 mod error;
-mod result;
+pub(crate) mod result;
 
 use std::io::{Read, Write};
 use std::path::Path;

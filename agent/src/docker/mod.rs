@@ -9,7 +9,7 @@ mod bindings;
 mod driver;
 mod engine;
 mod plugin;
-mod protocol;
+pub(crate) mod protocol;
 mod sync;
 
 use std::path::Path;

@@ -1,0 +1,47 @@
+//! `mesh`: the agent that gives containers on many hosts one overlay
+//! network, and the commands that drive it.
+//!
+//! Data flow, top down: [`cli`] parses a command; `mesh agent` runs
+//! [`daemon`], which wires the [`agent`] (cluster session, state in the
+//! [`datadir`]) to membership (`mesh-membership`) and serves the control
+//! API ([`control`], messages in [`api`]) that the other commands call.
+//! Run as `mesh-cni` (a copy or link), it is a CNI plugin ([`cni`]).
+//! [`hostile`] exposes the decoders of user and runtime bytes to the
+//! hostile-input harness.
+
+mod agent;
+mod api;
+mod cli;
+mod cni;
+mod config;
+mod control;
+mod credentials;
+mod daemon;
+mod datadir;
+mod dataplane;
+mod docker;
+mod ipam;
+mod logging;
+mod names;
+mod unix_http;
+mod upkeep;
+
+pub mod hostile;
+
+use std::process::ExitCode;
+
+/// Runs `mesh` (or, invoked as `mesh-cni`, the CNI plugin) with the
+/// process's arguments and environment.
+pub fn main() -> ExitCode {
+    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    if invoked_as.as_deref().and_then(std::path::Path::file_name).is_some_and(|name| name == cni::NAME) {
+        return cni::main();
+    }
+    match cli::run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! libFuzzer's inputs into the harness's `ControlJson` target.
+#![no_main]
+
+use mesh_scenarios::hostile::{feed, Target};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| feed(Target::ControlJson, data));
