@@ -10,8 +10,9 @@ use crate::records::Record;
 
 /// Version of the agent-to-agent protocol. A peer speaking another version is
 /// refused with [`WireError::Version`], never misread. Version 2: records
-/// carry their writer's seal.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// carry their writer's seal. Version 3: SWIM headers are compact, and
+/// the cluster CA can be rotated.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// One message between agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

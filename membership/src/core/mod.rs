@@ -11,17 +11,20 @@ mod control;
 mod lifeguard;
 mod peers;
 mod records;
+mod swim_codec;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 pub use self::config::config_for;
 pub use self::peers::{push_fanout, PeerOracle};
 pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, SYNC_EVERY};
+use self::swim_codec::SwimCodec;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::node_key::NodeKey;
 use crate::records::gossip::{RecordGossip, SharedStore};
@@ -134,7 +137,7 @@ pub enum CoreError {
     Removed(NodeId),
 }
 
-type Swim = Foca<NodeIdentity, PostcardCodec, StdRng, RecordGossip>;
+type Swim = Foca<NodeIdentity, SwimCodec, StdRng, RecordGossip>;
 
 /// What the core's timer queue holds.
 #[derive(Debug)]
@@ -154,6 +157,8 @@ enum CoreTimer {
 /// The membership and record state machine of one node.
 pub struct Core {
     swim: Swim,
+    /// Tells the SWIM codec which node sent the packet it decodes.
+    swim_sender: Arc<Mutex<Option<NodeId>>>,
     /// This node's identity key, which signs its records.
     key: NodeKey,
     runtime: AccumulatingRuntime<NodeIdentity>,
@@ -202,10 +207,12 @@ impl Core {
         debug_assert_eq!(identity.id, key.id(), "a node's id is its key's");
         let shared = SharedStore::default();
         let gossip = RecordGossip::new(shared.clone());
-        let swim =
-            Foca::with_custom_broadcast(identity, config_for(1), StdRng::seed_from_u64(seed), PostcardCodec, gossip);
+        let codec = SwimCodec::new(identity.clone());
+        let swim_sender = codec.sender_handle();
+        let swim = Foca::with_custom_broadcast(identity, config_for(1), StdRng::seed_from_u64(seed), codec, gossip);
         Self {
             swim,
+            swim_sender,
             key,
             runtime: AccumulatingRuntime::new(),
             timers: TimerQueue::new(),
@@ -285,11 +292,11 @@ impl Core {
             // announce to it (they do so to every member they saw go down).
             Frame::Swim(_) if self.has_left => {}
             Frame::Swim(packet) => {
-                let header: foca::Header<NodeIdentity> =
-                    postcard::take_from_bytes(&packet).map_err(WireError::Malformed)?.0;
-                if header.src.id != from {
-                    return Err(CoreError::Spoofed { claimed: header.src.id, actual: from });
+                let claimed = SwimCodec::claimed_sender(&packet).map_err(WireError::Malformed)?;
+                if let Some(claimed) = claimed.filter(|&claimed| claimed != from) {
+                    return Err(CoreError::Spoofed { claimed, actual: from });
                 }
+                *self.swim_sender.lock().unwrap_or_else(PoisonError::into_inner) = Some(from);
                 let result = self.swim.handle_data(&packet, &mut self.runtime);
                 self.drain(now);
                 result?;
