@@ -313,7 +313,9 @@ impl Core {
             return;
         }
         let hello = Frame::SyncHello { records: self.shared.lock().store.root(), members: self.members_root() };
-        self.send(&peer, &hello);
+        // A datagram: a lost hello costs one round, and a stream costs a
+        // packet and its acknowledgement more, every 5 s on every node.
+        self.send_unreliable(&peer, &hello);
     }
 
     /// Whether a sync may pull a member list now: at most once per
