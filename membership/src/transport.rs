@@ -41,6 +41,11 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const MAX_QUEUED: usize = 32;
 /// Largest frame read from a stream.
 const MAX_STREAM_FRAME: usize = 1024 * 1024;
+/// Within this time of each other, two connections between the same two
+/// members are a simultaneous dial (both ends keep one of them); further
+/// apart, the newer one replaces the older. It is also how long a replaced
+/// connection stays open for what was already sent on it.
+const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(3);
 /// How often a member lacking a rotated CA's key asks its peers again.
 const FETCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -128,7 +133,8 @@ struct Presented {
 }
 
 enum Slot {
-    Up(Connection),
+    /// A connection, and when it was registered.
+    Up(Connection, Instant),
     Connecting(Vec<(Vec<u8>, bool)>),
     Failed(Instant),
 }
@@ -286,7 +292,7 @@ impl Transport {
         }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         pool.retain(|&node, slot| match slot {
-            Slot::Up(conn) if !peer_cert(conn).is_some_and(|cert| self.enroller.admits(node, &cert)) => {
+            Slot::Up(conn, _) if !peer_cert(conn).is_some_and(|cert| self.enroller.admits(node, &cert)) => {
                 conn.close(0u32.into(), b"certificate from a replaced cluster CA");
                 false
             }
@@ -301,7 +307,7 @@ impl Transport {
                 let pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
                 pool.iter()
                     .filter_map(|(node, slot)| match slot {
-                        Slot::Up(conn) => Some((*node, conn.clone())),
+                        Slot::Up(conn, _) => Some((*node, conn.clone())),
                         _ => None,
                     })
                     .collect()
@@ -358,7 +364,7 @@ impl Transport {
     /// any new one is closed at once (it was removed from the cluster).
     pub fn deny(&self, node: NodeId) {
         self.denied.lock().unwrap_or_else(PoisonError::into_inner).insert(node);
-        if let Some(Slot::Up(conn)) = self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node) {
+        if let Some(Slot::Up(conn, _)) = self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node) {
             conn.close(0u32.into(), b"removed from the cluster");
         }
     }
@@ -378,7 +384,7 @@ impl Transport {
     pub fn send(self: &Arc<Self>, to: &NodeIdentity, payload: Vec<u8>, reliable: bool) -> Option<JoinHandle<()>> {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         match pool.get_mut(&to.id) {
-            Some(Slot::Up(conn)) if conn.close_reason().is_none() => {
+            Some(Slot::Up(conn, _)) if conn.close_reason().is_none() => {
                 return self.send_on(conn.clone(), payload, reliable);
             }
             Some(Slot::Connecting(queue)) => {
@@ -421,7 +427,7 @@ impl Transport {
                 reason: format!("found node {node} instead of {expected:?}"),
             });
         }
-        self.register(node, conn);
+        self.register(node, conn, true);
         Ok(node)
     }
 
@@ -456,7 +462,7 @@ impl Transport {
 
     /// Puts a live connection in the pool, flushes what was queued for it,
     /// and starts reading from it.
-    fn register(self: &Arc<Self>, node: NodeId, conn: Connection) {
+    fn register(self: &Arc<Self>, node: NodeId, conn: Connection, dialled_here: bool) {
         if self.is_denied(node) {
             tracing::debug!(peer = ?node, "refused a removed member's connection");
             conn.close(0u32.into(), b"removed from the cluster");
@@ -469,11 +475,44 @@ impl Transport {
             self.pool.lock().unwrap_or_else(PoisonError::into_inner).remove(&node);
             return;
         }
-        let previous = self.pool.lock().unwrap_or_else(PoisonError::into_inner).insert(node, Slot::Up(conn.clone()));
-        if let Some(Slot::Connecting(queue)) = previous {
-            for (payload, reliable) in queue {
-                self.send_on(conn.clone(), payload, reliable);
+        // The connection that is not kept, closed shortly (either way the
+        // new one is read until it closes).
+        let spare = {
+            let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            match pool.get(&node) {
+                // Two members dialled each other at once: both keep the
+                // connection the one with the smaller id dialled, so that
+                // a probe and its answer share one connection and each
+                // carries the acknowledgement of the other. (With a
+                // connection each way, every SWIM datagram drew an ACK
+                // packet of its own, and both stayed up on keep-alives.)
+                Some(Slot::Up(existing, since))
+                    if existing.close_reason().is_none()
+                        && since.elapsed() < SIMULTANEOUS_DIAL
+                        && dialled_here != (self.key.id() < node) =>
+                {
+                    Some(conn.clone())
+                }
+                _ => match pool.insert(node, Slot::Up(conn.clone(), Instant::now())) {
+                    Some(Slot::Connecting(queue)) => {
+                        for (payload, reliable) in queue {
+                            self.send_on(conn.clone(), payload, reliable);
+                        }
+                        None
+                    }
+                    // A newer connection replaces an older one (a restarted
+                    // peer's, or the other of a simultaneous pair).
+                    Some(Slot::Up(older, _)) if older.stable_id() != conn.stable_id() => Some(older),
+                    _ => None,
+                },
             }
+        };
+        if let Some(spare) = spare {
+            // Kept open a little for what was already sent on it.
+            tokio::spawn(async move {
+                tokio::time::sleep(SIMULTANEOUS_DIAL).await;
+                spare.close(0u32.into(), b"a newer or preferred connection replaced this one");
+            });
         }
         tokio::spawn(Arc::clone(self).read_loop(node, conn));
     }
@@ -494,7 +533,7 @@ impl Transport {
                     Err(error) => return tracing::debug!(%error, "inbound handshake failed"),
                 };
                 match peer_node(&conn) {
-                    Some(node) => this.register(node, conn),
+                    Some(node) => this.register(node, conn, false),
                     None => this.serve_enrolment(conn).await,
                 }
             });
@@ -532,7 +571,7 @@ impl Transport {
             }
         }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(pool.get(&node), Some(Slot::Up(c)) if c.stable_id() == conn.stable_id()) {
+        if matches!(pool.get(&node), Some(Slot::Up(c, _)) if c.stable_id() == conn.stable_id()) {
             pool.remove(&node);
         }
     }

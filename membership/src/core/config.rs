@@ -20,12 +20,13 @@ use super::MAX_SWIM_PACKET;
 ///   in a few missed one of 19 simultaneous joins until the next announce
 ///   (measured on 20 lab hosts); a member update is ~40 bytes, so this
 ///   costs little;
-/// - every node announces to a random member every 15 s and gets its
-///   member list back: a pull that bounds how long any node can miss a
-///   member (memberlist's push/pull runs every 30 s; sync also pulls the
-///   list every 5 s when the members' hashes differ). Each answer is up to
-///   a packet of members: at 5 s, 20 lab hosts each sent 658 B/s when
-///   idle, at 15 s 560 B/s. (At 15 s a healed partition once spread a stale
+/// - every node announces to a random member every 30 s, as often as
+///   memberlist's push/pull runs, and gets its member list back: a pull
+///   that bounds how long any node can miss a member (sync also pulls the
+///   list, at most every 30 s, when the members' hashes differ). Each
+///   answer is up to a packet of members: at 5 s, 20 lab hosts each sent
+///   658 B/s when idle, at 15 s 560 B/s; at 15 s the answers were still
+///   84 of 485 B/s. (At 15 s a healed partition once spread a stale
 ///   "down"; member lists now drop second-hand verdicts, see `Core`.)
 /// - down members are re-announced to every 3 s, which heals partitions;
 /// - packets fit one QUIC datagram.
@@ -41,7 +42,7 @@ pub fn config_for(size: usize) -> Config {
     config.max_transmissions = NonZeroU8::new(transmissions).unwrap_or(NonZeroU8::MIN);
     config.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
     config.periodic_announce =
-        Some(foca::PeriodicParams { frequency: Duration::from_secs(15), num_members: NonZeroUsize::MIN });
+        Some(foca::PeriodicParams { frequency: Duration::from_secs(30), num_members: NonZeroUsize::MIN });
     config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
         frequency: Duration::from_secs(3),
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
