@@ -460,8 +460,10 @@ impl Transport {
         }))
     }
 
-    /// Puts a live connection in the pool, flushes what was queued for it,
-    /// and starts reading from it.
+    /// Puts a live connection (`dialled_here` or accepted) in the pool,
+    /// flushes what was queued for it, and starts reading from it. Of two
+    /// connections with one member, the pool keeps one (see below) and the
+    /// other is closed shortly.
     fn register(self: &Arc<Self>, node: NodeId, conn: Connection, dialled_here: bool) {
         if self.is_denied(node) {
             tracing::debug!(peer = ?node, "refused a removed member's connection");
