@@ -102,11 +102,6 @@ impl Enroller {
         self.keyring(|k| k.signer().cert_der().clone())
     }
 
-    /// The CA this member signs with, PEM: its certificate and its key.
-    pub fn ca_pem(&self) -> (String, String) {
-        self.keyring(|k| (k.signer().cert_pem(), k.signer().key_pem()))
-    }
-
     /// A fresh certificate for the node whose key is `key` (this node's
     /// own, when it renews).
     pub fn issue(&self, key: &NodeKey) -> Result<CertificateDer<'static>, PkiError> {
@@ -137,11 +132,6 @@ impl Enroller {
     /// The rotated CA's key for member `node`, if it may have it.
     pub fn key_for(&self, node: NodeId, wanted: Fingerprint) -> Result<String, KeyringError> {
         self.keyring(|k| k.key_for(node, wanted))
-    }
-
-    /// The CAs a peer's certificate may chain to now.
-    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
-        self.keyring(|k| k.roots(unix_ms()))
     }
 
     /// Whether member `node` may connect with `cert` now (see [`Keyring::admits`]).
