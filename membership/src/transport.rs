@@ -660,8 +660,9 @@ fn present(
 }
 
 /// Asks the member at the other end of `conn` for the key of the CA whose
-/// fingerprint is `wanted`.
-async fn request_ca_key(conn: &Connection, wanted: Fingerprint) -> Result<String, String> {
+/// fingerprint is `wanted`; the error is the member's refusal or what
+/// went wrong.
+pub async fn request_ca_key(conn: &Connection, wanted: Fingerprint) -> Result<String, String> {
     let asked = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let request = postcard::to_allocvec(&CaKeyRequest { wanted }).map_err(|e| e.to_string())?;

@@ -9,10 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_membership::enrol::{CaKeyRequest, CaKeyResponse, Enroller};
+use mesh_membership::enrol::Enroller;
 use mesh_membership::pki::{certificate_request, pem_cert, pem_key, ClusterCa, ClusterSecret, NodeCredentials};
 use mesh_membership::tls;
-use mesh_membership::transport::Transport;
+use mesh_membership::transport::{self, Transport};
 use mesh_membership::wire::{self, Frame};
 use mesh_membership::{NodeIdentity, NodeKey};
 use mesh_netdev::netns;
@@ -144,17 +144,7 @@ fn probe(
         if let Ok(reason) = tokio::time::timeout(KEPT_FOR, conn.closed()).await {
             return Ok(Reception::Refused(reason.to_string()));
         }
-        let asked = async {
-            let (mut send, mut recv) = conn.open_bi().await?;
-            send.write_all(&postcard::to_allocvec(&CaKeyRequest { wanted })?).await?;
-            send.finish()?;
-            let answer = recv.read_to_end(64 * 1024).await?;
-            Ok::<_, anyhow::Error>(match postcard::from_bytes::<CaKeyResponse>(&answer)? {
-                CaKeyResponse::Key(_) => Ok(()),
-                CaKeyResponse::Refused(why) => Err(why),
-            })
-        };
-        let answer = tokio::time::timeout(KEPT_FOR, asked).await.unwrap_or_else(|_| Ok(Err("no answer".into())))?;
+        let answer = transport::request_ca_key(&conn, wanted).await.map(drop);
         conn.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
         Ok(Reception::Kept(answer))
