@@ -162,13 +162,13 @@ impl Agent {
         let token: JoinToken = token.parse().map_err(|e| AgentError::BadRequest(format!("bad join token: {e}")))?;
         let addr = resolve(peer).await?;
         let _guard = self.joining.lock().await;
-        let membership = match self.session_token() {
+        let membership = match self.token().ok() {
             Some(ours) if ours.ca_fingerprint != token.ca_fingerprint => {
                 return Err(AgentError::Conflict(
                     "this agent is already in another cluster (its token is for a different CA); a node belongs to one cluster".into(),
                 ))
             }
-            Some(_) if !self.token()?.secret.matches(&token.secret) => {
+            Some(ours) if !ours.secret.matches(&token.secret) => {
                 return Err(AgentError::BadRequest("the join token is not valid for this cluster (wrong secret)".into()))
             }
             Some(_) => self.require_membership()?,
