@@ -29,6 +29,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let advertise = advertise_addr(&settings).await?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
         .context("cannot start the QUIC endpoint")?;
+    // Watched before the control socket exists: a supervisor that sees the
+    // socket may signal at once, and must get a clean stop.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let control = server::bind(&settings.socket).await?;
 
     let shutdown = CancellationToken::new();
@@ -56,8 +60,6 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let api = tokio::spawn(server::serve(control, Arc::clone(&agent), shutdown.clone()));
 
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
