@@ -38,4 +38,4 @@ ensure_rust() {
 # static busybox (the lab's only image) for the Docker plugin, podman (with
 # its CNI plugins) for mesh-cni, DejaVu for the benchmark plots.
 LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base
-  docker.io busybox-static podman fonts-dejavu-core)
+  docker.io busybox-static podman fonts-dejavu-core curl python3-prometheus-client)

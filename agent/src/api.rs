@@ -74,6 +74,56 @@ pub(crate) struct StatusBody {
     /// Members alive or suspect, this node included.
     pub(crate) cluster_size: usize,
     pub(crate) members: Vec<MemberBody>,
+    /// Equal on every host of a converged cluster: a hash of the records
+    /// held, then of the members seen active (16 hex digits each).
+    #[serde(default)]
+    pub(crate) digest: Option<String>,
+    /// The latest anti-entropy round this node took part in.
+    #[serde(default)]
+    pub(crate) last_sync: Option<LastSyncBody>,
+    /// Conflicts in the view: networks that lost their name, VNI or
+    /// subnet, endpoints whose address another won.
+    #[serde(default)]
+    pub(crate) conflicts: Vec<String>,
+}
+
+/// An anti-entropy round, as `mesh status` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct LastSyncBody {
+    /// The member's name (its id if unknown).
+    pub(crate) peer: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub(crate) at_ms: u64,
+    /// Whether both held the same records.
+    pub(crate) in_step: bool,
+}
+
+/// `GET`: membership and record changes as they happen, one
+/// [`EventBody`] as JSON per line, until the client hangs up.
+pub(crate) const EVENTS: &str = "/v1/events";
+
+/// One change, as `mesh events` streams it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EventBody {
+    /// When this node saw it, in milliseconds since the Unix epoch.
+    pub(crate) at_ms: u64,
+    /// What happened: `member-up`, `member-down`, `member-left`,
+    /// `member-restarted`, `member-removed`, `network-created`,
+    /// `network-removed`, `network-conflict`, `endpoint-added`,
+    /// `endpoint-changed` or `endpoint-removed`.
+    pub(crate) event: String,
+    /// The member it is about, or the host of the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) member: Option<String>,
+    /// The network it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) network: Option<String>,
+    /// The endpoint it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) endpoint: Option<String>,
+    /// The rest, in words (an address, a state, a reason).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) detail: String,
 }
 
 /// `POST` [`NetworkCreateBody`]: create a network; answers [`NetworkBody`].

@@ -55,6 +55,7 @@ pub(crate) struct Config {
     pub(crate) docker_plugin_dir: Option<PathBuf>,
     pub(crate) docker_socket: Option<PathBuf>,
     pub(crate) cert_lifetime_secs: Option<u64>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -89,6 +90,7 @@ impl Config {
             docker_plugin_dir: flags.docker_plugin_dir.or(self.docker_plugin_dir),
             docker_socket: flags.docker_socket.or(self.docker_socket),
             cert_lifetime_secs: flags.cert_lifetime_secs.or(self.cert_lifetime_secs),
+            metrics_addr: flags.metrics_addr.or(self.metrics_addr),
         }
     }
 
@@ -162,6 +164,7 @@ impl Config {
             },
             docker_socket: self.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
             cert_lifetime,
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -193,6 +196,8 @@ pub(crate) struct Settings {
     pub(crate) docker_socket: PathBuf,
     /// How long the node certificates this node issues are valid.
     pub(crate) cert_lifetime: std::time::Duration,
+    /// Where Prometheus scrapes `/metrics`; `None`: not served.
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 /// The shortest certificate lifetime accepted: renewal happens when a third

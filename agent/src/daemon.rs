@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::control::server;
 use crate::datadir::DataDir;
 use crate::dataplane::Dataplane;
+use crate::metrics::Metrics;
 use crate::names::SandboxDns;
 use mesh_netdev::reconcile::Underlay;
 
@@ -33,6 +34,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     // socket may signal at once, and must get a clean stop.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let control = server::bind(&settings.socket).await?;
 
     let shutdown = CancellationToken::new();
@@ -41,8 +46,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         IpAddr::V6(_) => anyhow::bail!("the advertise address must be IPv4: it is also the VXLAN tunnel endpoint"),
     };
     let underlay = Underlay { local, port: settings.vxlan_port };
-    let dataplane = Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay)?);
-    let dns = Arc::new(SandboxDns::new(&settings.upstream_dns, shutdown.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let dataplane =
+        Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay, Arc::clone(&metrics))?);
+    let dns = Arc::new(SandboxDns::new(&settings.upstream_dns, Arc::clone(&metrics), shutdown.clone()));
     if settings.docker_plugin_dir.is_some() {
         if let Err(error) = dns.serve_host() {
             tracing::warn!(%error, "no DNS for Docker's containers");
@@ -59,11 +66,18 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(Arc::clone(&agent).join_with_retry(settings.join.clone(), token.to_string()));
     }
     let api = tokio::spawn(server::serve(control, Arc::clone(&agent), shutdown.clone()));
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(listener, Arc::clone(&agent), metrics, shutdown.clone()));
+    }
+
+    crate::sd_notify::notify("READY=1");
 
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
     }
+    crate::sd_notify::notify("STOPPING=1");
     if let Some(membership) = agent.membership() {
         if settings.leave_on_terminate {
             match tokio::time::timeout(Duration::from_secs(3), agent.leave()).await {

@@ -13,7 +13,7 @@
 //! [`DOWN_GRACE`] (a host that is only briefly unreachable loses nothing),
 //! then are withdrawn; endpoints in conflict are never programmed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +27,9 @@ use mesh_netdev::reconcile::{self, Handoff, LocalPlan, Mode, NetworkPlan, Reconc
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::unix_ms;
 use crate::datadir::{Attachment, DataDir};
+use crate::metrics::Metrics;
 
 /// How often the kernel is compared with the view even if nothing changed
 /// (to restore what someone deleted by hand).
@@ -55,16 +57,25 @@ pub(crate) struct Dataplane {
     handoffs: Mutex<BTreeMap<String, (String, [u8; 6])>>,
     /// The hand-offs whose interface existed after the last pass.
     handed: watch::Sender<Vec<String>>,
+    /// Where passes are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Dataplane {
-    /// The data plane of a host whose VTEP is `local`.
-    pub(crate) fn open(datadir: DataDir, prefix: String, underlay: Underlay) -> anyhow::Result<Self> {
+    /// The data plane of a host whose VTEP is `local`, counting its
+    /// passes in `metrics`.
+    pub(crate) fn open(
+        datadir: DataDir,
+        prefix: String,
+        underlay: Underlay,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let attachments = Mutex::new(datadir.attachments()?);
         let (wired, _) = watch::channel(Vec::new());
         let (handed, _) = watch::channel(Vec::new());
         let handoffs = Mutex::new(BTreeMap::new());
-        Ok(Self { datadir, prefix, underlay, attachments, changed: Notify::new(), wired, handoffs, handed })
+        let changed = Notify::new();
+        Ok(Self { datadir, prefix, underlay, attachments, changed, wired, handoffs, handed, metrics })
     }
 
     /// Checks that the networks `vnis` can be built on this host.
@@ -219,8 +230,10 @@ impl Dataplane {
         let mut views = membership.watch_view();
         let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
         let started = Instant::now();
+        let started_ms = unix_ms();
         let mut first_peer: Option<Instant> = None;
         let mut last_errors = Vec::new();
+        let mut programmed = Programmed::default();
         loop {
             let current = views.borrow_and_update().clone();
             let view = &current.view;
@@ -234,8 +247,15 @@ impl Dataplane {
             let warm = first_peer.is_some_and(|at| at.elapsed() >= WARM_AFTER_PEER) || started.elapsed() >= WARM_ALONE;
             let mode = if warm { Mode::Full } else { Mode::AddOnly };
             let plans = self.plans(view, &members, me, &down_since);
-            match kernel.reconcile(self.underlay, &plans, mode).await {
+            let planned = Programmed::of(&plans);
+            let result = kernel.reconcile(self.underlay, &plans, mode).await;
+            self.metrics.dataplane.pass(result.as_ref().map_err(|_| ()), planned.remotes.len());
+            match result {
                 Ok(report) => {
+                    if report.errors.is_empty() {
+                        self.count_convergence(view, &programmed, &planned, started_ms);
+                        programmed = planned;
+                    }
                     self.wired.send_replace(report.wired.clone());
                     self.handed.send_replace(report.handed.clone());
                     if report.set + report.removed > 0 {
@@ -256,6 +276,23 @@ impl Dataplane {
                 () = self.changed.notified() => {}
                 () = tokio::time::sleep(RECONCILE_EVERY) => {}
             }
+        }
+    }
+
+    /// Counts how long the remote endpoints programmed for the first time
+    /// (in `now`, not in `before`) took from their creation, for those
+    /// created since this agent started on a network this host already
+    /// had (a host programs a network once it has a sandbox on it: an
+    /// endpoint older than that did not wait on the cluster).
+    fn count_convergence(&self, view: &View, before: &Programmed, now: &Programmed, started_ms: u64) {
+        let now_ms = unix_ms();
+        let on_known_network =
+            |network: &str| view.network(network).is_some_and(|n| before.networks.contains(&n.spec.vni));
+        let new =
+            view.endpoints().filter(|e| now.remotes.contains(&e.spec.mac) && !before.remotes.contains(&e.spec.mac));
+        for endpoint in new.filter(|e| e.spec.created_ms >= started_ms && on_known_network(&e.spec.network)) {
+            let lag = Duration::from_millis(now_ms.saturating_sub(endpoint.spec.created_ms));
+            self.metrics.dataplane.converged(lag);
         }
     }
 
@@ -318,6 +355,22 @@ impl Dataplane {
             plans.push(NetworkPlan { vni: network.spec.vni, mtu, bridge_addresses, locals, handoffs, remotes });
         }
         plans
+    }
+}
+
+/// What a pass programs: networks (by VNI) and remote endpoints (by MAC).
+#[derive(Debug, Default)]
+struct Programmed {
+    networks: HashSet<u32>,
+    remotes: HashSet<[u8; 6]>,
+}
+
+impl Programmed {
+    fn of(plans: &[NetworkPlan]) -> Self {
+        Self {
+            networks: plans.iter().map(|p| p.vni).collect(),
+            remotes: plans.iter().flat_map(|p| p.remotes.iter().map(|r| r.mac)).collect(),
+        }
     }
 }
 

@@ -22,7 +22,9 @@ mod dataplane;
 mod docker;
 mod ipam;
 mod logging;
+mod metrics;
 mod names;
+mod sd_notify;
 mod unix_http;
 mod upkeep;
 

@@ -19,6 +19,7 @@ use mesh_netdev::netns;
 use tokio_util::sync::CancellationToken;
 
 use crate::datadir::Attachment;
+use crate::metrics::Metrics;
 
 /// The address this host's resolver answers on for everyone on the host
 /// (Docker's resolver forwards there, through the bridge of each network
@@ -36,9 +37,11 @@ pub(crate) struct SandboxDns {
 }
 
 impl SandboxDns {
-    /// Resolvers that forward to `upstreams`, until `shutdown`.
-    pub(crate) fn new(upstreams: &[SocketAddr], shutdown: CancellationToken) -> Self {
-        Self { resolver: Resolver::new(upstreams), listeners: Mutex::new(HashMap::new()), shutdown }
+    /// Resolvers that forward to `upstreams`, counting their answers in
+    /// `metrics`, until `shutdown`.
+    pub(crate) fn new(upstreams: &[SocketAddr], metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        let observer: Arc<dyn mesh_dns::Observer> = metrics;
+        Self { resolver: Resolver::new(upstreams, Some(observer)), listeners: Mutex::new(HashMap::new()), shutdown }
     }
 
     /// Serves names inside sandbox `name`'s namespace (again, if it was

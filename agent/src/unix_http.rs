@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -31,6 +31,21 @@ pub(crate) async fn request(
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok((status, bytes))
+}
+
+/// Sends `GET path` to the server on `socket` and returns its status and
+/// its body as it arrives (for streams). Errors as for [`request`].
+pub(crate) async fn get_streaming(socket: &Path, path: &str) -> anyhow::Result<(StatusCode, Incoming)> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await.context("the server closed the connection")?;
+    Ok((response.status(), response.into_body()))
 }
 
 /// `text` made safe as one URL path segment or query value

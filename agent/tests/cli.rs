@@ -154,3 +154,54 @@ fn an_empty_docker_plugin_dir_turns_the_plugin_off() {
     assert!(out.status.success(), "exit: {:?}\n{}", out.status, stderr(&out));
     assert!(!stderr(&out).to_lowercase().contains("docker"), "no plugin is served: {}", stderr(&out));
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let bash = mesh(&["completions", "bash"]);
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(script.contains("complete -F _mesh") && script.contains("events"), "{script}");
+    for shell in ["zsh", "fish"] {
+        let out = mesh(&["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}: {}", stderr(&out));
+    }
+    let out = mesh(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+
+    let man = mesh(&["manpage"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "roff: {}", &page[..page.len().min(200)]);
+    for wanted in [".SH COMMANDS", "mesh network create", "\\-\\-metrics\\-addr", "MESH_SOCKET"] {
+        assert!(page.contains(wanted), "the man page lacks {wanted}");
+    }
+}
+
+#[test]
+fn under_a_service_manager_the_agent_says_when_it_is_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&notify).expect("bind the notification socket");
+    manager.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut child = Command::new(MESH)
+        .args(["agent", "--name", "t", "--bind", "127.0.0.1:0", "--docker-plugin-dir", ""])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(dir.path().join("sock"))
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let mut buffer = [0u8; 64];
+    let n = manager.recv(&mut buffer).expect("READY=1 within 10 s");
+    assert_eq!(&buffer[..n], b"READY=1");
+    assert!(dir.path().join("sock").exists(), "ready means the control socket is there");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let n = manager.recv(&mut buffer).expect("STOPPING=1");
+    assert_eq!(&buffer[..n], b"STOPPING=1");
+    assert!(child.wait().expect("wait").success());
+}

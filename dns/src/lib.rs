@@ -15,5 +15,6 @@ pub mod server;
 pub mod table;
 
 pub use forward::OWN_ADDRESS;
-pub use server::{bind, Resolver, Sockets};
+pub use hickory_proto::op::ResponseCode;
+pub use server::{bind, Observer, Resolver, Sockets, Source};
 pub use table::{Endpoint, NameTable, Node, Scope};

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use socket2::{Domain, Socket, Type};
@@ -63,18 +63,36 @@ pub fn bind(addr: SocketAddr) -> io::Result<Sockets> {
     Ok(Sockets { udp, tcp: tcp.into() })
 }
 
+/// Where the answer to a query came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The name table.
+    Mesh,
+    /// The upstream resolvers (or their stand-in SERVFAIL).
+    Upstream,
+}
+
+/// Told of every packet a resolver handled, for metrics.
+pub trait Observer: Send + Sync {
+    /// A packet was answered with `code` after `elapsed`; `None` when it
+    /// got no answer (not a query, or unparseable).
+    fn answered(&self, source: Source, code: Option<ResponseCode>, elapsed: Duration);
+}
+
 /// The names mesh answers and the way to every other name.
 pub struct Resolver {
     table: watch::Sender<Arc<NameTable>>,
     forwarder: Forwarder,
     rotation: AtomicUsize,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Resolver {
-    /// A resolver with an empty table, forwarding to `upstreams`.
-    pub fn new(upstreams: &[SocketAddr]) -> Arc<Self> {
+    /// A resolver with an empty table, forwarding to `upstreams`, telling
+    /// `observer` of every packet.
+    pub fn new(upstreams: &[SocketAddr], observer: Option<Arc<dyn Observer>>) -> Arc<Self> {
         let (table, _) = watch::channel(Arc::new(NameTable::default()));
-        Arc::new(Self { table, forwarder: Forwarder::new(upstreams), rotation: AtomicUsize::new(0) })
+        Arc::new(Self { table, forwarder: Forwarder::new(upstreams), rotation: AtomicUsize::new(0), observer })
     }
 
     /// Answers from `table` from now on.
@@ -109,6 +127,12 @@ impl Resolver {
         self.rotation.fetch_add(1, Ordering::Relaxed)
     }
 
+    fn observe(&self, source: Source, answer: Option<&Message>, started: Instant) {
+        if let Some(observer) = &self.observer {
+            observer.answered(source, answer.map(|message| message.metadata.response_code), started.elapsed());
+        }
+    }
+
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>, scope: Arc<Scope>) {
         let mut buffer = vec![0u8; MAX_DATAGRAM];
         loop {
@@ -119,19 +143,26 @@ impl Resolver {
                     continue;
                 }
             };
+            let started = Instant::now();
             let outcome = answer::answer(&buffer[..len], &self.table(), &scope, self.next_rotation());
             match outcome {
-                Outcome::Ignore => {}
-                Outcome::Reply { message, udp_limit } => send_udp(&socket, &message, udp_limit, peer).await,
+                Outcome::Ignore => self.observe(Source::Mesh, None, started),
+                Outcome::Reply { message, udp_limit } => {
+                    send_udp(&socket, &message, udp_limit, peer).await;
+                    self.observe(Source::Mesh, Some(&message), started);
+                }
                 Outcome::Forward { request, query, udp_limit } => {
                     let Some(permit) = self.forwarder.permit() else {
-                        send_udp(&socket, &respond(&request, ResponseCode::ServFail), udp_limit, peer).await;
+                        let message = respond(&request, ResponseCode::ServFail);
+                        send_udp(&socket, &message, udp_limit, peer).await;
+                        self.observe(Source::Upstream, Some(&message), started);
                         continue;
                     };
                     let (resolver, socket) = (self.clone(), socket.clone());
                     tokio::spawn(async move {
                         let message = resolver.forwarder.forward(&request, &query).await;
                         send_udp(&socket, &message, udp_limit, peer).await;
+                        resolver.observe(Source::Upstream, Some(&message), started);
                         drop(permit);
                     });
                 }
@@ -168,11 +199,13 @@ impl Resolver {
             if tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buffer[..len])).await.is_err() {
                 return;
             }
-            let message = match answer::answer(&buffer[..len], &self.table(), scope, self.next_rotation()) {
-                Outcome::Ignore => return,
-                Outcome::Reply { message, .. } => message,
-                Outcome::Forward { request, query, .. } => self.forward_one(&request, &query).await,
+            let started = Instant::now();
+            let (source, message) = match answer::answer(&buffer[..len], &self.table(), scope, self.next_rotation()) {
+                Outcome::Ignore => return self.observe(Source::Mesh, None, started),
+                Outcome::Reply { message, .. } => (Source::Mesh, message),
+                Outcome::Forward { request, query, .. } => (Source::Upstream, self.forward_one(&request, &query).await),
             };
+            self.observe(source, Some(&message), started);
             let Some(bytes) = encode(&message, MAX_TCP_MESSAGE) else { return };
             let Ok(len) = u16::try_from(bytes.len()) else { return };
             let mut framed = Vec::with_capacity(bytes.len() + 2);

@@ -224,6 +224,11 @@ impl Membership {
         .map_err(|_| RotateError::Stopped)?
     }
 
+    /// What this node's connections to members carried so far.
+    pub fn traffic(&self) -> crate::traffic::TrafficSnapshot {
+        self.transport.traffic()
+    }
+
     /// Closes all connections (peers are not told the node left).
     pub async fn close(&self) {
         self.transport.close().await;

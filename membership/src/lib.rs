@@ -6,7 +6,8 @@
 //!   the agent's [`driver`] and the simulator run the very same code.
 //! - [`records`]: the replicated networks and endpoints, their merge rules
 //!   and the view derived from them; the core disseminates and syncs them.
-//! - [`transport`]: QUIC (quinn) with mutual TLS between members.
+//! - [`transport`]: QUIC (quinn) with mutual TLS between members;
+//!   [`traffic`]: what it carried.
 //! - [`node_key`]: a node's Ed25519 identity key, whose hash is its id and
 //!   which signs its records.
 //! - [`pki`] and [`enrol`]: the cluster CA, node certificates, join tokens
@@ -40,12 +41,13 @@ pub mod node_key;
 pub mod pki;
 pub mod records;
 pub mod tls;
+pub mod traffic;
 pub mod transport;
 pub mod wire;
 
 mod timers;
 
-pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, Status};
+pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, RecordStats, Status, SyncSeen};
 pub use crate::driver::{CurrentView, JoinError, Membership, RotateError};
 pub use crate::identity::{NodeId, NodeIdentity};
 pub use crate::node_key::NodeKey;

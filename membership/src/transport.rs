@@ -30,6 +30,7 @@ use crate::pki::{
 };
 use crate::records::CaRotation;
 use crate::tls::{self, TlsError};
+use crate::traffic::{Channel, Traffic, TrafficSnapshot};
 use crate::wire::PROTOCOL_VERSION;
 
 /// How long a connection attempt or an enrolment may take.
@@ -155,6 +156,8 @@ pub struct Transport {
     denied: Mutex<HashSet<NodeId>>,
     inbound: mpsc::Sender<Inbound>,
     enroller: Enroller,
+    /// What members' connections carried.
+    traffic: Traffic,
     shutdown: CancellationToken,
 }
 
@@ -183,6 +186,7 @@ impl Transport {
             denied: Mutex::new(HashSet::new()),
             inbound: tx,
             enroller,
+            traffic: Traffic::default(),
             shutdown,
         });
         tokio::spawn(Arc::clone(&transport).accept_loop());
@@ -431,6 +435,11 @@ impl Transport {
         Ok(node)
     }
 
+    /// What members' connections carried so far.
+    pub fn traffic(&self) -> TrafficSnapshot {
+        self.traffic.snapshot()
+    }
+
     /// Closes every connection, telling peers this endpoint is going away.
     pub async fn close(&self) {
         self.endpoint.close(0u32.into(), b"agent stopping");
@@ -439,11 +448,14 @@ impl Transport {
 
     fn send_on(&self, conn: Connection, payload: Vec<u8>, reliable: bool) -> Option<JoinHandle<()>> {
         if !reliable {
-            if let Err(error) = conn.send_datagram(payload.into()) {
-                tracing::debug!(%error, "datagram not sent");
+            let len = payload.len();
+            match conn.send_datagram(payload.into()) {
+                Ok(()) => self.traffic.sent(Channel::Datagram, len),
+                Err(error) => tracing::debug!(%error, "datagram not sent"),
             }
             return None;
         }
+        self.traffic.sent(Channel::Stream, payload.len());
         Some(tokio::spawn(async move {
             let sent = async {
                 let mut stream = conn.open_uni().await?;
@@ -543,11 +555,12 @@ impl Transport {
     }
 
     async fn read_loop(self: Arc<Self>, node: NodeId, conn: Connection) {
+        self.traffic.opened(&conn);
         loop {
-            let payload = tokio::select! {
+            let (channel, payload) = tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 datagram = conn.read_datagram() => match datagram {
-                    Ok(bytes) => bytes.to_vec(),
+                    Ok(bytes) => (Channel::Datagram, bytes.to_vec()),
                     Err(_) => break,
                 },
                 stream = conn.accept_bi() => match stream {
@@ -559,7 +572,7 @@ impl Transport {
                 },
                 stream = conn.accept_uni() => match stream {
                     Ok(mut stream) => match stream.read_to_end(MAX_STREAM_FRAME).await {
-                        Ok(bytes) => bytes,
+                        Ok(bytes) => (Channel::Stream, bytes),
                         Err(error) => {
                             tracing::debug!(peer = ?node, %error, "bad stream frame");
                             continue;
@@ -568,10 +581,12 @@ impl Transport {
                     Err(_) => break,
                 },
             };
+            self.traffic.received(channel, payload.len());
             if self.inbound.send(Inbound { from: node, payload }).await.is_err() {
                 break;
             }
         }
+        self.traffic.closed(&conn);
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(pool.get(&node), Some(Slot::Up(c, _)) if c.stable_id() == conn.stable_id()) {
             pool.remove(&node);

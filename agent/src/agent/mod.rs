@@ -6,6 +6,7 @@
 mod bodies;
 mod changes;
 mod containers;
+mod events;
 mod networks;
 mod sandboxes;
 
@@ -19,11 +20,12 @@ use std::time::Duration;
 
 use mesh_membership::enrol::Enroller;
 use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
+use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::transport::{enrol, Transport};
 use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey, RotateError};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{MemberBody, StatusBody};
+use crate::api::{LastSyncBody, MemberBody, StatusBody};
 use crate::config::DEFAULT_PORT;
 use crate::datadir::{ClusterFiles, DataDir, State};
 use crate::dataplane::Dataplane;
@@ -335,6 +337,25 @@ impl Agent {
             (false, true) => "left",
             (false, false) => "member",
         };
+        let (digest, last_sync, conflicts) = match self.membership() {
+            Some(membership) => {
+                let stats = membership
+                    .with_core(|core, _| core.record_stats())
+                    .await
+                    .map_err(|e| AgentError::Internal(e.into()))?;
+                let digest = format!("{:016x}-{:016x}", stats.records_root, stats.members_root);
+                let last_sync = stats.sync.last.map(|last| LastSyncBody {
+                    peer: members
+                        .iter()
+                        .find(|m| m.id == last.peer.to_string())
+                        .map_or_else(|| last.peer.to_string(), |m| m.name.clone()),
+                    at_ms: last.at_ms,
+                    in_step: last.in_step,
+                });
+                (Some(digest), last_sync, conflicts(&membership.watch_view().borrow().view, &members))
+            }
+            None => (None, None, Vec::new()),
+        };
         Ok(StatusBody {
             name: self.name.clone(),
             id: self.key.id().to_string(),
@@ -342,6 +363,9 @@ impl Agent {
             state: state.into(),
             cluster_size: members.iter().filter(|m| m.status == "alive" || m.status == "suspect").count(),
             members,
+            digest,
+            last_sync,
+            conflicts,
         })
     }
 
@@ -472,6 +496,25 @@ async fn remember_peers(
             tracing::warn!(error = format!("{error:#}"), "cannot save state");
         }
     }
+}
+
+/// The conflicts `view` holds, one line each.
+fn conflicts(view: &View, members: &[MemberBody]) -> Vec<String> {
+    let name_of = |id: NodeId| {
+        let id = id.to_string();
+        members.iter().find(|m| m.id == id).map_or(id, |m| m.name.clone())
+    };
+    let networks = view
+        .lost
+        .iter()
+        .map(|lost| format!("network {} (made on {}) lost {}", lost.spec.name, name_of(lost.id.creator), lost.reason));
+    let endpoints = view.endpoints().filter_map(|e| match &e.state {
+        EndpointState::Conflict(why) => {
+            Some(format!("endpoint {} on {} ({}): {why}", e.name, name_of(e.owner), e.spec.network))
+        }
+        _ => None,
+    });
+    networks.chain(endpoints).collect()
 }
 
 /// The wall clock in milliseconds since the Unix epoch.

@@ -70,6 +70,9 @@ pub(crate) struct AgentArgs {
     /// [default: one year].
     #[arg(long, value_name = "SECONDS")]
     cert_lifetime_secs: Option<u64>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics [default: not served].
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -95,6 +98,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         docker_plugin_dir: args.docker_plugin_dir,
         docker_socket: args.docker_socket,
         cert_lifetime_secs: args.cert_lifetime_secs,
+        metrics_addr: args.metrics_addr,
     };
     let settings = file.overlay(flags).resolve()?;
     crate::logging::init(settings.log_format, &settings.log_level)?;

@@ -2,6 +2,8 @@
 
 mod agent;
 mod ca;
+mod events;
+mod generate;
 mod init;
 mod join;
 mod leave;
@@ -34,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent (one per host, as root).
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Make this agent a new cluster; prints the join token (one line).
     Init(ClientOpts),
     /// Join a cluster through one of its members.
@@ -53,6 +55,9 @@ enum Command {
     Ca(ca::CaArgs),
     /// Show this node and the cluster at a glance.
     Status(OutputOpts),
+    /// Print membership and record changes as they happen (`--format
+    /// json`: one JSON object a line).
+    Events(OutputOpts),
     /// Create, list, inspect and remove networks.
     Network(network::NetworkArgs),
     /// Create, list and remove this host's sandboxes.
@@ -60,6 +65,12 @@ enum Command {
     /// Run a command in a fresh sandbox on a network; the sandbox is
     /// removed when the command exits.
     Run(run::RunArgs),
+    /// Print a shell completion script (e.g. `mesh completions bash >
+    /// /usr/share/bash-completion/completions/mesh`).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page mesh(1), in roff.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// How a client command reaches its agent.
@@ -97,13 +108,19 @@ enum Format {
 /// Parses the command line and runs the command.
 pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    if let Command::Agent(args) = cli.command {
-        return agent::run(args).map(|()| ExitCode::SUCCESS);
+    match cli.command {
+        Command::Agent(args) => return agent::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Completions(args) => {
+            generate::completions(&args);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Manpage => return generate::manpage().map(|()| ExitCode::SUCCESS),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let done = match cli.command {
-            Command::Agent(_) => unreachable!("handled above"),
+            Command::Agent(_) | Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
             Command::Init(opts) => init::run(&opts).await,
             Command::Join(args) => join::run(&args).await,
             Command::Token(args) => token::run(&args).await,
@@ -112,6 +129,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Command::Remove(args) => remove::run(&args).await,
             Command::Ca(args) => ca::run(&args).await,
             Command::Status(opts) => status::run(&opts).await,
+            Command::Events(opts) => events::run(&opts).await,
             Command::Network(args) => network::run(&args).await,
             Command::Sandbox(args) => sandbox::run(&args).await,
             Command::Run(args) => return run::run(&args).await,

@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
+use http_body_util::BodyExt;
 use hyper::body::Bytes;
-use hyper::Method;
+use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -35,23 +36,60 @@ impl Client {
         self.call(Method::DELETE, path, Bytes::new()).await
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<T> {
-        let (status, bytes) = crate::unix_http::request(&self.socket, method, path, body).await.map_err(|e| {
-            match e.downcast_ref::<std::io::Error>() {
-                Some(io) => anyhow!(
-                    "cannot reach the mesh agent at {}: {io} (is `mesh agent` running? point --socket or MESH_SOCKET at its socket)",
-                    self.socket.display()
-                ),
-                None => e.context("the agent closed the connection"),
-            }
-        })?;
+    /// `GET path` of a stream: calls `started` once the agent accepted,
+    /// then `line` with each line as it arrives, until the agent ends the
+    /// stream.
+    pub(crate) async fn stream_lines(
+        &self,
+        path: &str,
+        started: impl FnOnce(),
+        mut line: impl FnMut(&str),
+    ) -> anyhow::Result<()> {
+        let (status, mut body) =
+            crate::unix_http::get_streaming(&self.socket, path).await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
-            match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => bail!("{}", body.error),
-                Err(_) => bail!("the agent answered {status}"),
+            let bytes = body.collect().await?.to_bytes();
+            return Err(error_of(status, &bytes));
+        }
+        started();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.context("the agent broke off the stream")?.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let text: Vec<u8> = pending.drain(..=end).collect();
+                line(String::from_utf8_lossy(&text[..end]).as_ref());
             }
+        }
+        Ok(())
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<T> {
+        let (status, bytes) =
+            crate::unix_http::request(&self.socket, method, path, body).await.map_err(|e| self.unreachable(e))?;
+        if !status.is_success() {
+            return Err(error_of(status, &bytes));
         }
         serde_json::from_slice(&bytes)
             .with_context(|| format!("unexpected answer from the agent: {}", String::from_utf8_lossy(&bytes)))
+    }
+
+    /// Explains a failed request: an unreachable socket says what to check.
+    fn unreachable(&self, error: anyhow::Error) -> anyhow::Error {
+        match error.downcast_ref::<std::io::Error>() {
+            Some(io) => anyhow!(
+                "cannot reach the mesh agent at {}: {io} (is `mesh agent` running? point --socket or MESH_SOCKET at its socket)",
+                self.socket.display()
+            ),
+            None => error.context("the agent closed the connection"),
+        }
+    }
+}
+
+/// The error an agent's non-2xx answer carries.
+fn error_of(status: StatusCode, bytes: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => anyhow!("{}", body.error),
+        Err(_) => anyhow!("the agent answered {status}"),
     }
 }

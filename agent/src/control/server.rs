@@ -154,6 +154,16 @@ pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Streams changes, one JSON line each, while the client listens.
+async fn events(State(agent): State<Arc<Agent>>) -> Result<Response, AgentError> {
+    let lines = agent.events().await?;
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        lines.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), lines))
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream))
+        .into_response())
+}
+
 /// Serves the control API until `shutdown` fires.
 pub(crate) async fn serve(
     listener: UnixListener,
@@ -175,6 +185,7 @@ pub(crate) async fn serve(
         .route(api::SANDBOXES, post(sandbox_create).get(sandboxes))
         .route(api::SANDBOX, delete(sandbox_rm))
         .route(api::CHANGES, get(changes))
+        .route(api::EVENTS, get(events))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -23,7 +23,7 @@ use rand::SeedableRng;
 
 pub use self::config::config_for;
 pub use self::peers::{push_fanout, PeerOracle};
-pub use self::records::{Owned, PublishError, DIRECT_PUSH_LIMIT, SYNC_EVERY};
+pub use self::records::{Owned, PublishError, RecordStats, SyncSeen, SyncStats, DIRECT_PUSH_LIMIT, SYNC_EVERY};
 use self::swim_codec::SwimCodec;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::node_key::NodeKey;
@@ -198,6 +198,8 @@ pub struct Core {
     lifeguard: lifeguard::Lifeguard,
     /// Whether a [`CoreTimer::CheckSeals`] is pending.
     seal_checks_scheduled: bool,
+    /// How sync rounds went.
+    sync_stats: records::SyncStats,
 }
 
 impl Core {
@@ -234,6 +236,7 @@ impl Core {
             oracle: None,
             lifeguard: lifeguard::Lifeguard::default(),
             seal_checks_scheduled: false,
+            sync_stats: records::SyncStats::default(),
         }
     }
 

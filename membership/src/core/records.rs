@@ -52,6 +52,42 @@ const MAX_RECORDS_FRAME: usize = 8192;
 /// core of the lab machine), so other work is not held up.
 const SEAL_CHECKS_PER_TURN: usize = 128;
 
+/// A sync round this node took part in, as an operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSeen {
+    /// The other member.
+    pub peer: NodeId,
+    /// When (milliseconds since the Unix epoch, this node's clock).
+    pub at_ms: u64,
+    /// Whether both held the same records.
+    pub in_step: bool,
+}
+
+/// Sync rounds this node compared roots in, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Rounds where both held the same records.
+    pub in_step: u64,
+    /// Rounds where the records differed (and were exchanged).
+    pub differed: u64,
+    /// The latest round.
+    pub last: Option<SyncSeen>,
+}
+
+/// The records a node holds and how its syncs go, for an operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordStats {
+    /// Records by kind ([`RecordKey::kind`]) and whether they are
+    /// tombstones: how many.
+    pub records: std::collections::BTreeMap<(&'static str, bool), usize>,
+    /// Equal on two nodes holding the same records.
+    pub records_root: u64,
+    /// Equal on two nodes that see the same members active.
+    pub members_root: u64,
+    /// Sync rounds.
+    pub sync: SyncStats,
+}
+
 /// What a node persists to come back unchanged after a restart: its own
 /// endpoints, its version counter, and the cluster-wide records it knows
 /// (networks, the join secret, removals: a lone node has nobody to learn
@@ -165,6 +201,25 @@ impl Core {
         self.shared.lock().store.root()
     }
 
+    /// The records held and how syncs go.
+    pub fn record_stats(&self) -> RecordStats {
+        let mut records = std::collections::BTreeMap::new();
+        let shared = self.shared.lock();
+        for record in shared.store.iter() {
+            *records.entry((record.key.kind(), matches!(record.value, Value::Deleted { .. }))).or_default() += 1;
+        }
+        let records_root = shared.store.root();
+        drop(shared);
+        RecordStats { records, records_root, members_root: self.members_root(), sync: self.sync_stats }
+    }
+
+    fn saw_sync(&mut self, now: Instant, peer: NodeId, in_step: bool) {
+        let at_ms = self.wall_ms(now);
+        let stats = &mut self.sync_stats;
+        *(if in_step { &mut stats.in_step } else { &mut stats.differed }) += 1;
+        stats.last = Some(SyncSeen { peer, at_ms, in_step });
+    }
+
     /// Creates a network; returns its id.
     pub fn create_network(&mut self, now: Instant, spec: NetworkSpec) -> Result<NetworkId, PublishError> {
         self.tick(now);
@@ -238,6 +293,7 @@ impl Core {
             Frame::SyncHello { records, members } => {
                 let Some(peer) = self.active_peer(from) else { return };
                 let ours = self.shared.lock().store.root();
+                self.saw_sync(now, from, records == ours);
                 if records != ours {
                     let digest = self.shared.lock().store.buckets().to_vec();
                     self.send(&peer, &Frame::SyncDigest(digest));
@@ -248,6 +304,7 @@ impl Core {
             }
             Frame::SyncDigest(theirs) if theirs.len() == BUCKETS => {
                 let Some(peer) = self.active_peer(from) else { return };
+                self.saw_sync(now, from, false);
                 let differing = self.shared.lock().store.differing(&theirs);
                 self.send_buckets(&peer, &differing);
                 self.send(&peer, &Frame::SyncPull(differing.into_iter().collect()));

@@ -159,6 +159,17 @@ pub enum RecordKey {
 }
 
 impl RecordKey {
+    /// What kind of record this is, in one word (for metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Network(_) => "network",
+            Self::Endpoint { .. } => "endpoint",
+            Self::JoinSecret => "join_secret",
+            Self::Removed(_) => "removed_member",
+            Self::ClusterCa => "cluster_ca",
+        }
+    }
+
     /// The only node that may write this record, if only one may.
     pub fn writer(&self) -> Option<NodeId> {
         match self {

@@ -1,0 +1,211 @@
+//! What an operator watches, on lab hosts with the real binary: the
+//! Prometheus metrics a scrape returns (parsed by Prometheus's own Python
+//! client), `mesh status`'s digest that agrees on converged hosts, and
+//! `mesh events` streaming membership and record changes. Needs root.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use mesh_scenarios::Lab;
+use serde_json::Value;
+
+/// Generous bound on convergence waits (not a performance claim).
+const CONVERGE: Duration = Duration::from_secs(30);
+/// Debian's Python, which has Prometheus's client (`python3-prometheus-client`).
+const PYTHON: &str = "/usr/bin/python3";
+/// Where every lab agent serves metrics, inside its own host namespace.
+const METRICS_ADDR: &str = "0.0.0.0:9477";
+
+/// Parses Prometheus text with `prometheus_client.parser`, and lints what
+/// it cannot see: every family has a HELP and a TYPE line, and counters'
+/// samples end in `_total`. Prints `name{labels} value` per sample, labels
+/// sorted.
+const PARSE: &str = r##"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+text = open(sys.argv[1]).read()
+helps = {l.split()[2] for l in text.splitlines() if l.startswith("# HELP ")}
+types = {l.split()[2]: l.split()[3] for l in text.splitlines() if l.startswith("# TYPE ")}
+assert helps == set(types), ("HELP and TYPE differ", helps ^ set(types))
+for family in text_string_to_metric_families(text):
+    for sample in family.samples:
+        if family.type == "counter":
+            assert sample.name.endswith("_total"), sample.name
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+        print(f"{sample.name}{{{labels}}} {sample.value}")
+"##;
+
+/// Scrapes host `i`'s metrics: sample (`name{labels}`, sorted labels) to value.
+fn scrape(lab: &Lab, i: usize) -> anyhow::Result<BTreeMap<String, f64>> {
+    let out = lab.exec(i, "curl", &["-sf", "--max-time", "5", "http://127.0.0.1:9477/metrics"])?;
+    ensure!(out.success, "scrape of h{i} failed: {}", out.stderr);
+    let (script, text) = (lab.host_dir(i).join("parse_metrics.py"), lab.host_dir(i).join("metrics.txt"));
+    std::fs::write(&script, PARSE)?;
+    std::fs::write(&text, &out.stdout)?;
+    let path = |p: &std::path::Path| p.to_str().map(str::to_owned).context("UTF-8 path");
+    let parse = lab.exec(i, PYTHON, &[&path(&script)?, &path(&text)?])?;
+    ensure!(parse.success, "Prometheus's parser refused h{i}'s metrics: {}\n{}", parse.stderr, out.stdout);
+    let mut samples = BTreeMap::new();
+    for line in parse.stdout.lines() {
+        let (name, value) = line.rsplit_once(' ').context("a sample line")?;
+        samples.insert(name.to_owned(), value.parse()?);
+    }
+    Ok(samples)
+}
+
+/// A sample's value, 0 if absent.
+fn value(samples: &BTreeMap<String, f64>, sample: &str) -> f64 {
+    samples.get(sample).copied().unwrap_or(0.0)
+}
+
+/// A two-host cluster serving metrics, with network `dev` and sandbox
+/// `svcI` on host I, and `svc1` resolving from `svc2`.
+fn two_hosts_with_metrics() -> anyhow::Result<Lab> {
+    let mut lab = Lab::new(2)?;
+    lab.form_cluster_with(&["--metrics-addr", METRICS_ADDR])?;
+    lab.mesh_ok(1, &["network", "create", "dev", "--subnet", "10.40.0.0/24"])?;
+    lab.wait_for("dev on h2", CONVERGE, |lab| Ok(lab.mesh(2, &["network", "inspect", "dev"])?.success))?;
+    lab.mesh_ok(1, &["sandbox", "create", "svc1", "--network", "dev"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "svc2", "--network", "dev"])?;
+    lab.wait_for("svc1 resolves on h2", CONVERGE, |lab| {
+        let out = lab.sandbox_exec(2, "svc2", "dig", &["+short", "+time=2", "+tries=1", "svc1"])?;
+        Ok(out.stdout.trim().starts_with("10.40.0."))
+    })?;
+    Ok(lab)
+}
+
+#[test]
+fn a_scrape_reports_members_records_gossip_dns_and_kernel_work() -> anyhow::Result<()> {
+    let lab = two_hosts_with_metrics()?;
+    let dig = |name: &str| lab.sandbox_exec(2, "svc2", "dig", &["+time=2", "+tries=1", name]);
+    dig("nosuch.dev.mesh")?;
+    let before = scrape(&lab, 2)?;
+    for _ in 0..3 {
+        dig("svc1.dev")?;
+    }
+    lab.mesh_ok(1, &["sandbox", "create", "svc1b", "--network", "dev"])?;
+    lab.wait_for("svc1b in h2's kernel", CONVERGE, |lab| {
+        Ok(value(&scrape(lab, 2)?, r#"mesh_kernel_remote_endpoints{}"#) == 2.0)
+    })?;
+    lab.wait_for("a sync round on h2", CONVERGE, |lab| {
+        let samples = scrape(lab, 2)?;
+        Ok(value(&samples, r#"mesh_sync_rounds_total{result="in_step"}"#)
+            + value(&samples, r#"mesh_sync_rounds_total{result="differed"}"#)
+            > 0.0)
+    })?;
+    let after = scrape(&lab, 2)?;
+    let expect = |sample: &str, wanted: f64| -> anyhow::Result<()> {
+        let got = value(&after, sample);
+        ensure!(got == wanted, "{sample} is {got}, expected {wanted}");
+        Ok(())
+    };
+    expect(r#"mesh_cluster_joined{}"#, 1.0)?;
+    expect(r#"mesh_members{status="alive"}"#, 2.0)?;
+    expect(r#"mesh_members{status="down"}"#, 0.0)?;
+    expect(r#"mesh_records{kind="network",state="live"}"#, 1.0)?;
+    expect(r#"mesh_records{kind="endpoint",state="live"}"#, 3.0)?;
+    expect(r#"mesh_endpoints{state="active"}"#, 3.0)?;
+    expect(r#"mesh_networks{}"#, 1.0)?;
+    expect(r#"mesh_kernel_remote_endpoints{}"#, 2.0)?;
+    let grew = |sample: &str, by: f64| -> anyhow::Result<()> {
+        let (was, is) = (value(&before, sample), value(&after, sample));
+        ensure!(is >= was + by, "{sample} went from {was} to {is}, expected at least +{by}");
+        Ok(())
+    };
+    grew(r#"mesh_dns_queries_total{result="noerror",source="mesh"}"#, 3.0)?;
+    grew(r#"mesh_dns_query_duration_seconds_count{source="mesh"}"#, 3.0)?;
+    // svc1b was made while h2 had the network: it counts (svc1 did not).
+    grew(r#"mesh_convergence_lag_seconds_count{}"#, 1.0)?;
+    ensure!(value(&after, r#"mesh_dns_queries_total{result="nxdomain",source="mesh"}"#) >= 1.0, "NXDOMAIN counted");
+    for sample in [
+        r#"mesh_gossip_messages_total{channel="datagram",direction="sent"}"#,
+        r#"mesh_gossip_messages_total{channel="datagram",direction="received"}"#,
+        r#"mesh_gossip_udp_bytes_total{direction="sent"}"#,
+        r#"mesh_gossip_udp_bytes_total{direction="received"}"#,
+        r#"mesh_reconcile_runs_total{}"#,
+        r#"mesh_kernel_changes_total{change="set"}"#,
+    ] {
+        ensure!(value(&after, sample) > 0.0, "{sample} is 0");
+        ensure!(value(&after, sample) >= value(&before, sample), "{sample} went down");
+    }
+    ensure!(value(&after, r#"mesh_last_sync_timestamp_seconds{}"#) > 1.7e9, "the last sync has a Unix time");
+
+    lab.mesh_ok(1, &["sandbox", "rm", "svc1"])?;
+    lab.mesh_ok(1, &["sandbox", "rm", "svc1b"])?;
+    lab.wait_for("h1's entries withdrawn on h2", CONVERGE, |lab| {
+        Ok(value(&scrape(lab, 2)?, r#"mesh_kernel_remote_endpoints{}"#) == 0.0)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_taken_metrics_port_fails_the_start_with_a_reason() -> anyhow::Result<()> {
+    let mut lab = Lab::new(1)?;
+    lab.spawn(
+        1,
+        "squatter",
+        "python3",
+        &["-c", "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 9477)); s.listen(); time.sleep(60)"],
+    )?;
+    lab.wait_for("the port is taken", CONVERGE, |lab| {
+        Ok(lab.exec(1, "ss", &["-Htln", "sport = :9477"])?.stdout.contains("9477"))
+    })?;
+    let started = lab.start_agent(1, &["--metrics-addr", METRICS_ADDR]);
+    let error = format!("{:#}", started.err().context("the agent started on a taken port")?);
+    ensure!(error.contains("cannot serve metrics on 0.0.0.0:9477"), "{error}");
+    Ok(())
+}
+
+/// `mesh status --format json` of host `i`.
+fn status(lab: &Lab, i: usize) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&lab.mesh_ok(i, &["status", "--format", "json"])?)?)
+}
+
+#[test]
+fn status_digests_agree_once_converged_and_events_stream_the_changes() -> anyhow::Result<()> {
+    let mut lab = Lab::new(3)?;
+    lab.form_cluster()?;
+    let socket = lab.socket(1);
+    let socket = socket.to_str().context("UTF-8 socket path")?.to_owned();
+    let mesh = lab.mesh_path().to_str().context("UTF-8 binary path")?.to_owned();
+    lab.spawn(1, "events", &mesh, &["events", "--format", "json", "--socket", &socket])?;
+    lab.spawn(1, "events-table", &mesh, &["events", "--socket", &socket])?;
+    lab.wait_for("both streams watching", CONVERGE, |lab| {
+        let watching = |name| std::fs::read_to_string(lab.spawn_log(1, name)).is_ok_and(|t| t.contains("watching"));
+        Ok(watching("events") && watching("events-table"))
+    })?;
+    lab.mesh_ok(2, &["network", "create", "dev", "--subnet", "10.41.0.0/24"])?;
+    lab.wait_for("dev on h3", CONVERGE, |lab| Ok(lab.mesh(3, &["network", "inspect", "dev"])?.success))?;
+    lab.mesh_ok(3, &["sandbox", "create", "svc3", "--network", "dev"])?;
+
+    lab.wait_for("one digest on every host", CONVERGE, |lab| {
+        let digests: Vec<Value> =
+            (1..=3).map(|i| Ok(status(lab, i)?["digest"].clone())).collect::<anyhow::Result<_>>()?;
+        Ok(digests[0].is_string() && digests.iter().all(|d| *d == digests[0]))
+    })?;
+    let text = lab.mesh_ok(2, &["status"])?;
+    ensure!(text.contains("digest") && text.contains("conflicts  none"), "mesh status:\n{text}");
+    lab.mesh_ok(3, &["sandbox", "create", "svc3b", "--network", "dev"])?;
+    lab.wait_for("the digests move together", CONVERGE, |lab| {
+        let (one, three) = (status(lab, 1)?["digest"].clone(), status(lab, 3)?["digest"].clone());
+        let sandboxes = lab.mesh_ok(1, &["network", "inspect", "dev", "--format", "json"])?;
+        Ok(one == three && sandboxes.contains("svc3b"))
+    })?;
+
+    lab.kill(3)?;
+    let events = lab.spawn_log(1, "events");
+    let seen = |wanted: &[(&str, &str)]| -> anyhow::Result<bool> {
+        let text = std::fs::read_to_string(&events)?;
+        let json = text.lines().filter(|line| line.starts_with('{'));
+        let lines: Vec<Value> = json.map(serde_json::from_str).collect::<Result<_, _>>()?;
+        Ok(lines.iter().any(|line| wanted.iter().all(|(key, value)| line[*key] == *value)))
+    };
+    lab.wait_for("h3 reported down", CONVERGE, |_| seen(&[("event", "member-down"), ("member", "h3")]))?;
+    ensure!(seen(&[("event", "network-created"), ("network", "dev")])?, "network-created dev");
+    ensure!(seen(&[("event", "endpoint-added"), ("endpoint", "svc3"), ("member", "h3"), ("network", "dev")])?);
+    ensure!(seen(&[("event", "endpoint-changed"), ("endpoint", "svc3")])?, "svc3 changed state with its host");
+    let table = std::fs::read_to_string(lab.spawn_log(1, "events-table"))?;
+    ensure!(table.lines().any(|l| l.contains("member-down") && l.contains("h3")), "the table form:\n{table}");
+    Ok(())
+}
