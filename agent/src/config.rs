@@ -56,6 +56,7 @@ pub(crate) struct Config {
     pub(crate) docker_socket: Option<PathBuf>,
     pub(crate) cert_lifetime_secs: Option<u64>,
     pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) bootstrap: Option<PathBuf>,
 }
 
 impl Config {
@@ -91,6 +92,7 @@ impl Config {
             docker_socket: flags.docker_socket.or(self.docker_socket),
             cert_lifetime_secs: flags.cert_lifetime_secs.or(self.cert_lifetime_secs),
             metrics_addr: flags.metrics_addr.or(self.metrics_addr),
+            bootstrap: flags.bootstrap.or(self.bootstrap),
         }
     }
 
@@ -110,8 +112,8 @@ impl Config {
             Some(text) => Some(text.parse().context("bad join token")?),
             None => None,
         };
-        if !self.join.is_empty() && token.is_none() {
-            bail!("--join needs --token (print one with `mesh token` on a member)");
+        if !self.join.is_empty() && token.is_none() && self.bootstrap.is_none() {
+            bail!("--join needs --token (print one with `mesh token` on a member) or --bootstrap");
         }
         let name = match self.name {
             Some(name) => name,
@@ -165,6 +167,7 @@ impl Config {
             docker_socket: self.docker_socket.unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
             cert_lifetime,
             metrics_addr: self.metrics_addr,
+            bootstrap: self.bootstrap,
         })
     }
 }
@@ -198,6 +201,8 @@ pub(crate) struct Settings {
     pub(crate) cert_lifetime: std::time::Duration,
     /// Where Prometheus scrapes `/metrics`; `None`: not served.
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// A cluster bundle to become a member with, if in no cluster yet.
+    pub(crate) bootstrap: Option<PathBuf>,
 }
 
 /// The shortest certificate lifetime accepted: renewal happens when a third
@@ -286,6 +291,64 @@ mod tests {
         let flags =
             Config { name: Some("h".into()), upstream_dns: vec!["198.18.0.9:5353".into()], ..Config::default() };
         assert_eq!(flags.resolve()?.upstream_dns, [SocketAddr::from(([198, 18, 0, 9], 5353))]);
+        Ok(())
+    }
+
+    /// The packaged config file is the reference: uncommented, every key
+    /// in it parses, and it names every key there is (the exhaustive
+    /// pattern stops compiling when a key is added).
+    #[test]
+    fn the_reference_config_names_every_key_and_each_parses() -> anyhow::Result<()> {
+        let reference = include_str!("../dist/mesh.toml");
+        let uncommented: String = reference
+            .lines()
+            .filter_map(|line| line.strip_prefix("# ").filter(|rest| rest.contains(" = ")))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let Config {
+            name,
+            data_dir,
+            socket,
+            advertise,
+            bind,
+            join,
+            token,
+            leave_on_terminate,
+            log_format,
+            log_level,
+            vxlan_port,
+            netns_prefix,
+            upstream_dns,
+            docker_plugin_dir,
+            docker_socket,
+            cert_lifetime_secs,
+            metrics_addr,
+            bootstrap,
+        } = Config::parse(&uncommented)?;
+        let set = [
+            name.is_some(),
+            data_dir.is_some(),
+            socket.is_some(),
+            advertise.is_some(),
+            bind.is_some(),
+            !join.is_empty(),
+            token.is_some(),
+            leave_on_terminate.is_some(),
+            log_format.is_some(),
+            log_level.is_some(),
+            vxlan_port.is_some(),
+            netns_prefix.is_some(),
+            !upstream_dns.is_empty(),
+            docker_plugin_dir.is_some(),
+            docker_socket.is_some(),
+            cert_lifetime_secs.is_some(),
+            metrics_addr.is_some(),
+            bootstrap.is_some(),
+        ];
+        assert!(set.iter().all(|s| *s), "a key is missing from dist/mesh.toml: {set:?}");
+        let mut resolved = Config::parse(&uncommented)?;
+        resolved.bootstrap = None;
+        resolved.resolve()?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, NodeSettings};
+use crate::bootstrap::ClusterSeed;
 use crate::config::Settings;
 use crate::control::server;
 use crate::datadir::DataDir;
@@ -26,6 +27,7 @@ use mesh_netdev::reconcile::Underlay;
 /// Runs the agent until a termination signal.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let datadir = DataDir::open(&settings.data_dir)?;
+    let seed = settings.bootstrap.as_deref().map(ClusterSeed::load).transpose()?;
     let socket = bind_peer_socket(settings.bind)?;
     let advertise = advertise_addr(&settings).await?;
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
@@ -62,7 +64,11 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         crate::docker::start(dir, &settings.docker_socket, agent, dataplane, datadir, shutdown.clone()).await?;
     }
     tracing::info!(name = %settings.name, %advertise, socket = %settings.socket.display(), "agent started");
-    if let (false, Some(token)) = (settings.join.is_empty(), &settings.token) {
+    let token = settings.token.clone().or_else(|| seed.as_ref().map(ClusterSeed::token));
+    if let Some(seed) = seed {
+        agent.bootstrap(seed).await.map_err(|e| anyhow!("cannot bootstrap from the cluster bundle: {e}"))?;
+    }
+    if let (false, Some(token)) = (settings.join.is_empty(), token) {
         tokio::spawn(Arc::clone(&agent).join_with_retry(settings.join.clone(), token.to_string()));
     }
     let api = tokio::spawn(server::serve(control, Arc::clone(&agent), shutdown.clone()));

@@ -11,6 +11,7 @@
 
 mod agent;
 mod api;
+mod bootstrap;
 mod cli;
 mod cni;
 mod config;

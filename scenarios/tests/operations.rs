@@ -209,3 +209,59 @@ fn status_digests_agree_once_converged_and_events_stream_the_changes() -> anyhow
     ensure!(table.lines().any(|l| l.contains("member-down") && l.contains("h3")), "the table form:\n{table}");
     Ok(())
 }
+
+#[test]
+fn images_that_boot_in_any_order_with_one_bundle_form_one_cluster() -> anyhow::Result<()> {
+    let mut lab = Lab::new(4)?;
+    let bundle = lab.host_dir(1).join("cluster.bundle");
+    let out = std::process::Command::new(lab.mesh_path()).arg("bootstrap").output()?;
+    ensure!(out.status.success(), "mesh bootstrap: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&bundle, &out.stdout)?;
+    let bundle = bundle.to_str().context("UTF-8 path")?.to_owned();
+    let peers: Vec<String> = (1..=4).map(|i| lab.agent_addr(i)).collect();
+    let mut flags = vec!["--bootstrap", bundle.as_str()];
+    for peer in &peers {
+        flags.extend(["--join", peer.as_str()]);
+    }
+    let alive = |lab: &Lab, i: usize| -> anyhow::Result<usize> {
+        Ok(lab.members(i)?.iter().filter(|m| m.status == "alive").count())
+    };
+    // Two images boot first, while the peers they list first are not up:
+    // they find each other. The other two then find each other first;
+    // each host goes on until it has reached every peer, so the pairs
+    // merge instead of staying two clusters.
+    lab.start_agent(3, &flags)?;
+    lab.start_agent(4, &flags)?;
+    lab.wait_for("h3 and h4 together", CONVERGE, |lab| Ok(alive(lab, 3)? == 2 && alive(lab, 4)? == 2))?;
+    lab.start_agent(1, &flags)?;
+    lab.start_agent(2, &flags)?;
+    lab.wait_for("one cluster of 4 on every host", CONVERGE, |lab| {
+        (1..=4).try_fold(true, |all, i| Ok(all && alive(lab, i)? == 4))
+    })?;
+
+    lab.mesh_ok(4, &["network", "create", "dev", "--subnet", "10.42.0.0/24"])?;
+    lab.wait_for("dev on h1 and h2", CONVERGE, |lab| {
+        Ok(lab.mesh(1, &["network", "inspect", "dev"])?.success && lab.mesh(2, &["network", "inspect", "dev"])?.success)
+    })?;
+    lab.mesh_ok(1, &["sandbox", "create", "web", "--network", "dev"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "client", "--network", "dev"])?;
+    lab.wait_for("client pings web by name", CONVERGE, |lab| {
+        Ok(lab.sandbox_exec(2, "client", "ping", &["-c", "1", "-W", "1", "web"])?.success)
+    })?;
+
+    // A restart keeps the node's cluster (the bundle is not used again).
+    let id = status(&lab, 2)?["id"].clone();
+    lab.terminate(2)?;
+    lab.start_agent(2, &flags)?;
+    lab.wait_for("h2 back, still one cluster of 4", CONVERGE, |lab| Ok(alive(lab, 1)? == 4 && alive(lab, 2)? == 4))?;
+    ensure!(status(&lab, 2)?["id"] == id, "h2 kept its identity");
+    ensure!(lab.members(1)?.len() == 4, "no second h2: {:?}", lab.members(1)?);
+
+    // A node that left stays out across a restart, bundle or not.
+    lab.mesh_ok(3, &["leave"])?;
+    lab.terminate(3)?;
+    lab.start_agent(3, &flags)?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(lab.status_of(1, "h3")?.as_deref() == Some("left"), "h3 stayed out: {:?}", lab.members(1)?);
+    Ok(())
+}

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use mesh_membership::enrol::Enroller;
 use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
+
+use crate::bootstrap::ClusterSeed;
 use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::transport::{enrol, Transport};
 use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey, RotateError};
@@ -140,21 +142,45 @@ impl Agent {
 
     /// Makes this node a new, one-member cluster and returns its join token.
     pub(crate) async fn init(&self) -> Result<JoinToken, AgentError> {
+        let token = self.found(ClusterSeed::generate()?).await?;
+        tracing::info!("initialised a new cluster");
+        Ok(token)
+    }
+
+    /// At start with a cluster bundle: makes this node a member of the
+    /// bundle's cluster by itself, unless it is in a cluster already or
+    /// left one (`mesh join` brings it back).
+    pub(crate) async fn bootstrap(&self, seed: ClusterSeed) -> Result<(), AgentError> {
+        if self.membership().is_some() {
+            tracing::debug!("already in a cluster: the bootstrap bundle is not needed");
+            return Ok(());
+        }
+        if self.state.lock().unwrap_or_else(PoisonError::into_inner).left {
+            tracing::info!("this node left its cluster: not bootstrapping (`mesh join` to come back)");
+            return Ok(());
+        }
+        self.found(seed).await?;
+        tracing::info!("joined the bundle's cluster by itself");
+        Ok(())
+    }
+
+    /// Makes this node a member of `seed`'s cluster, issuing its
+    /// certificate from the CA; returns the join token.
+    async fn found(&self, seed: ClusterSeed) -> Result<JoinToken, AgentError> {
         let _guard = self.joining.lock().await;
         if self.membership().is_some() {
             return Err(AgentError::Conflict(
                 "this agent is already in a cluster; `mesh token` prints its join token".into(),
             ));
         }
-        let ca = ClusterCa::generate().map_err(anyhow::Error::from)?;
+        let ClusterSeed { ca, secret } = seed;
         let request = certificate_request(&self.key).map_err(anyhow::Error::from)?;
         let cert = ca.issue(self.key.id(), &request, self.cert_lifetime).map_err(anyhow::Error::from)?;
         let creds = NodeCredentials::new(cert, &self.key, ca.cert_der().clone());
-        let files = ClusterFiles { creds, ca, secret: ClusterSecret::random() };
+        let files = ClusterFiles { creds, ca, secret };
         self.datadir.save_cluster(&files)?;
         let token = files.token();
         self.begin_session(files)?;
-        tracing::info!("initialised a new cluster");
         Ok(token)
     }
 
@@ -194,19 +220,51 @@ impl Agent {
         Ok(())
     }
 
-    /// Keeps trying [`Agent::join`] through each of `peers` with backoff
-    /// until one succeeds (for `--join` at boot, when peers may be down).
+    /// `--join` at boot, when peers may be down: keeps trying [`Agent::join`]
+    /// through each of `peers`, with backoff, until each has answered once
+    /// (or is a member already). Reaching every one, not just the first,
+    /// is what makes hosts that boot in any order with a bundle one
+    /// cluster rather than islands. A node that left its cluster does not
+    /// join back by itself.
     pub(crate) async fn join_with_retry(self: Arc<Self>, peers: Vec<String>, token: String) {
+        if self.state.lock().unwrap_or_else(PoisonError::into_inner).left {
+            return tracing::info!("this node left its cluster: not joining at start (`mesh join` to come back)");
+        }
+        let mut pending = peers;
         let mut delay = Duration::from_millis(500);
-        loop {
-            for peer in &peers {
-                match self.join(peer, &token).await {
-                    Ok(()) => return,
+        let mut joined = false;
+        while !pending.is_empty() {
+            let members: Vec<SocketAddr> = match self.membership() {
+                Some(membership) => membership.members().await.unwrap_or_default(),
+                None => Vec::new(),
+            }
+            .iter()
+            .filter(|m| m.status.as_str() == "alive")
+            .map(|m| m.identity.addr)
+            .collect();
+            let mut still = Vec::new();
+            for peer in pending {
+                if resolve(&peer).await.is_ok_and(|addr| addr == self.advertise || members.contains(&addr)) {
+                    continue;
+                }
+                match self.join(&peer, &token).await {
+                    Ok(()) => joined = true,
                     Err(error @ (AgentError::BadRequest(_) | AgentError::Conflict(_))) => {
                         return tracing::error!(%peer, %error, "cannot join");
                     }
-                    Err(error) => tracing::warn!(%peer, %error, "join attempt failed; will retry"),
+                    Err(error) if joined => {
+                        tracing::debug!(%peer, %error, "peer not reached yet; will retry");
+                        still.push(peer);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "join attempt failed; will retry");
+                        still.push(peer);
+                    }
                 }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -214,6 +272,7 @@ impl Agent {
             }
             delay = (delay * 2).min(Duration::from_secs(30));
         }
+        tracing::info!("reached every --join peer");
     }
 
     /// Leaves the cluster gracefully; the node will not rejoin by itself.

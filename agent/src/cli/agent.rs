@@ -30,8 +30,9 @@ pub(crate) struct AgentArgs {
     /// UDP address to listen on for peers [default: 0.0.0.0:7950].
     #[arg(long)]
     bind: Option<SocketAddr>,
-    /// A member to join through at start-up, retried until it works (repeatable).
-    #[arg(long, requires = "token")]
+    /// A member to join through at start-up (repeatable): each is retried
+    /// with backoff until it has answered once.
+    #[arg(long)]
     join: Vec<String>,
     /// The join token for --join.
     #[arg(long)]
@@ -73,6 +74,10 @@ pub(crate) struct AgentArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics [default: not served].
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<SocketAddr>,
+    /// A cluster bundle (`mesh bootstrap`): in no cluster yet, the agent
+    /// becomes a member of the bundle's by itself, then joins --join peers.
+    #[arg(long, value_name = "FILE")]
+    bootstrap: Option<PathBuf>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -99,6 +104,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         docker_socket: args.docker_socket,
         cert_lifetime_secs: args.cert_lifetime_secs,
         metrics_addr: args.metrics_addr,
+        bootstrap: args.bootstrap,
     };
     let settings = file.overlay(flags).resolve()?;
     crate::logging::init(settings.log_format, &settings.log_level)?;

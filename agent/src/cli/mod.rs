@@ -39,6 +39,10 @@ enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Make this agent a new cluster; prints the join token (one line).
     Init(ClientOpts),
+    /// Make a new cluster offline, for unattended first boots: prints a
+    /// bundle (the cluster CA and join secret; keep it secret) that agents
+    /// given `--bootstrap FILE` become members with by themselves.
+    Bootstrap,
     /// Join a cluster through one of its members.
     Join(join::JoinArgs),
     /// Print the join token of this agent's cluster (`rotate`: replace it).
@@ -115,12 +119,18 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Manpage => return generate::manpage().map(|()| ExitCode::SUCCESS),
+        Command::Bootstrap => {
+            print!("{}", crate::bootstrap::ClusterSeed::generate()?.to_text()?);
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let done = match cli.command {
-            Command::Agent(_) | Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
+            Command::Agent(_) | Command::Completions(_) | Command::Manpage | Command::Bootstrap => {
+                unreachable!("handled above")
+            }
             Command::Init(opts) => init::run(&opts).await,
             Command::Join(args) => join::run(&args).await,
             Command::Token(args) => token::run(&args).await,
