@@ -16,3 +16,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+echo "== packaging (a debug build: the check is about the package, not speed)"
+ensure_packages systemd
+scripts/package.sh --debug --out target/package
+scripts/check-package.sh target/package/mesh_*.deb

@@ -180,12 +180,19 @@ impl Lab {
     /// Starts host `i`'s agent with extra flags and waits for its control
     /// socket. Its data dir survives restarts.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent_under(i, &[], extra)
+    }
+
+    /// [`Lab::start_agent`], with the agent run by `wrapper` (a program
+    /// and its arguments, e.g. `setpriv` dropping capabilities).
+    pub fn start_agent_under(&mut self, i: usize, wrapper: &[&str], extra: &[&str]) -> anyhow::Result<()> {
         let host = self.host(i);
         let log = File::options().create(true).append(true).open(host.dir.join("agent.log"))?;
         let socket = self.socket(i);
         let _ = std::fs::remove_file(&socket);
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns)])
+            .args(wrapper)
             .arg(&self.mesh)
             .args(["agent", "--name", &format!("h{i}"), "--data-dir"])
             .arg(self.data_dir(i))

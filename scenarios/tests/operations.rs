@@ -265,3 +265,57 @@ fn images_that_boot_in_any_order_with_one_bundle_form_one_cluster() -> anyhow::R
     ensure!(lab.status_of(1, "h3")?.as_deref() == Some("left"), "h3 stayed out: {:?}", lab.members(1)?);
     Ok(())
 }
+
+/// The capabilities the packaged systemd unit leaves the agent, as
+/// `setpriv --bounding-set` takes them.
+fn unit_capabilities() -> anyhow::Result<String> {
+    let unit = include_str!("../../agent/dist/mesh.service");
+    let line = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).context("no bounding set")?;
+    let caps: Vec<String> =
+        line.split_whitespace().map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase())).collect();
+    ensure!(!caps.is_empty(), "an empty bounding set");
+    Ok(format!("-all,{}", caps.join(",")))
+}
+
+#[test]
+fn with_only_the_units_capabilities_the_agent_still_builds_the_overlay() -> anyhow::Result<()> {
+    let caps = unit_capabilities()?;
+    let wrapper = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set", caps.as_str(), "--"];
+    let mut lab = Lab::new(2)?;
+    for i in 1..=2 {
+        lab.start_agent_under(i, &wrapper, &["--metrics-addr", METRICS_ADDR])?;
+    }
+    let pid = lab.agent_pid(1).context("h1's agent")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    ensure!(status.contains("NoNewPrivs:\t1"), "the agent runs with no new privileges");
+    let token = lab.mesh_ok(1, &["init"])?.trim().to_owned();
+    lab.mesh_ok(2, &["join", &lab.agent_addr(1), "--token", &token])?;
+    lab.mesh_ok(1, &["network", "create", "dev", "--subnet", "10.43.0.0/24"])?;
+    lab.wait_for("dev on h2", CONVERGE, |lab| Ok(lab.mesh(2, &["network", "inspect", "dev"])?.success))?;
+    lab.mesh_ok(1, &["sandbox", "create", "web", "--network", "dev"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "client", "--network", "dev"])?;
+    lab.wait_for("client pings web by name across the tunnel", CONVERGE, |lab| {
+        Ok(lab.sandbox_exec(2, "client", "ping", &["-c", "1", "-W", "1", "web"])?.success)
+    })?;
+    // A container's namespace, whose process runs as another user (it
+    // takes CAP_SYS_PTRACE to open its /proc/PID/ns/net).
+    lab.spawn(
+        1,
+        "container",
+        "unshare",
+        &["--net", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "sleep", "60"],
+    )?;
+    let pid = *lab.spawned_pids(1).first().context("the container's pid")?;
+    let netns = format!("/proc/{pid}/ns/net");
+    lab.wait_for("the container runs as nobody", CONVERGE, |_| {
+        Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?.lines().any(|l| l.starts_with("Uid:\t65534")))
+    })?;
+    lab.mesh_ok(1, &["sandbox", "create", "ctr", "--network", "dev", "--netns", &netns])?;
+    lab.wait_for("client pings the container by name", CONVERGE, |lab| {
+        Ok(lab.sandbox_exec(2, "client", "ping", &["-c", "1", "-W", "1", "ctr"])?.success)
+    })?;
+    ensure!(value(&scrape(&lab, 2)?, r#"mesh_reconcile_errors_total{}"#) == 0.0, "no reconciler errors");
+    lab.mesh_ok(1, &["sandbox", "rm", "ctr"])?;
+    lab.mesh_ok(2, &["sandbox", "rm", "client"])?;
+    Ok(())
+}
