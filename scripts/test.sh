@@ -10,6 +10,7 @@ ensure_rust
 
 echo "== building"
 cargo build --bins --locked
+scripts/build-previous.sh
 echo "== testing"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -10,8 +10,10 @@ use crate::records::Record;
 
 /// Version of the agent-to-agent protocol. A peer speaking another version is
 /// refused with [`WireError::Version`], never misread. Version 2: records
-/// carry their writer's seal. Version 3: SWIM headers are compact, and
-/// the cluster CA can be rotated.
+/// carry their writer's seal. Version 3 (mesh 0.1): SWIM headers are
+/// compact, and the cluster CA can be rotated. A change here makes a new
+/// major version of mesh: minor versions keep the protocol, and a scenario
+/// runs the previous minor release beside this build.
 pub const PROTOCOL_VERSION: u8 = 3;
 
 /// One message between agents.

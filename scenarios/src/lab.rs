@@ -186,6 +186,13 @@ impl Lab {
     /// [`Lab::start_agent`], with the agent run by `wrapper` (a program
     /// and its arguments, e.g. `setpriv` dropping capabilities).
     pub fn start_agent_under(&mut self, i: usize, wrapper: &[&str], extra: &[&str]) -> anyhow::Result<()> {
+        let mesh = self.mesh.clone();
+        self.start_agent_as(i, &mesh, wrapper, extra)
+    }
+
+    /// [`Lab::start_agent_under`] with another `mesh` binary (another
+    /// release, for upgrades).
+    pub fn start_agent_as(&mut self, i: usize, mesh: &Path, wrapper: &[&str], extra: &[&str]) -> anyhow::Result<()> {
         let host = self.host(i);
         let log = File::options().create(true).append(true).open(host.dir.join("agent.log"))?;
         let socket = self.socket(i);
@@ -193,7 +200,7 @@ impl Lab {
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "nsenter", &format!("--net=/run/netns/{}", host.netns)])
             .args(wrapper)
-            .arg(&self.mesh)
+            .arg(mesh)
             .args(["agent", "--name", &format!("h{i}"), "--data-dir"])
             .arg(self.data_dir(i))
             .arg("--socket")
@@ -630,6 +637,22 @@ fn mesh_binary() -> anyhow::Result<PathBuf> {
         }
     }
     bail!("cannot find the mesh binary next to {}: build it first (cargo build --bins) or set MESH_BIN", exe.display())
+}
+
+/// The `mesh` of the previous release (`scripts/build-previous.sh` builds
+/// it into `target/previous/mesh`), or `MESH_PREVIOUS_BIN`.
+pub fn previous_release_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MESH_PREVIOUS_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("previous").join("mesh");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no build of the previous release: run scripts/build-previous.sh (scripts/test.sh does) or set MESH_PREVIOUS_BIN")
 }
 
 /// On SIGINT, SIGTERM or SIGHUP, removes this run's labs (their agents die

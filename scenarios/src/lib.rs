@@ -23,5 +23,8 @@ pub mod procfs;
 pub mod rogue;
 pub mod sim;
 
-pub use lab::{clean_leftovers, clean_up_on_signal, host_ip, members_at, Lab, Leftovers, Member, AGENT_PORT};
+pub use lab::{
+    clean_leftovers, clean_up_on_signal, host_ip, members_at, previous_release_binary, Lab, Leftovers, Member,
+    AGENT_PORT,
+};
 pub use process::{require_root, run, Output};

@@ -319,3 +319,67 @@ fn with_only_the_units_capabilities_the_agent_still_builds_the_overlay() -> anyh
     lab.mesh_ok(2, &["sandbox", "rm", "client"])?;
     Ok(())
 }
+
+/// The previous release's version, from `scenarios/previous-release`.
+fn previous_version() -> anyhow::Result<String> {
+    let pinned = include_str!("../previous-release");
+    let version = pinned.lines().find_map(|l| l.strip_prefix("version=")).context("no version pinned")?;
+    Ok(version.trim().to_owned())
+}
+
+#[test]
+fn an_agent_one_minor_version_back_interoperates_and_upgrades_in_place() -> anyhow::Result<()> {
+    let previous = mesh_scenarios::previous_release_binary()?;
+    let out = std::process::Command::new(&previous).arg("--version").output()?;
+    let (old, new) = (previous_version()?, env!("CARGO_PKG_VERSION"));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == format!("mesh {old}"),
+        "{} is not {old}",
+        previous.display()
+    );
+    let minor = |v: &str| -> anyhow::Result<(u32, u32)> {
+        let mut parts = v.split('.').map(str::parse::<u32>);
+        Ok((parts.next().context("major")??, parts.next().context("minor")??))
+    };
+    let ((old_major, old_minor), (new_major, new_minor)) = (minor(&old)?, minor(new)?);
+    ensure!(old_major == new_major && old_minor + 1 == new_minor, "{old} is not one minor version before {new}");
+
+    // h1 runs the previous release and founds the cluster; h2 and h3 this one.
+    let mut lab = Lab::new(3)?;
+    lab.start_agent_as(1, &previous, &[], &[])?;
+    lab.start_agent(2, &[])?;
+    lab.start_agent(3, &[])?;
+    let token = lab.mesh_ok(1, &["init"])?.trim().to_owned();
+    for i in [2, 3] {
+        lab.mesh_ok(i, &["join", &lab.agent_addr(1), "--token", &token])?;
+    }
+    let alive = |lab: &Lab, i: usize| -> anyhow::Result<usize> {
+        Ok(lab.members(i)?.iter().filter(|m| m.status == "alive").count())
+    };
+    lab.wait_for("3 alive on every host", CONVERGE, |lab| {
+        (1..=3).try_fold(true, |all, i| Ok(all && alive(lab, i)? == 3))
+    })?;
+    lab.mesh_ok(2, &["network", "create", "dev", "--subnet", "10.44.0.0/24"])?;
+    lab.wait_for("dev on the old host", CONVERGE, |lab| Ok(lab.mesh(1, &["network", "inspect", "dev"])?.success))?;
+    lab.mesh_ok(1, &["sandbox", "create", "old", "--network", "dev"])?;
+    lab.mesh_ok(3, &["sandbox", "create", "new", "--network", "dev"])?;
+    let ping = |lab: &Lab, i: usize, from: &str, to: &str| -> anyhow::Result<bool> {
+        Ok(lab.sandbox_exec(i, from, "ping", &["-c", "1", "-W", "1", to])?.success)
+    };
+    lab.wait_for("new pings old by name", CONVERGE, |lab| ping(lab, 3, "new", "old"))?;
+    lab.wait_for("old pings new by name", CONVERGE, |lab| ping(lab, 1, "old", "new"))?;
+
+    // Upgrade h1 in place: the same data dir, this release's binary.
+    lab.terminate(1)?;
+    lab.start_agent(1, &[])?;
+    lab.wait_for("h1 back on this release", CONVERGE, |lab| Ok(alive(lab, 1)? == 3 && alive(lab, 2)? == 3))?;
+    ensure!(ping(&lab, 3, "new", "old")?, "old's sandbox kept working through the upgrade");
+    lab.mesh_ok(1, &["sandbox", "create", "after", "--network", "dev"])?;
+    lab.wait_for("new pings a sandbox made after the upgrade", CONVERGE, |lab| ping(lab, 3, "new", "after"))?;
+    lab.wait_for("one digest on every host", CONVERGE, |lab| {
+        let digests: Vec<Value> =
+            (1..=3).map(|i| Ok(status(lab, i)?["digest"].clone())).collect::<anyhow::Result<_>>()?;
+        Ok(digests.iter().all(|d| *d == digests[0]))
+    })?;
+    Ok(())
+}
