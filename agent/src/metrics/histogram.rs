@@ -24,6 +24,14 @@ pub(crate) struct HistogramSnapshot {
     pub(crate) count: u64,
 }
 
+impl HistogramSnapshot {
+    /// The sum of two readings of histograms with the same bounds.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        let buckets = self.buckets.iter().zip(&other.buckets).map(|((bound, a), (_, b))| (*bound, a + b)).collect();
+        Self { buckets, sum: self.sum + other.sum, count: self.count + other.count }
+    }
+}
+
 impl Histogram {
     /// An empty histogram with these upper bounds (seconds, ascending).
     pub(crate) fn new(bounds: &'static [f64]) -> Self {

@@ -10,13 +10,13 @@ mod serve;
 
 pub(crate) use serve::{bind, serve};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mesh_dns::{Observer, ResponseCode, Source};
 use mesh_netdev::reconcile::Report;
 
-use histogram::Histogram;
+use histogram::{Histogram, HistogramSnapshot};
 
 /// Bounds of the DNS latency buckets, in seconds: names mesh holds are
 /// answered in tens of microseconds, forwarded ones in milliseconds.
@@ -90,17 +90,41 @@ const DNS_RESULTS: [&str; 7] = ["noerror", "nxdomain", "servfail", "formerr", "r
 /// Sources a DNS answer is counted under.
 const DNS_SOURCES: [&str; 2] = ["mesh", "upstream"];
 
-/// DNS answers by source and result, and their latency by source.
+/// Shards of the DNS counters.
+const DNS_SHARDS: usize = 8;
+
+/// DNS answers by source and result, and their latency by source. Each
+/// thread counts in its own shard: one set of counters shared by the
+/// resolver's threads cost 5-8 % of the saturated query rate (dnsperf,
+/// alternating runs), its cache lines bouncing between cores.
 #[derive(Debug)]
 pub(crate) struct DnsMetrics {
+    shards: Vec<DnsShard>,
+}
+
+/// One thread's DNS counters, on cache lines of their own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct DnsShard {
     answers: [[AtomicU64; DNS_RESULTS.len()]; DNS_SOURCES.len()],
     latency: [Histogram; DNS_SOURCES.len()],
 }
 
 impl Default for DnsMetrics {
     fn default() -> Self {
-        Self { answers: Default::default(), latency: [Histogram::new(DNS_BUCKETS), Histogram::new(DNS_BUCKETS)] }
+        let shard = || DnsShard {
+            answers: Default::default(),
+            latency: [Histogram::new(DNS_BUCKETS), Histogram::new(DNS_BUCKETS)],
+        };
+        Self { shards: (0..DNS_SHARDS).map(|_| shard()).collect() }
     }
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The shard this thread counts in.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % DNS_SHARDS;
 }
 
 impl Observer for Metrics {
@@ -125,10 +149,24 @@ impl DnsMetrics {
             Some(_) => 5,
             None => 6,
         };
-        self.answers[source][result].fetch_add(1, Ordering::Relaxed);
+        let shard = &self.shards[SHARD.with(|shard| *shard)];
+        shard.answers[source][result].fetch_add(1, Ordering::Relaxed);
         if code.is_some() {
-            self.latency[source].observe(elapsed);
+            shard.latency[source].observe(elapsed);
         }
+    }
+
+    /// Answers of `source` (an index of [`DNS_SOURCES`]) with `result`
+    /// (an index of [`DNS_RESULTS`]), over every shard.
+    fn answers(&self, source: usize, result: usize) -> u64 {
+        self.shards.iter().map(|shard| shard.answers[source][result].load(Ordering::Relaxed)).sum()
+    }
+
+    /// The latency of `source`'s answers, over every shard.
+    fn latency(&self, source: usize) -> HistogramSnapshot {
+        let mut shards = self.shards.iter().map(|shard| shard.latency[source].snapshot());
+        let first = shards.next().unwrap_or_else(|| Histogram::new(DNS_BUCKETS).snapshot());
+        shards.fold(first, HistogramSnapshot::plus)
     }
 }
 

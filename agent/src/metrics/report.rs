@@ -161,17 +161,14 @@ fn dataplane(out: &mut Exposition, metrics: &Metrics) {
 
 fn dns(out: &mut Exposition, metrics: &Metrics) {
     out.family("mesh_dns_queries_total", Kind::Counter, "DNS packets handled, by answer source and response code.");
-    for (source, answers) in DNS_SOURCES.iter().zip(&metrics.dns.answers) {
-        for (result, n) in DNS_RESULTS.iter().zip(answers) {
-            out.sample(
-                "mesh_dns_queries_total",
-                &[("source", source), ("result", result)],
-                count_value(n.load(Ordering::Relaxed)),
-            );
+    for (s, source) in DNS_SOURCES.iter().enumerate() {
+        for (r, result) in DNS_RESULTS.iter().enumerate() {
+            let n = metrics.dns.answers(s, r);
+            out.sample("mesh_dns_queries_total", &[("source", source), ("result", result)], count_value(n));
         }
     }
     out.family("mesh_dns_query_duration_seconds", Kind::Histogram, "Time to answer a DNS query, by answer source.");
-    for (source, latency) in DNS_SOURCES.iter().zip(&metrics.dns.latency) {
-        out.histogram("mesh_dns_query_duration_seconds", &[("source", source)], &latency.snapshot());
+    for (s, source) in DNS_SOURCES.iter().enumerate() {
+        out.histogram("mesh_dns_query_duration_seconds", &[("source", source)], &metrics.dns.latency(s));
     }
 }
