@@ -11,6 +11,9 @@ deb=$(realpath "$1")
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 fail() { echo "package check failed: $*" >&2; exit 1; }
+# Nothing here may touch the host: its /dev/null is checked afterwards (a
+# manual run of these steps once left it mode 0644, not reproduced since).
+host_null=$(stat -c '%F %a' /dev/null)
 
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/lib/dpkg/triggers"
 touch "$root/var/lib/dpkg/status"
@@ -36,6 +39,7 @@ verified=$(systemd-analyze verify --man=no --root="$root" mesh.service 2>&1) || 
 rm -f "$units"/*.target
 
 dpkg --root="$root" --force-script-chrootless -P mesh >/dev/null
+[ "$(stat -c '%F %a' /dev/null)" = "$host_null" ] || fail "the host's /dev/null changed: $(stat -c '%F %a' /dev/null)"
 left=$(cd "$root" && find . -path ./var/lib/dpkg -prune -o ! -type d -print)
 [ -z "$left" ] || fail "left after purge: $left"
 echo "== $(basename "$deb"): installs into a clean root, static ($size), unit verified, purged clean"
