@@ -249,7 +249,7 @@ impl Dataplane {
             let plans = self.plans(view, &members, me, &down_since);
             let planned = Programmed::of(&plans);
             let result = kernel.reconcile(self.underlay, &plans, mode).await;
-            self.metrics.dataplane.pass(result.as_ref().map_err(|_| ()), planned.remotes.len());
+            self.metrics.dataplane.pass(result.as_ref().ok(), planned.remotes.len());
             match result {
                 Ok(report) => {
                     if report.errors.is_empty() {

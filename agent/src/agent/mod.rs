@@ -20,14 +20,13 @@ use std::time::Duration;
 
 use mesh_membership::enrol::Enroller;
 use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
-
-use crate::bootstrap::ClusterSeed;
 use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::transport::{enrol, Transport};
-use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey, RotateError};
+use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey, RotateError, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{LastSyncBody, MemberBody, StatusBody};
+use crate::bootstrap::ClusterSeed;
 use crate::config::DEFAULT_PORT;
 use crate::datadir::{ClusterFiles, DataDir, State};
 use crate::dataplane::Dataplane;
@@ -239,7 +238,7 @@ impl Agent {
                 None => Vec::new(),
             }
             .iter()
-            .filter(|m| m.status.as_str() == "alive")
+            .filter(|m| m.status == Status::Alive)
             .map(|m| m.identity.addr)
             .collect();
             let mut still = Vec::new();
@@ -404,10 +403,7 @@ impl Agent {
                     .map_err(|e| AgentError::Internal(e.into()))?;
                 let digest = format!("{:016x}-{:016x}", stats.records_root, stats.members_root);
                 let last_sync = stats.sync.last.map(|last| LastSyncBody {
-                    peer: members
-                        .iter()
-                        .find(|m| m.id == last.peer.to_string())
-                        .map_or_else(|| last.peer.to_string(), |m| m.name.clone()),
+                    peer: name_of(&members, last.peer),
                     at_ms: last.at_ms,
                     in_step: last.in_step,
                 });
@@ -557,19 +553,20 @@ async fn remember_peers(
     }
 }
 
+/// The name of member `id` among `members`, else its id.
+fn name_of(members: &[MemberBody], id: NodeId) -> String {
+    let id = id.to_string();
+    members.iter().find(|m| m.id == id).map_or(id, |m| m.name.clone())
+}
+
 /// The conflicts `view` holds, one line each.
 fn conflicts(view: &View, members: &[MemberBody]) -> Vec<String> {
-    let name_of = |id: NodeId| {
-        let id = id.to_string();
-        members.iter().find(|m| m.id == id).map_or(id, |m| m.name.clone())
-    };
-    let networks = view
-        .lost
-        .iter()
-        .map(|lost| format!("network {} (made on {}) lost {}", lost.spec.name, name_of(lost.id.creator), lost.reason));
+    let networks = view.lost.iter().map(|lost| {
+        format!("network {} (made on {}) lost {}", lost.spec.name, name_of(members, lost.id.creator), lost.reason)
+    });
     let endpoints = view.endpoints().filter_map(|e| match &e.state {
         EndpointState::Conflict(why) => {
-            Some(format!("endpoint {} on {} ({}): {why}", e.name, name_of(e.owner), e.spec.network))
+            Some(format!("endpoint {} on {} ({}): {why}", e.name, name_of(members, e.owner), e.spec.network))
         }
         _ => None,
     });

@@ -20,6 +20,8 @@ pub(crate) enum Kind {
 #[derive(Debug, Default)]
 pub(crate) struct Exposition {
     text: String,
+    /// The family being written: its samples carry its name.
+    family: String,
 }
 
 impl Exposition {
@@ -32,17 +34,21 @@ impl Exposition {
         };
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.clone_into(&mut self.family);
         self
     }
 
     /// A sample of the family just started.
-    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.line(name, labels, value);
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        let name = std::mem::take(&mut self.family);
+        self.line(&name, labels, value);
+        self.family = name;
         self
     }
 
-    /// A histogram's buckets, sum and count.
-    pub(crate) fn histogram(&mut self, name: &str, labels: &[(&str, &str)], histogram: &HistogramSnapshot) {
+    /// A histogram's buckets, sum and count, in the family just started.
+    pub(crate) fn histogram(&mut self, labels: &[(&str, &str)], histogram: &HistogramSnapshot) {
+        let name = self.family.clone();
         for (bound, count) in &histogram.buckets {
             let le = if bound.is_infinite() { "+Inf".to_owned() } else { bound.to_string() };
             let mut with_le = labels.to_vec();
@@ -96,9 +102,9 @@ mod tests {
     #[test]
     fn families_samples_and_histograms_render_in_the_text_format() {
         let mut out = Exposition::default();
-        out.family("mesh_things_total", Kind::Counter, "Things.").sample("mesh_things_total", &[("kind", "a\"b")], 3.0);
+        out.family("mesh_things_total", Kind::Counter, "Things.").sample(&[("kind", "a\"b")], 3.0);
         let histogram = HistogramSnapshot { buckets: vec![(0.5, 1), (f64::INFINITY, 2)], sum: 1.25, count: 2 };
-        out.family("mesh_wait_seconds", Kind::Histogram, "Waits.").histogram("mesh_wait_seconds", &[], &histogram);
+        out.family("mesh_wait_seconds", Kind::Histogram, "Waits.").histogram(&[], &histogram);
         assert_eq!(
             out.finish(),
             "# HELP mesh_things_total Things.\n# TYPE mesh_things_total counter\nmesh_things_total{kind=\"a\\\"b\"} 3\n\

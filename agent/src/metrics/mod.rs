@@ -59,12 +59,12 @@ impl Default for DataplaneMetrics {
 }
 
 impl DataplaneMetrics {
-    /// Counts a pass that ran (`Ok`) or could not (`Err`), meant to program
-    /// `remotes` endpoints of other hosts.
-    pub(crate) fn pass(&self, report: Result<&Report, ()>, remotes: usize) {
+    /// Counts a pass that ran (its report) or could not (`None`), meant to
+    /// program `remotes` endpoints of other hosts.
+    pub(crate) fn pass(&self, report: Option<&Report>, remotes: usize) {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match report {
-            Ok(report) => {
+            Some(report) => {
                 self.errors.fetch_add(as_count(report.errors.len()), Ordering::Relaxed);
                 self.set.fetch_add(as_count(report.set), Ordering::Relaxed);
                 self.removed.fetch_add(as_count(report.removed), Ordering::Relaxed);
@@ -72,7 +72,7 @@ impl DataplaneMetrics {
                     self.remote_endpoints.store(as_count(remotes), Ordering::Relaxed);
                 }
             }
-            Err(()) => {
+            None => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
         }

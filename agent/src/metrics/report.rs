@@ -14,16 +14,10 @@ use super::{as_count, Metrics, DNS_RESULTS, DNS_SOURCES};
 /// The text of a scrape.
 pub(super) async fn render(metrics: &Metrics, membership: Option<Membership>) -> String {
     let mut out = Exposition::default();
-    out.family("mesh_build_info", Kind::Gauge, "The running mesh agent's version (always 1).").sample(
-        "mesh_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1.0,
-    );
-    out.family("mesh_cluster_joined", Kind::Gauge, "Whether this agent has a cluster session (1) or not (0).").sample(
-        "mesh_cluster_joined",
-        &[],
-        if membership.is_some() { 1.0 } else { 0.0 },
-    );
+    out.family("mesh_build_info", Kind::Gauge, "The running mesh agent's version (always 1).")
+        .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    out.family("mesh_cluster_joined", Kind::Gauge, "Whether this agent has a cluster session (1) or not (0).")
+        .sample(&[], if membership.is_some() { 1.0 } else { 0.0 });
     if let Some(membership) = membership {
         cluster(&mut out, &membership).await;
     }
@@ -41,25 +35,25 @@ async fn cluster(out: &mut Exposition, membership: &Membership) {
         }
         out.family("mesh_members", Kind::Gauge, "Members this node knows, itself included, by status.");
         for (status, n) in by_status {
-            out.sample("mesh_members", &[("status", status)], count_value(n));
+            out.sample(&[("status", status)], count_value(n));
         }
     }
     if let Ok(stats) = membership.with_core(|core, _| core.record_stats()).await {
         out.family("mesh_records", Kind::Gauge, "Replicated records held, by kind; state deleted is a tombstone.");
         for ((kind, deleted), n) in &stats.records {
             let state = if *deleted { "deleted" } else { "live" };
-            out.sample("mesh_records", &[("kind", kind), ("state", state)], count_value(as_count(*n)));
+            out.sample(&[("kind", kind), ("state", state)], count_value(as_count(*n)));
         }
         out.family("mesh_sync_rounds_total", Kind::Counter, "Anti-entropy rounds, by whether the records matched.")
-            .sample("mesh_sync_rounds_total", &[("result", "in_step")], count_value(stats.sync.in_step))
-            .sample("mesh_sync_rounds_total", &[("result", "differed")], count_value(stats.sync.differed));
+            .sample(&[("result", "in_step")], count_value(stats.sync.in_step))
+            .sample(&[("result", "differed")], count_value(stats.sync.differed));
         if let Some(last) = stats.sync.last {
             out.family(
                 "mesh_last_sync_timestamp_seconds",
                 Kind::Gauge,
                 "When this node last compared its records with a member (Unix time).",
             )
-            .sample("mesh_last_sync_timestamp_seconds", &[], count_value(last.at_ms) / 1000.0);
+            .sample(&[], count_value(last.at_ms) / 1000.0);
         }
     }
     let view = membership.watch_view().borrow().clone();
@@ -74,16 +68,13 @@ async fn cluster(out: &mut Exposition, membership: &Membership) {
         };
         *endpoints.entry(state).or_default() += 1;
     }
-    out.family("mesh_networks", Kind::Gauge, "Networks in the view.").sample(
-        "mesh_networks",
-        &[],
-        count_value(as_count(view.view.networks.len())),
-    );
+    out.family("mesh_networks", Kind::Gauge, "Networks in the view.")
+        .sample(&[], count_value(as_count(view.view.networks.len())));
     out.family("mesh_network_conflicts", Kind::Gauge, "Networks that lost their name, VNI or subnet to another.")
-        .sample("mesh_network_conflicts", &[], count_value(as_count(view.view.lost.len())));
+        .sample(&[], count_value(as_count(view.view.lost.len())));
     out.family("mesh_endpoints", Kind::Gauge, "Endpoints in the view, by state.");
     for (state, n) in endpoints {
-        out.sample("mesh_endpoints", &[("state", state)], count_value(n));
+        out.sample(&[("state", state)], count_value(n));
     }
     traffic(out, membership);
 }
@@ -98,19 +89,11 @@ fn traffic(out: &mut Exposition, membership: &Membership) {
     ];
     out.family("mesh_gossip_messages_total", Kind::Counter, "Frames exchanged with members (SWIM, records, sync).");
     for (direction, channel, flow) in flows {
-        out.sample(
-            "mesh_gossip_messages_total",
-            &[("direction", direction), ("channel", channel)],
-            count_value(flow.frames),
-        );
+        out.sample(&[("direction", direction), ("channel", channel)], count_value(flow.frames));
     }
     out.family("mesh_gossip_message_bytes_total", Kind::Counter, "Payload bytes of the frames exchanged with members.");
     for (direction, channel, flow) in flows {
-        out.sample(
-            "mesh_gossip_message_bytes_total",
-            &[("direction", direction), ("channel", channel)],
-            count_value(flow.bytes),
-        );
+        out.sample(&[("direction", direction), ("channel", channel)], count_value(flow.bytes));
     }
     let wire: [(&str, Wire); 2] = [("sent", traffic.wire_sent), ("received", traffic.wire_received)];
     out.family(
@@ -119,44 +102,38 @@ fn traffic(out: &mut Exposition, membership: &Membership) {
         "UDP payload bytes QUIC exchanged with members (encryption, acknowledgements and keep-alives included).",
     );
     for (direction, wire) in wire {
-        out.sample("mesh_gossip_udp_bytes_total", &[("direction", direction)], count_value(wire.bytes));
+        out.sample(&[("direction", direction)], count_value(wire.bytes));
     }
     out.family("mesh_gossip_udp_datagrams_total", Kind::Counter, "UDP datagrams QUIC exchanged with members.");
     for (direction, wire) in wire {
-        out.sample("mesh_gossip_udp_datagrams_total", &[("direction", direction)], count_value(wire.datagrams));
+        out.sample(&[("direction", direction)], count_value(wire.datagrams));
     }
-    out.family("mesh_gossip_connections", Kind::Gauge, "QUIC connections open to members.").sample(
-        "mesh_gossip_connections",
-        &[],
-        count_value(as_count(traffic.connections)),
-    );
+    out.family("mesh_gossip_connections", Kind::Gauge, "QUIC connections open to members.")
+        .sample(&[], count_value(as_count(traffic.connections)));
 }
 
 fn dataplane(out: &mut Exposition, metrics: &Metrics) {
     let d = &metrics.dataplane;
     let read = |counter: &std::sync::atomic::AtomicU64| count_value(counter.load(Ordering::Relaxed));
-    out.family("mesh_reconcile_runs_total", Kind::Counter, "Passes of the reconciler over the kernel.").sample(
-        "mesh_reconcile_runs_total",
-        &[],
-        read(&d.runs),
-    );
+    out.family("mesh_reconcile_runs_total", Kind::Counter, "Passes of the reconciler over the kernel.")
+        .sample(&[], read(&d.runs));
     out.family("mesh_reconcile_errors_total", Kind::Counter, "What the reconciler failed to do (a pass goes on).")
-        .sample("mesh_reconcile_errors_total", &[], read(&d.errors));
+        .sample(&[], read(&d.errors));
     out.family("mesh_kernel_changes_total", Kind::Counter, "Devices and entries the reconciler set or removed.")
-        .sample("mesh_kernel_changes_total", &[("change", "set")], read(&d.set))
-        .sample("mesh_kernel_changes_total", &[("change", "removed")], read(&d.removed));
+        .sample(&[("change", "set")], read(&d.set))
+        .sample(&[("change", "removed")], read(&d.removed));
     out.family(
         "mesh_kernel_remote_endpoints",
         Kind::Gauge,
         "Endpoints of other hosts programmed in this host's kernel (an FDB and a neighbour entry each).",
     )
-    .sample("mesh_kernel_remote_endpoints", &[], read(&d.remote_endpoints));
+    .sample(&[], read(&d.remote_endpoints));
     out.family(
         "mesh_convergence_lag_seconds",
         Kind::Histogram,
         "From an endpoint's creation on its host to its entries in this host's kernel (clocks of both hosts).",
     )
-    .histogram("mesh_convergence_lag_seconds", &[], &d.lag.snapshot());
+    .histogram(&[], &d.lag.snapshot());
 }
 
 fn dns(out: &mut Exposition, metrics: &Metrics) {
@@ -164,11 +141,11 @@ fn dns(out: &mut Exposition, metrics: &Metrics) {
     for (s, source) in DNS_SOURCES.iter().enumerate() {
         for (r, result) in DNS_RESULTS.iter().enumerate() {
             let n = metrics.dns.answers(s, r);
-            out.sample("mesh_dns_queries_total", &[("source", source), ("result", result)], count_value(n));
+            out.sample(&[("source", source), ("result", result)], count_value(n));
         }
     }
     out.family("mesh_dns_query_duration_seconds", Kind::Histogram, "Time to answer a DNS query, by answer source.");
     for (s, source) in DNS_SOURCES.iter().enumerate() {
-        out.histogram("mesh_dns_query_duration_seconds", &[("source", source)], &metrics.dns.latency(s));
+        out.histogram(&[("source", source)], &metrics.dns.latency(s));
     }
 }
