@@ -146,13 +146,16 @@ pub(crate) fn path_of(route: &str, name: &str) -> String {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct NetworkCreateBody {
     pub(crate) name: String,
-    /// `overlay` (default) or `null`.
+    /// `overlay` (default), `bridge` or `null`.
     pub(crate) driver: Option<String>,
     /// IPv4 CIDR; a free /24 of 10.128.0.0/9 when absent.
     pub(crate) subnet: Option<String>,
     /// A free VNI from 4096 up when absent.
     pub(crate) vni: Option<u32>,
     pub(crate) mtu: Option<u16>,
+    /// No way out (Docker's `--internal`).
+    #[serde(default)]
+    pub(crate) internal: bool,
 }
 
 /// A network, as `mesh network inspect` shows it.
@@ -165,6 +168,9 @@ pub(crate) struct NetworkBody {
     pub(crate) subnet: Option<String>,
     pub(crate) gateway: Option<String>,
     pub(crate) mtu: Option<u16>,
+    /// Whether it has no way out.
+    #[serde(default)]
+    pub(crate) internal: bool,
     /// The node that created it.
     pub(crate) created_by: String,
     /// Milliseconds since the Unix epoch, creator's clock.
@@ -211,6 +217,9 @@ pub(crate) struct SandboxCreateBody {
     /// CNI runtime's `CNI_IFNAME`); `eth0`, `eth1`... when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) interface: Option<String>,
+    /// Ports to publish at the host's addresses: `HOSTPORT:PORT[/tcp|udp]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) publish: Vec<String>,
 }
 
 /// A sandbox of this host: its namespace and its endpoint on each network.
@@ -219,6 +228,9 @@ pub(crate) struct SandboxBody {
     pub(crate) name: String,
     /// The sandbox's network namespace on this host.
     pub(crate) netns: Option<String>,
+    /// Its ports published at the host's addresses (`HOSTPORT:PORT/PROTO`).
+    #[serde(default)]
+    pub(crate) ports: Vec<String>,
     /// One per network, in the order of its interfaces.
     pub(crate) endpoints: Vec<SandboxEndpointBody>,
 }

@@ -18,6 +18,8 @@ use mesh_membership::pki::{pem_cert, pem_key, to_pem, ClusterCa, ClusterSecret, 
 use mesh_membership::{NodeKey, Owned};
 use serde::{Deserialize, Serialize};
 
+use crate::publish::PublishedPort;
+
 /// What changes while the agent runs.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct State {
@@ -42,6 +44,9 @@ pub(crate) struct Attachment {
     /// `CNI_IFNAME`; a sandbox on one network only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) interface: Option<String>,
+    /// Its ports published at the host's addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) ports: Vec<PublishedPort>,
 }
 
 impl Attachment {

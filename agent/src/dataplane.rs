@@ -2,13 +2,17 @@
 //! mapping of the replicated view onto netdev's desired state, reconciled
 //! on every view change and every [`RECONCILE_EVERY`].
 //!
-//! For each overlay network with a sandbox on this host: a bridge, a VXLAN
-//! device, a veth per local sandbox (or per Docker endpoint, whose end
-//! Docker moves into the container: a hand-off), and for every active endpoint on
-//! another host an FDB entry (MAC → its host's VTEP) and a neighbour entry
-//! (IP → MAC). The bridge holds the network's gateway address and
-//! [`crate::names::HOST_DNS`], so sandboxes reach this host's resolver
-//! (Docker's containers do, through a route the plugin gives them).
+//! For each overlay or bridge network with a sandbox on this host: a bridge
+//! and a veth per local sandbox (or per Docker endpoint, whose end Docker
+//! moves into the container: a hand-off); for an overlay network also a
+//! VXLAN device, and for every active endpoint on another host an FDB entry
+//! (MAC → its host's VTEP) and a neighbour entry (IP → MAC). The bridge
+//! holds the network's gateway address and [`crate::names::HOST_DNS`], so
+//! sandboxes reach this host's resolver (Docker's containers do, through a
+//! route the plugin gives them) and, unless the network is internal, the
+//! outside: a sandbox's default route goes through the gateway of its first
+//! such network, and the host masquerades what leaves through its own
+//! default route and forwards its published ports ([`firewall`]).
 //! Endpoints whose host is down stay programmed for
 //! [`DOWN_GRACE`] (a host that is only briefly unreachable loses nothing),
 //! then are withdrawn; endpoints in conflict are never programmed.
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::records::Driver;
 use mesh_membership::{MemberInfo, Membership, NodeId, Status};
+use mesh_netdev::firewall::{self, Firewall, FirewallPlan, PortMapping, RoutedNetwork};
 use mesh_netdev::netns;
 use mesh_netdev::reconcile::{self, Handoff, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
 use tokio::sync::{watch, Notify};
@@ -30,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::unix_ms;
 use crate::datadir::{Attachment, DataDir};
 use crate::metrics::Metrics;
+use crate::publish::{PortHolds, PublishedPort};
 
 /// How often the kernel is compared with the view even if nothing changed
 /// (to restore what someone deleted by hand).
@@ -59,6 +65,8 @@ pub(crate) struct Dataplane {
     handed: watch::Sender<Vec<String>>,
     /// Where passes are counted.
     metrics: Arc<Metrics>,
+    /// The sockets holding the sandboxes' published ports.
+    ports: Mutex<PortHolds>,
 }
 
 impl Dataplane {
@@ -70,12 +78,27 @@ impl Dataplane {
         underlay: Underlay,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let attachments = Mutex::new(datadir.attachments()?);
+        let attachments = datadir.attachments()?;
+        let mut ports = PortHolds::default();
+        for (name, attachment) in &attachments {
+            if let Err(error) = ports.hold(name, &attachment.ports) {
+                tracing::warn!(sandbox = %name, %error, "its published ports are forwarded but not held");
+            }
+        }
         let (wired, _) = watch::channel(Vec::new());
         let (handed, _) = watch::channel(Vec::new());
-        let handoffs = Mutex::new(BTreeMap::new());
-        let changed = Notify::new();
-        Ok(Self { datadir, prefix, underlay, attachments, changed, wired, handoffs, handed, metrics })
+        Ok(Self {
+            datadir,
+            prefix,
+            underlay,
+            attachments: Mutex::new(attachments),
+            changed: Notify::new(),
+            wired,
+            handoffs: Mutex::new(BTreeMap::new()),
+            handed,
+            metrics,
+            ports: Mutex::new(ports),
+        })
     }
 
     /// Checks that the networks `vnis` can be built on this host.
@@ -93,26 +116,51 @@ impl Dataplane {
     /// Gives sandbox `name` a network stack for `networks` (its
     /// interfaces in that order, named `interface` if given): the
     /// namespace at `netns` if given (a container's, its loopback brought
-    /// up), else a new one named `PREFIX` + `name`.
+    /// up), else a new one named `PREFIX` + `name`; and holds its `ports`.
     pub(crate) fn create_sandbox(
         &self,
         name: &str,
         netns: Option<&Path>,
         networks: &[String],
         interface: Option<&str>,
+        ports: &[PublishedPort],
     ) -> Result<Attachment, String> {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         self.check_new(&attachments, name, netns)?;
-        let interface = interface.map(str::to_owned);
-        let attachment = match netns {
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner).hold(name, ports)?;
+        let made = self.attach(&mut attachments, name, netns, networks, interface, ports);
+        if made.is_err() {
+            self.ports.lock().unwrap_or_else(PoisonError::into_inner).release(name);
+        }
+        made
+    }
+
+    /// Makes and saves sandbox `name`'s attachment; on failure leaves nothing.
+    fn attach(
+        &self,
+        attachments: &mut BTreeMap<String, Attachment>,
+        name: &str,
+        netns: Option<&Path>,
+        networks: &[String],
+        interface: Option<&str>,
+        ports: &[PublishedPort],
+    ) -> Result<Attachment, String> {
+        let (netns, created) = match netns {
             Some(path) => {
                 reconcile::prepare_sandbox(path).map_err(|e| e.to_string())?;
-                Attachment { netns: path.to_owned(), created: false, networks: networks.to_vec(), interface }
+                (path.to_owned(), false)
             }
-            None => Attachment { netns: self.make_netns(name)?, created: true, networks: networks.to_vec(), interface },
+            None => (self.make_netns(name)?, true),
+        };
+        let attachment = Attachment {
+            netns,
+            created,
+            networks: networks.to_vec(),
+            interface: interface.map(str::to_owned),
+            ports: ports.to_vec(),
         };
         attachments.insert(name.to_owned(), attachment.clone());
-        if let Err(error) = self.save(&attachments) {
+        if let Err(error) = self.save(attachments) {
             if let Some(made) = attachments.remove(name).filter(|a| a.created) {
                 let _ = netns::remove(&made.netns);
             }
@@ -121,10 +169,16 @@ impl Dataplane {
         Ok(attachment)
     }
 
-    /// Checks that sandbox `name` can be given a network stack (see
-    /// [`Dataplane::create_sandbox`]) without making anything.
-    pub(crate) fn check_sandbox(&self, name: &str, netns: Option<&Path>) -> Result<(), String> {
-        self.check_new(&self.attachments.lock().unwrap_or_else(PoisonError::into_inner), name, netns)
+    /// Checks that sandbox `name` can be given a network stack and hold
+    /// `ports` (see [`Dataplane::create_sandbox`]) without making anything.
+    pub(crate) fn check_sandbox(
+        &self,
+        name: &str,
+        netns: Option<&Path>,
+        ports: &[PublishedPort],
+    ) -> Result<(), String> {
+        self.check_new(&self.attachments.lock().unwrap_or_else(PoisonError::into_inner), name, netns)?;
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner).check(ports)
     }
 
     fn check_new(
@@ -170,6 +224,7 @@ impl Dataplane {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(attachment) = attachments.remove(name) else { return Ok(None) };
         self.save(&attachments)?;
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner).release(name);
         self.changed.notify_one();
         if attachment.created {
             netns::remove(&attachment.netns).map_err(|e| e.to_string())?;
@@ -234,6 +289,7 @@ impl Dataplane {
         let mut first_peer: Option<Instant> = None;
         let mut last_errors = Vec::new();
         let mut programmed = Programmed::default();
+        let mut firewall = Firewall::default();
         loop {
             let current = views.borrow_and_update().clone();
             let view = &current.view;
@@ -246,12 +302,18 @@ impl Dataplane {
             }
             let warm = first_peer.is_some_and(|at| at.elapsed() >= WARM_AFTER_PEER) || started.elapsed() >= WARM_ALONE;
             let mode = if warm { Mode::Full } else { Mode::AddOnly };
-            let plans = self.plans(view, &members, me, &down_since);
+            let (plans, mut firewall_plan) = self.plans(view, &members, me, &down_since);
             let planned = Programmed::of(&plans);
             let result = kernel.reconcile(self.underlay, &plans, mode).await;
             self.metrics.dataplane.pass(result.as_ref().ok(), planned.remotes.len());
             match result {
-                Ok(report) => {
+                Ok(mut report) => {
+                    firewall_plan.uplink = kernel.uplink().await.unwrap_or_default();
+                    match firewall.reconcile(&firewall_plan).await {
+                        Ok(firewall::Change::None) => {}
+                        Ok(change) => tracing::debug!(?change, "nftables table {} reconciled", firewall::TABLE),
+                        Err(error) => report.errors.push(format!("nftables: {error}")),
+                    }
                     if report.errors.is_empty() {
                         self.count_convergence(view, &programmed, &planned, started_ms);
                         programmed = planned;
@@ -296,14 +358,15 @@ impl Dataplane {
         }
     }
 
-    /// The desired kernel state for `view`.
+    /// The desired kernel state for `view`: the networks, and the firewall
+    /// (all but its uplink).
     fn plans(
         &self,
         view: &View,
         members: &[MemberInfo],
         me: NodeId,
         down_since: &HashMap<NodeId, Instant>,
-    ) -> Vec<NetworkPlan> {
+    ) -> (Vec<NetworkPlan>, FirewallPlan) {
         let vteps: HashMap<NodeId, Ipv4Addr> = members
             .iter()
             .filter_map(|m| match m.identity.addr.ip() {
@@ -314,23 +377,33 @@ impl Dataplane {
         let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         let handoffs = self.handoffs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut plans = Vec::new();
-        for network in view.networks.values().filter(|n| n.spec.driver == Driver::Overlay) {
+        let mut firewall = FirewallPlan::default();
+        for network in view.networks.values().filter(|n| n.spec.driver.is_bridged()) {
             let prefix = network.spec.subnet.map(|s| s.prefix_len());
-            let locals: Vec<LocalPlan> = network
-                .endpoints
-                .iter()
-                .filter(|e| e.owner == me && e.state == EndpointState::Active)
-                .filter_map(|e| {
-                    let attachment = attachments.get(&e.name)?;
-                    Some(LocalPlan {
-                        netns: attachment.netns.clone(),
-                        interface: attachment.interface(&e.spec.network)?,
-                        mac: e.spec.mac,
-                        address: e.spec.ip.zip(prefix),
-                        gateway: None,
-                    })
-                })
-                .collect();
+            let own = network.endpoints.iter().filter(|e| e.owner == me && e.state == EndpointState::Active);
+            let mut locals = Vec::new();
+            for endpoint in own {
+                let Some(attachment) = attachments.get(&endpoint.name) else { continue };
+                let Some(interface) = attachment.interface(&endpoint.spec.network) else { continue };
+                let way_out = way_out(view, attachment) == Some(network.spec.name.as_str());
+                if way_out {
+                    firewall.ports.extend(endpoint.spec.ip.into_iter().flat_map(|address| {
+                        attachment.ports.iter().map(move |p| PortMapping {
+                            protocol: p.protocol,
+                            host_port: p.host_port,
+                            address,
+                            port: p.port,
+                        })
+                    }));
+                }
+                locals.push(LocalPlan {
+                    netns: attachment.netns.clone(),
+                    interface,
+                    mac: endpoint.spec.mac,
+                    address: endpoint.spec.ip.zip(prefix),
+                    gateway: network.spec.gateway.filter(|_| way_out),
+                });
+            }
             let handoffs: Vec<Handoff> = handoffs
                 .iter()
                 .filter(|(_, (on, _))| *on == network.spec.name)
@@ -340,10 +413,11 @@ impl Dataplane {
                 continue;
             }
             let in_grace = |owner: &NodeId| down_since.get(owner).is_some_and(|at| at.elapsed() < DOWN_GRACE);
+            let vxlan = network.spec.driver == Driver::Overlay;
             let remotes = network
                 .endpoints
                 .iter()
-                .filter(|e| e.owner != me)
+                .filter(|e| vxlan && e.owner != me)
                 .filter(|e| {
                     e.state == EndpointState::Active || (e.state == EndpointState::OwnerDown && in_grace(&e.owner))
                 })
@@ -352,10 +426,29 @@ impl Dataplane {
             let mtu = network.spec.mtu.map(u32::from);
             let gateway = network.spec.gateway.zip(prefix);
             let bridge_addresses = gateway.into_iter().chain([(crate::names::HOST_DNS, 32)]).collect();
-            plans.push(NetworkPlan { vni: network.spec.vni, mtu, bridge_addresses, locals, handoffs, remotes });
+            let vni = network.spec.vni;
+            if let Some(subnet) = network.spec.subnet {
+                let (bridge, internal) = (reconcile::bridge_name(vni), network.spec.internal);
+                firewall.networks.push(RoutedNetwork {
+                    bridge,
+                    subnet: (subnet.network(), subnet.prefix_len()),
+                    internal,
+                });
+            }
+            plans.push(NetworkPlan { vni, vxlan, mtu, bridge_addresses, locals, handoffs, remotes });
         }
-        plans
+        (plans, firewall)
     }
+}
+
+/// The network through which a sandbox attached at `attachment` reaches
+/// the outside: the first of its networks that is bridged and not internal.
+fn way_out<'a>(view: &View, attachment: &'a Attachment) -> Option<&'a str> {
+    attachment
+        .networks
+        .iter()
+        .find(|name| view.network(name).is_some_and(|n| n.spec.driver.is_bridged() && !n.spec.internal))
+        .map(String::as_str)
 }
 
 /// What a pass programs: networks (by VNI) and remote endpoints (by MAC).

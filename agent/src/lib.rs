@@ -25,6 +25,7 @@ mod ipam;
 mod logging;
 mod metrics;
 mod names;
+mod publish;
 mod sd_notify;
 mod unix_http;
 mod upkeep;

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use mesh_dns::{Endpoint, NameTable, Node, Resolver, Scope, OWN_ADDRESS};
 use mesh_membership::records::view::{EndpointState, View};
-use mesh_membership::{MemberInfo, Membership, Status};
+use mesh_membership::records::Driver;
+use mesh_membership::{MemberInfo, Membership, NodeId, Status};
 use mesh_netdev::netns;
 use tokio_util::sync::CancellationToken;
 
@@ -103,8 +104,10 @@ impl SandboxDns {
         let mut views = membership.watch_view();
         loop {
             let view = views.borrow_and_update().view.clone();
-            let Ok(members) = membership.with_core(|core, _| core.members()).await else { return };
-            self.resolver.set_table(table_of(&view, &members));
+            let Ok((members, me)) = membership.with_core(|core, _| (core.members(), core.identity().id)).await else {
+                return;
+            };
+            self.resolver.set_table(table_of(&view, &members, me));
             if views.changed().await.is_err() {
                 return;
             }
@@ -112,12 +115,17 @@ impl SandboxDns {
     }
 }
 
-/// The names of `view`'s active endpoints and of the live `members`.
-pub(crate) fn table_of(view: &View, members: &[MemberInfo]) -> NameTable {
+/// The names of `view`'s active endpoints (on a bridge network, only those
+/// of this host, `me`: the others cannot be reached from here) and of the
+/// live `members`.
+fn table_of(view: &View, members: &[MemberInfo], me: NodeId) -> NameTable {
     let endpoints: Vec<Endpoint> = view
         .networks
         .values()
-        .flat_map(|network| &network.endpoints)
+        .flat_map(|network| {
+            let host_local = network.spec.driver == Driver::Bridge;
+            network.endpoints.iter().filter(move |e| !host_local || e.owner == me)
+        })
         .filter(|e| e.state == EndpointState::Active)
         .filter_map(|e| {
             Some(Endpoint {

@@ -14,6 +14,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, L
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
+use netlink_packet_route::route::{RouteAttribute, RouteHeader};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
@@ -130,6 +131,22 @@ pub async fn interface_with(handle: &Handle, ip: Ipv4Addr) -> Result<Option<(u32
     let Some(index) = index else { return Ok(None) };
     let mtu = links(handle).await?.into_values().find(|l| l.index == index).map_or(1500, |l| l.mtu);
     Ok(Some((index, mtu)))
+}
+
+/// The interface of the IPv4 default route (the last one dumped, if the
+/// main table has several), by index.
+pub async fn default_route_interface(handle: &Handle) -> Result<Option<u32>, NetdevError> {
+    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    let mut oif = None;
+    while let Some(route) = routes.try_next().await.map_err(netlink("route dump"))? {
+        if route.header.destination_prefix_length == 0 && route.header.table == RouteHeader::RT_TABLE_MAIN {
+            oif = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+        }
+    }
+    Ok(oif)
 }
 
 /// The IPv4 addresses (with prefix lengths) of the interface `index`.

@@ -9,8 +9,11 @@
 //!
 //! - [`netns`]: named namespaces, and work run inside one;
 //! - [`kernel`]: one idempotent verb per function over rtnetlink;
-//! - [`reconcile`]: desired state against kernel state, by diff.
+//! - [`reconcile`]: desired state against kernel state, by diff;
+//! - [`firewall`]: the way in and out (NAT, filtering and forwarding),
+//!   one nftables table that mesh owns.
 
+pub mod firewall;
 pub mod kernel;
 pub mod netns;
 pub mod reconcile;
@@ -20,8 +23,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressScope};
-use netlink_packet_route::route::RouteAttribute;
-use rtnetlink::RouteMessageBuilder;
 
 /// A netlink conversation with the kernel failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,9 @@ pub enum NetdevError {
     /// No interface holds the advertise address.
     #[error("no interface of this host holds the advertise address {0}: advertise an address of the underlay")]
     NoUnderlay(Ipv4Addr),
+    /// `nft` failed or could not be run.
+    #[error("{0}")]
+    Firewall(String),
     /// Something the kernel just created was not found.
     #[error("{0} is missing")]
     Missing(&'static str),
@@ -73,18 +77,7 @@ pub async fn default_ipv4() -> Result<Option<Ipv4Addr>, NetdevError> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(connection);
     let result = async {
-        let mut default_oif = None;
-        let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(route) =
-            routes.try_next().await.map_err(|source| NetdevError::Netlink { what: "route dump", source })?
-        {
-            if route.header.destination_prefix_length == 0 {
-                default_oif = route.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(index) => Some(*index),
-                    _ => None,
-                });
-            }
-        }
+        let default_oif = kernel::default_route_interface(&handle).await?;
         let mut by_interface: HashMap<u32, Vec<Ipv4Addr>> = HashMap::new();
         let mut addresses = handle.address().get().execute();
         while let Some(message) =

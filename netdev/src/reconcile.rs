@@ -33,9 +33,13 @@ pub struct Underlay {
 /// What one network must look like on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkPlan {
-    /// Its VNI.
+    /// Its VNI (its devices are named after it).
     pub vni: u32,
-    /// Its MTU; the underlay's minus [`VXLAN_OVERHEAD`] when `None`.
+    /// Whether it spans hosts through a VXLAN device (an overlay network)
+    /// or stays on this host's bridge (a bridge network, with no remotes).
+    pub vxlan: bool,
+    /// Its MTU; when `None`, the underlay's, minus [`VXLAN_OVERHEAD`] with
+    /// VXLAN.
     pub mtu: Option<u32>,
     /// Addresses the host holds on the network's bridge (the same on every
     /// host: each answers for them locally, the VXLAN device's ARP proxy
@@ -219,6 +223,12 @@ impl Reconciler {
 }
 
 impl Reconciler {
+    /// The name of the interface of the IPv4 default route, if there is one.
+    pub async fn uplink(&self) -> Result<Option<String>, NetdevError> {
+        let Some(index) = kernel::default_route_interface(&self.handle).await? else { return Ok(None) };
+        Ok(kernel::links(&self.handle).await?.into_values().find(|l| l.index == index).map(|l| l.name))
+    }
+
     /// Checks, before anything is built, that network `vni` can be built
     /// here: an interface holds the advertise address, and no device in
     /// the way has other settings.
@@ -250,7 +260,9 @@ async fn reconcile(
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     for plan in plans {
         wanted.insert(bridge_name(plan.vni));
-        wanted.insert(vxlan_name(plan.vni));
+        if plan.vxlan {
+            wanted.insert(vxlan_name(plan.vni));
+        }
         wanted.extend(plan.locals.iter().map(|local| veth_names(local, plan.vni).0));
         wanted.extend(plan.handoffs.iter().map(|handoff| handoff_names(handoff, plan.vni).0));
     }
@@ -260,7 +272,8 @@ async fn reconcile(
         remove_unwanted(handle, underlay, &wanted, &mut report).await?;
     }
     for plan in plans {
-        let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
+        let overhead = if plan.vxlan { VXLAN_OVERHEAD } else { 0 };
+        let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead));
         let spec = |bridge| VxlanSpec {
             vni: plan.vni,
             local: underlay.local,
@@ -301,23 +314,11 @@ async fn reconcile_network(
         kernel::add_address(handle, bridge_index, *ip, *prefix).await?;
         report.set += 1;
     }
-    let wanted = spec(bridge_index);
-    if !links.contains_key(&vxlan) {
-        kernel::add_vxlan(handle, &vxlan, wanted).await?;
-        report.set += 1;
-        links = kernel::links(handle).await?;
-    }
-    let vxlan_index = links.get(&vxlan).map(|l| l.index).ok_or(NetdevError::Missing("the new VXLAN device"))?;
-    if links.get(&vxlan).and_then(|l| l.controller) != Some(bridge_index) {
-        let message = LinkUnspec::new_with_index(vxlan_index).controller(bridge_index).up().build();
-        handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|source| NetdevError::Netlink { what: "vxlan enslave", source })?;
-        report.set += 1;
-    }
+    let vxlan_index = if plan.vxlan {
+        Some(ensure_vxlan(handle, &vxlan, spec(bridge_index), &mut links, report).await?)
+    } else {
+        None
+    };
     for local in &plan.locals {
         let (host, _) = veth_names(local, plan.vni);
         if links.contains_key(&host) {
@@ -343,6 +344,7 @@ async fn reconcile_network(
         }
         report.handed.push(handoff.id.clone());
     }
+    let Some(vxlan_index) = vxlan_index else { return Ok(()) };
     let mut diff = diff_entries(
         &plan.remotes,
         &kernel::fdb(handle, vxlan_index).await?,
@@ -353,6 +355,34 @@ async fn reconcile_network(
         diff.remove_neighbours.clear();
     }
     apply_entries(handle, vxlan_index, diff, report).await
+}
+
+/// Makes the VXLAN device `name` as `wanted` if it is missing, enslaved to
+/// its bridge and up; answers its index.
+async fn ensure_vxlan(
+    handle: &Handle,
+    name: &str,
+    wanted: VxlanSpec,
+    links: &mut BTreeMap<String, Link>,
+    report: &mut Report,
+) -> Result<u32, NetdevError> {
+    if !links.contains_key(name) {
+        kernel::add_vxlan(handle, name, wanted).await?;
+        report.set += 1;
+        *links = kernel::links(handle).await?;
+    }
+    let link = links.get(name).ok_or(NetdevError::Missing("the new VXLAN device"))?;
+    if link.controller != Some(wanted.bridge) {
+        let message = LinkUnspec::new_with_index(link.index).controller(wanted.bridge).up().build();
+        handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|source| NetdevError::Netlink { what: "vxlan enslave", source })?;
+        report.set += 1;
+    }
+    Ok(link.index)
 }
 
 /// Refuses a bridge of the network's name that is not a bridge, or a

@@ -73,6 +73,14 @@ pub(crate) fn freeze_process(pid: u32, frozen: bool) -> anyhow::Result<()> {
 /// The nftables table [`Lab::set_loss`] puts in a host.
 const LOSS_TABLE: &str = "meshlab_loss";
 
+/// The "outside" router's address (see [`Lab::attach_outside`]).
+pub const OUTSIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+
+/// The address of host `i` on the outside network (see [`Lab::attach_outside`]).
+pub fn outside_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, u8::try_from(i).unwrap_or(u8::MAX))
+}
+
 /// The underlay address of host `i` (1-based): 198.18.0.1, 198.18.0.2, ...
 pub fn host_ip(i: usize) -> Ipv4Addr {
     let n = u32::try_from(i.saturating_sub(1)).unwrap_or(u32::MAX);
@@ -116,6 +124,32 @@ impl Lab {
         must("ip", ["-n", &netns, "addr", "add", &format!("{}/15", host_ip(i)), "dev", "eth0"])?;
         must("ip", ["-n", &netns, "link", "set", "eth0", "up"])?;
         Ok(())
+    }
+
+    /// Attaches an "outside" namespace to host `i`, as its default route:
+    /// a link `out0` in the host with [`outside_ip`]`(i)`/24, to the outside's
+    /// `eth0` with [`OUTSIDE_ROUTER`] (TEST-NET-3, never routed off the
+    /// machine). The outside knows no route to the lab's other networks, so
+    /// what reaches it from a sandbox and is answered was masqueraded.
+    /// Answers the outside's namespace (removed with the lab).
+    pub fn attach_outside(&self, i: usize) -> anyhow::Result<String> {
+        let (outside, host) = (format!("{}out{i}", self.prefix), self.netns(i));
+        must("ip", ["netns", "add", &outside])?;
+        must("ip", ["link", "add", "out0", "netns", host, "type", "veth", "peer", "name", "eth0", "netns", &outside])?;
+        must("ip", ["-n", &outside, "addr", "add", &format!("{OUTSIDE_ROUTER}/24"), "dev", "eth0"])?;
+        must("ip", ["-n", host, "addr", "add", &format!("{}/24", outside_ip(i)), "dev", "out0"])?;
+        for (netns, link) in [(outside.as_str(), "eth0"), (outside.as_str(), "lo"), (host, "out0")] {
+            must("ip", ["-n", netns, "link", "set", link, "up"])?;
+        }
+        must("ip", ["-n", host, "route", "add", "default", "via", &OUTSIDE_ROUTER.to_string()])?;
+        Ok(outside)
+    }
+
+    /// Runs a command inside the lab's namespace `netns` (an outside's).
+    pub fn exec_in(&self, netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut all = vec!["netns", "exec", netns, program];
+        all.extend(args);
+        run("ip", all)
     }
 
     /// Number of hosts.
@@ -271,9 +305,7 @@ impl Lab {
 
     /// Runs a command inside host `i`'s network namespace.
     pub fn exec(&self, i: usize, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let mut all = vec!["netns", "exec", self.netns(i), program];
-        all.extend(args);
-        run("ip", all)
+        self.exec_in(self.netns(i), program, args)
     }
 
     /// The namespace host `i`'s agent gives sandbox `name`: the lab's
@@ -285,10 +317,7 @@ impl Lab {
     /// Runs a command inside sandbox `name` of host `i`, as `ip netns
     /// exec` does (with the sandbox's own resolv.conf, if it has one).
     pub fn sandbox_exec(&self, i: usize, name: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let netns = self.sandbox_netns(i, name);
-        let mut all = vec!["netns", "exec", netns.as_str(), program];
-        all.extend(args);
-        run("ip", all)
+        self.exec_in(&self.sandbox_netns(i, name), program, args)
     }
 
     /// Starts a long-running process in host `i`'s namespace; it is killed

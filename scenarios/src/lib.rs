@@ -24,7 +24,7 @@ pub mod rogue;
 pub mod sim;
 
 pub use lab::{
-    clean_leftovers, clean_up_on_signal, host_ip, members_at, previous_release_binary, Lab, Leftovers, Member,
-    AGENT_PORT,
+    clean_leftovers, clean_up_on_signal, host_ip, members_at, outside_ip, previous_release_binary, Lab, Leftovers,
+    Member, AGENT_PORT, OUTSIDE_ROUTER,
 };
 pub use process::{require_root, run, Output};

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use mesh_membership::records::view::{EndpointState, EndpointView, NetworkView, View};
-use mesh_membership::records::Driver;
 use mesh_membership::{MemberInfo, NodeId};
 
 use crate::api::{EndpointBody, NetworkBody, SandboxBody, SandboxEndpointBody};
@@ -34,6 +33,7 @@ pub(super) fn network(view: &View, network: &NetworkView, names: &Names) -> Netw
         subnet: spec.subnet.map(|s| s.to_string()),
         gateway: spec.gateway.map(|g| g.to_string()),
         mtu: spec.mtu,
+        internal: spec.internal,
         created_by: names.of(network.id.creator),
         created_ms: spec.created_ms,
         endpoints: network.endpoints.iter().map(|e| endpoint(e, names)).collect(),
@@ -90,14 +90,19 @@ pub(super) fn sandbox(
         .endpoints()
         .filter(|e| e.owner == me && e.name == name)
         .map(|e| {
-            let overlay = view.network(&e.spec.network).is_some_and(|n| n.spec.driver == Driver::Overlay);
+            let bridged = view.network(&e.spec.network).is_some_and(|n| n.spec.driver.is_bridged());
             SandboxEndpointBody {
                 network: e.spec.network.clone(),
-                interface: attachment.filter(|_| overlay).and_then(|a| a.interface(&e.spec.network)),
+                interface: attachment.filter(|_| bridged).and_then(|a| a.interface(&e.spec.network)),
                 endpoint: endpoint(e, names),
             }
         })
         .collect();
     endpoints.sort_by_key(|e| (order(&e.network).unwrap_or(usize::MAX), e.network.clone()));
-    SandboxBody { name: name.to_owned(), netns: attachment.map(|a| a.netns.display().to_string()), endpoints }
+    SandboxBody {
+        name: name.to_owned(),
+        netns: attachment.map(|a| a.netns.display().to_string()),
+        ports: attachment.map(|a| a.ports.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        endpoints,
+    }
 }

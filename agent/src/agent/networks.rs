@@ -99,8 +99,9 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
     }
     let driver = match body.driver.as_deref().unwrap_or("overlay") {
         "overlay" => Driver::Overlay,
+        "bridge" => Driver::Bridge,
         "null" => Driver::Null,
-        other => return Err(bad(format!("unknown driver {other:?}: use overlay or null"))),
+        other => return Err(bad(format!("unknown driver {other:?}: use overlay, bridge or null"))),
     };
     if let Some(mtu) = body.mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
         return Err(bad(format!("MTU {mtu} is out of range ({}-{})", MTU_RANGE.start(), MTU_RANGE.end())));
@@ -109,14 +110,21 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
         Driver::Null if body.subnet.is_some() || body.vni.is_some() => {
             return Err(bad("a null network has no subnet or VNI".into()));
         }
+        Driver::Null if body.internal => return Err(bad("a null network has no way out to close".into())),
         Driver::Null => (None, 0),
-        Driver::Overlay => (Some(subnet_for(view, &body)?), vni_for(view, &body)?),
+        Driver::Overlay | Driver::Bridge => (Some(subnet_for(view, &body)?), vni_for(view, &body)?),
     };
     let spec = match subnet {
-        Some(subnet) => NetworkSpec { mtu: body.mtu, ..NetworkSpec::overlay(&body.name, vni, subnet, unix_ms()) },
+        Some(subnet) => NetworkSpec {
+            driver,
+            internal: body.internal,
+            mtu: body.mtu,
+            ..NetworkSpec::overlay(&body.name, vni, subnet, unix_ms())
+        },
         None => NetworkSpec {
             name: body.name,
             driver,
+            internal: false,
             vni,
             subnet: None,
             gateway: None,

@@ -17,6 +17,7 @@ use super::{unix_ms, Agent, AgentError};
 use crate::api::{SandboxBody, SandboxCreateBody};
 use crate::datadir::Attachment;
 use crate::ipam;
+use crate::publish::PublishedPort;
 
 /// How long `sandbox create` waits for the sandbox to be wired.
 const WIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -31,15 +32,18 @@ impl Agent {
         check_name("sandbox", &name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         check_networks(&body.networks)?;
         check_interface(&body)?;
-        let vnis = overlay_vnis(&self.current_view()?.view, &body.networks)?;
+        let current = self.current_view()?;
+        let vnis = bridged_vnis(&current.view, &body.networks)?;
+        let ports = published_ports(&current.view, &body)?;
         self.dataplane.preflight(&vnis).await.map_err(AgentError::Conflict)?;
         let netns = body.netns.clone().map(PathBuf::from);
-        self.dataplane.check_sandbox(&name, netns.as_deref()).map_err(AgentError::Conflict)?;
+        self.dataplane.check_sandbox(&name, netns.as_deref(), &ports).map_err(AgentError::Conflict)?;
         // Published first: other hosts program it while this one builds
         // the namespace; withdrawn if the build fails.
         let (networks, interface) = (body.networks.clone(), body.interface.clone());
         self.change(move |core, now| publish_endpoints(core, now, &body)).await?;
-        let attachment = match self.build_sandbox(&name, netns.as_deref(), &networks, interface.as_deref()) {
+        let built = self.build_sandbox(&name, netns.as_deref(), &networks, interface.as_deref(), &ports);
+        let attachment = match built {
             Ok(attachment) => attachment,
             Err(error) => {
                 let owned = name.clone();
@@ -61,17 +65,18 @@ impl Agent {
         Ok(sandbox)
     }
 
-    /// Gives sandbox `name` its namespace and resolver; on failure leaves
-    /// neither.
+    /// Gives sandbox `name` its namespace, resolver and `ports`; on
+    /// failure leaves none of them.
     fn build_sandbox(
         &self,
         name: &str,
         netns: Option<&Path>,
         networks: &[String],
         interface: Option<&str>,
+        ports: &[PublishedPort],
     ) -> Result<Attachment, AgentError> {
         let attachment =
-            self.dataplane.create_sandbox(name, netns, networks, interface).map_err(AgentError::Conflict)?;
+            self.dataplane.create_sandbox(name, netns, networks, interface, ports).map_err(AgentError::Conflict)?;
         if let Err(error) = self.dns.serve(name, &attachment) {
             self.dns.forget(name, &attachment);
             if let Err(cleanup) = self.dataplane.remove_sandbox(name) {
@@ -171,15 +176,15 @@ fn check_interface(body: &SandboxCreateBody) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The VNIs of `networks` (overlay ones; a null network has none).
-/// Refuses a network that does not exist, and a null network beside others
-/// (it means loopback only).
-fn overlay_vnis(view: &View, networks: &[String]) -> Result<Vec<u32>, AgentError> {
+/// The VNIs of `networks` (overlay and bridge ones; a null network has
+/// none). Refuses a network that does not exist, and a null network beside
+/// others (it means loopback only).
+fn bridged_vnis(view: &View, networks: &[String]) -> Result<Vec<u32>, AgentError> {
     let mut vnis = Vec::new();
     for name in networks {
         let network = view.network(name).ok_or_else(|| no_such_network(name))?;
         match network.spec.driver {
-            Driver::Overlay => vnis.push(network.spec.vni),
+            Driver::Overlay | Driver::Bridge => vnis.push(network.spec.vni),
             Driver::Null if networks.len() > 1 => {
                 return Err(AgentError::BadRequest(format!(
                     "network {name} is a null network (loopback only) and cannot be joined with others"
@@ -189,6 +194,27 @@ fn overlay_vnis(view: &View, networks: &[String]) -> Result<Vec<u32>, AgentError
         }
     }
     Ok(vnis)
+}
+
+/// The ports the sandbox publishes, checked: well formed, each host port
+/// once, and a network with a way in (bridged and not internal) to
+/// forward them to.
+fn published_ports(view: &View, body: &SandboxCreateBody) -> Result<Vec<PublishedPort>, AgentError> {
+    let ports = body.publish.iter().map(|p| p.parse()).collect::<Result<Vec<PublishedPort>, _>>();
+    let ports = ports.map_err(AgentError::BadRequest)?;
+    if let Some(twice) = ports.iter().enumerate().find_map(|(i, p)| {
+        ports[..i].iter().any(|q| (q.protocol, q.host_port) == (p.protocol, p.host_port)).then_some(p)
+    }) {
+        return Err(AgentError::BadRequest(format!("host port {} is published twice", twice.host_side())));
+    }
+    let way_in = |name: &String| view.network(name).is_some_and(|n| n.spec.driver.is_bridged() && !n.spec.internal);
+    if !ports.is_empty() && !body.networks.iter().any(way_in) {
+        return Err(AgentError::BadRequest(format!(
+            "sandbox {} has no network with a way in (its networks are internal or null): publish on one that is not",
+            body.name
+        )));
+    }
+    Ok(ports)
 }
 
 /// Publishes the sandbox's endpoint on each of its networks: all or none.

@@ -31,15 +31,22 @@ struct CreateArgs {
     /// IPv4 subnet in CIDR form; a free /24 of 10.128.0.0/9 by default.
     #[arg(long)]
     subnet: Option<String>,
-    /// VXLAN network identifier (1-16777215); a free one by default.
+    /// VXLAN network identifier (1-16777215; a bridge network's names its
+    /// bridge); a free one by default.
     #[arg(long)]
     vni: Option<u32>,
-    /// MTU of the network's interfaces; the underlay's minus 50 by default.
+    /// MTU of the network's interfaces; by default the underlay's, minus 50
+    /// on an overlay network.
     #[arg(long)]
     mtu: Option<u16>,
-    /// `overlay` (one segment across all hosts) or `null` (loopback only).
+    /// `overlay` (one segment across all hosts), `bridge` (a segment on
+    /// each host, its names resolving there only) or `null` (loopback only).
     #[arg(long, default_value = "overlay")]
     driver: String,
+    /// No way out: sandboxes get no default route, the host forwards
+    /// nothing from or to the network, and no port is published on it.
+    #[arg(long)]
+    internal: bool,
     #[command(flatten)]
     output: OutputOpts,
 }
@@ -70,6 +77,7 @@ pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
                 subnet: create.subnet.clone(),
                 vni: create.vni,
                 mtu: create.mtu,
+                internal: create.internal,
             };
             let network: NetworkBody = create.output.client.client().post(api::NETWORKS, &body).await?;
             match create.output.format {
@@ -120,6 +128,14 @@ pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What a network's MTU is when none was given.
+fn default_mtu(driver: &str) -> &'static str {
+    match driver {
+        "overlay" => "underlay - 50",
+        _ => "underlay",
+    }
+}
+
 /// A network for a terminal: its fields, its conflicts, its endpoints.
 fn describe(network: &NetworkBody) -> String {
     let none = || "-".to_owned();
@@ -127,10 +143,11 @@ fn describe(network: &NetworkBody) -> String {
         ("name", network.name.clone()),
         ("id", network.id.clone()),
         ("driver", network.driver.clone()),
+        ("way out", if network.internal { "none (internal)".into() } else { "through each host (masquerade)".into() }),
         ("vni", network.vni.to_string()),
         ("subnet", network.subnet.clone().unwrap_or_else(none)),
         ("gateway", network.gateway.clone().unwrap_or_else(none)),
-        ("mtu", network.mtu.map_or_else(|| "underlay - 50".into(), |m| m.to_string())),
+        ("mtu", network.mtu.map_or_else(|| default_mtu(&network.driver).into(), |m| m.to_string())),
         ("created by", network.created_by.clone()),
     ];
     let mut out: String = fields.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect();

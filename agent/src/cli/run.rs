@@ -22,6 +22,10 @@ pub(crate) struct RunArgs {
     /// A service name it publishes besides its own (repeatable).
     #[arg(long = "alias", value_name = "SVC")]
     aliases: Vec<String>,
+    /// Publish PORT of the sandbox at HOSTPORT of this host's addresses
+    /// (repeatable; TCP unless /udp is given).
+    #[arg(long, value_name = "HOSTPORT:PORT[/tcp|udp]")]
+    publish: Vec<String>,
     #[command(flatten)]
     client: ClientOpts,
     /// The command and its arguments.
@@ -41,6 +45,7 @@ pub(crate) async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         ip: None,
         netns: None,
         interface: None,
+        publish: args.publish.clone(),
     };
     let sandbox: SandboxBody = client.post(api::SANDBOXES, &body).await?;
     // Ctrl-C goes to the command (same process group); this process stays

@@ -40,6 +40,10 @@ struct CreateArgs {
     /// /proc/PID/ns/net) instead of creating one named after the sandbox.
     #[arg(long)]
     netns: Option<String>,
+    /// Publish PORT of the sandbox at HOSTPORT of this host's addresses
+    /// (repeatable; TCP unless /udp is given).
+    #[arg(long, value_name = "HOSTPORT:PORT[/tcp|udp]")]
+    publish: Vec<String>,
     #[command(flatten)]
     output: OutputOpts,
 }
@@ -63,6 +67,7 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
                 ip: create.ip.clone(),
                 netns: create.netns.clone(),
                 interface: None,
+                publish: create.publish.clone(),
             };
             let sandbox: SandboxBody = create.output.client.client().post(api::SANDBOXES, &body).await?;
             match create.output.format {

@@ -121,6 +121,7 @@ async fn add(agent: &Agent, env: &Env, conf: &NetConf) -> Result<Value, CniError
                 ip: None,
                 netns: Some(netns.to_string_lossy().into_owned()),
                 interface: Some(env.ifname.clone()),
+                publish: Vec::new(),
             };
             agent.client.post(api::SANDBOXES, &body).await.map_err(refused)?
         }

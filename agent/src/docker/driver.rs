@@ -329,6 +329,7 @@ impl Driver {
                     vni: None,
                     mtu: None,
                     driver: None,
+                    internal: false,
                 };
                 match self.agent.network_create(body).await {
                     Ok(_) => {}

@@ -33,6 +33,7 @@
 pub mod gossip;
 pub mod store;
 pub mod view;
+mod wire_network;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -83,6 +84,9 @@ pub enum Driver {
     Overlay,
     /// No connectivity: a sandbox with only loopback.
     Null,
+    /// A Linux bridge on each host, with no VXLAN: a sandbox reaches only
+    /// the sandboxes of its own host (and, through the host, the outside).
+    Bridge,
 }
 
 impl Driver {
@@ -91,18 +95,29 @@ impl Driver {
         match self {
             Self::Overlay => "overlay",
             Self::Null => "null",
+            Self::Bridge => "bridge",
         }
+    }
+
+    /// Whether its sandboxes get an interface on a bridge (overlay and
+    /// bridge networks; a null network gives only loopback).
+    pub fn is_bridged(self) -> bool {
+        matches!(self, Self::Overlay | Self::Bridge)
     }
 }
 
-/// A network as its creator defined it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A network as its creator defined it (encoded as [`wire_network`] says).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NetworkSpec {
     /// The name users and DNS know it by.
     pub name: String,
     /// Its driver.
     pub driver: Driver,
-    /// VXLAN network identifier (0 for the null driver).
+    /// Whether it has no way out (no route to the outside, no masquerade,
+    /// no published port): Docker's `--internal`.
+    pub internal: bool,
+    /// VXLAN network identifier (0 for the null driver; a bridge network's
+    /// names its bridge).
     pub vni: u32,
     /// Its IPv4 subnet (`None` for the null driver).
     pub subnet: Option<Ipv4Net>,
@@ -411,6 +426,7 @@ impl NetworkSpec {
         Self {
             name: name.to_owned(),
             driver: Driver::Overlay,
+            internal: false,
             vni,
             subnet: Some(subnet),
             gateway: subnet.hosts().next(),
@@ -423,10 +439,13 @@ impl NetworkSpec {
     pub fn validate(&self) -> Result<(), InvalidRecord> {
         check_name("network", &self.name)?;
         match self.driver {
-            Driver::Overlay if !(1..=MAX_VNI).contains(&self.vni) => {
+            Driver::Overlay | Driver::Bridge if !(1..=MAX_VNI).contains(&self.vni) => {
                 return Err(InvalidRecord(format!("VNI {} is out of range (1-{MAX_VNI})", self.vni)));
             }
             Driver::Null if self.vni != 0 => return Err(InvalidRecord("a null network has no VNI".into())),
+            Driver::Null if self.internal => {
+                return Err(InvalidRecord("a null network has no way out to close".into()))
+            }
             _ => {}
         }
         if let Some(mtu) = self.mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
@@ -438,8 +457,10 @@ impl NetworkSpec {
         }
         match (self.driver, self.subnet) {
             (Driver::Null, Some(_)) => Err(InvalidRecord("a null network has no subnet".into())),
-            (Driver::Overlay, None) => Err(InvalidRecord("an overlay network needs a subnet".into())),
-            (Driver::Overlay, Some(subnet)) if subnet.prefix_len() > 30 => {
+            (Driver::Overlay | Driver::Bridge, None) => {
+                Err(InvalidRecord(format!("{} networks need a subnet", self.driver.as_str())))
+            }
+            (Driver::Overlay | Driver::Bridge, Some(subnet)) if subnet.prefix_len() > 30 => {
                 Err(InvalidRecord(format!("subnet {subnet} is too small: the longest prefix is /30")))
             }
             (_, Some(subnet)) if self.gateway.is_some_and(|gw| !usable(subnet, gw)) => {

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::store::Store;
-use super::{usable, Driver, EndpointSpec, NetworkId, NetworkSpec, RecordKey, Value};
+use super::{usable, EndpointSpec, NetworkId, NetworkSpec, RecordKey, Value};
 use crate::core::Status;
 use crate::identity::NodeId;
 
@@ -162,7 +162,7 @@ impl View {
             match taken {
                 Some((winner, reason)) => self.lost.push(LostNetwork { id, spec: spec.clone(), winner, reason }),
                 None => {
-                    if spec.driver == Driver::Overlay {
+                    if spec.driver.is_bridged() {
                         by_vni.insert(spec.vni, id);
                     }
                     subnets.extend(spec.subnet.map(|s| (s, id)));

@@ -81,6 +81,7 @@ async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Dur
     let underlay = Underlay { local: host_ip(1), port: 4789 };
     let plan = |remotes: Vec<Remote>| NetworkPlan {
         vni: VNI,
+        vxlan: true,
         mtu: None,
         bridge_addresses: Vec::new(),
         locals: vec![LocalPlan {

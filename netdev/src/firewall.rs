@@ -1,0 +1,268 @@
+//! The way in and out of mesh's networks: masquerade for what leaves
+//! through the host's default route, published ports, the closing of
+//! internal networks and the isolation of networks from each other, all in
+//! one nftables table, `ip mesh`, that mesh owns.
+//!
+//! The table is made and replaced as a whole, in one `nft` transaction, and
+//! deleted as a whole when no rule is wanted: rules of other tables are
+//! never touched. Like the devices, it is reconciled, not just set: each
+//! pass lists the table and compares it with the listing the last apply
+//! left, so a table deleted or edited by hand is restored.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::NetdevError;
+
+/// The nftables table mesh owns (family `ip`).
+pub const TABLE: &str = "mesh";
+
+/// Where the kernel's IPv4 forwarding switch is (per network namespace).
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// What the table must hold for this host.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FirewallPlan {
+    /// The networks programmed on this host.
+    pub networks: Vec<RoutedNetwork>,
+    /// Ports published at this host's addresses.
+    pub ports: Vec<PortMapping>,
+    /// The interface of the host's default route: what leaves through it
+    /// from a network that is not internal is masqueraded.
+    pub uplink: Option<String>,
+}
+
+/// A network as the firewall sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedNetwork {
+    /// Its bridge on this host.
+    pub bridge: String,
+    /// Its subnet: address and prefix length.
+    pub subnet: (Ipv4Addr, u8),
+    /// Whether it has no way out.
+    pub internal: bool,
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// Its name as nftables (and `--publish`) spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A port of a sandbox published at the host's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The port at the host's addresses.
+    pub host_port: u16,
+    /// The sandbox's address.
+    pub address: Ipv4Addr,
+    /// The port in the sandbox.
+    pub port: u16,
+}
+
+impl FirewallPlan {
+    /// Whether any network needs the host to forward (one that is not internal).
+    pub fn needs_forwarding(&self) -> bool {
+        self.networks.iter().any(|n| !n.internal)
+    }
+
+    /// The table as an `nft` script, or `None` when no rule is wanted.
+    pub fn ruleset(&self) -> Option<String> {
+        if self.networks.is_empty() && self.ports.is_empty() {
+            return None;
+        }
+        let mut dnat = String::new();
+        for port in &self.ports {
+            let (protocol, host_port, address, to) = (port.protocol.as_str(), port.host_port, port.address, port.port);
+            let _ = writeln!(
+                dnat,
+                "\t\tip daddr != 127.0.0.0/8 fib daddr type local {protocol} dport {host_port} dnat to {address}:{to}"
+            );
+        }
+        let mut masquerade = String::new();
+        let mut forward = String::new();
+        for network in &self.networks {
+            let (bridge, (ip, prefix)) = (&network.bridge, network.subnet);
+            if network.internal {
+                let _ = writeln!(forward, "\t\tiifname \"{bridge}\" oifname != \"{bridge}\" drop");
+                let _ = writeln!(forward, "\t\toifname \"{bridge}\" iifname != \"{bridge}\" drop");
+                continue;
+            }
+            let _ = writeln!(forward, "\t\tiifname \"{bridge}\" oifname != \"{bridge}\" oifname \"mbr*\" drop");
+            if let Some(uplink) = &self.uplink {
+                let _ = writeln!(masquerade, "\t\tip saddr {ip}/{prefix} oifname \"{uplink}\" masquerade");
+            }
+        }
+        // Numeric priorities (dstnat, srcnat, filter): nft 1.0.6 takes no
+        // name for the output hook's.
+        let chain = |name: &str, hook: &str, kind: &str, priority: &str, rules: &str| {
+            format!("\tchain {name} {{\n\t\ttype {kind} hook {hook} priority {priority}; policy accept;\n{rules}\t}}\n")
+        };
+        Some(format!(
+            "table ip {TABLE} {{\n{}{}{}{}}}\n",
+            chain("prerouting", "prerouting", "nat", "-100", &dnat),
+            chain("output", "output", "nat", "-100", &dnat),
+            chain("postrouting", "postrouting", "nat", "100", &masquerade),
+            chain("forward", "forward", "filter", "0", &forward),
+        ))
+    }
+}
+
+/// What a pass did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It was as wanted.
+    None,
+    /// It was made, replaced or restored.
+    Set,
+    /// It was deleted.
+    Removed,
+}
+
+/// Keeps the table in step with a plan, in the namespace of the process.
+#[derive(Debug, Default)]
+pub struct Firewall {
+    /// The last script applied, and the table's listing right after.
+    applied: Option<(String, String)>,
+}
+
+impl Firewall {
+    /// Makes the table match `plan`: replaces it if the plan changed or the
+    /// table is not as the last apply left it, deletes it if no rule is
+    /// wanted, and turns the host's IPv4 forwarding on if a network needs
+    /// it (never off: other software may rely on it).
+    pub async fn reconcile(&mut self, plan: &FirewallPlan) -> Result<Change, NetdevError> {
+        if plan.needs_forwarding() {
+            enable_forwarding()?;
+        }
+        let present = list_table().await?;
+        let Some(ruleset) = plan.ruleset() else {
+            self.applied = None;
+            if present.is_none() {
+                return Ok(Change::None);
+            }
+            nft(&["delete", "table", "ip", TABLE], None).await?;
+            return Ok(Change::Removed);
+        };
+        if let (Some((script, listing)), Some(present)) = (&self.applied, &present) {
+            if *script == ruleset && listing == present {
+                return Ok(Change::None);
+            }
+        }
+        // One transaction: the old table (made empty first, so that the
+        // delete cannot fail) goes and the new one comes at once.
+        let transaction = format!("table ip {TABLE}\ndelete table ip {TABLE}\n{ruleset}");
+        nft(&["-f", "-"], Some(&transaction)).await?;
+        let listing = list_table().await?.ok_or(NetdevError::Missing("the nftables table just made"))?;
+        self.applied = Some((ruleset, listing));
+        Ok(Change::Set)
+    }
+}
+
+/// The table's listing, or `None` if there is no such table.
+async fn list_table() -> Result<Option<String>, NetdevError> {
+    match nft(&["list", "table", "ip", TABLE], None).await {
+        Ok(listing) => Ok(Some(listing)),
+        Err(NetdevError::Firewall(message)) if message.contains("No such file or directory") => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs `nft ARGS` with `input` on its standard input; answers its output.
+async fn nft(args: &[&str], input: Option<&str>) -> Result<String, NetdevError> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            NetdevError::Firewall(format!("cannot run nft ({e}): install nftables for the way in and out of networks"))
+        })?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input.as_bytes()).await.map_err(|e| NetdevError::Firewall(format!("nft: {e}")))?;
+    }
+    let output = child.wait_with_output().await.map_err(|e| NetdevError::Firewall(format!("nft: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(NetdevError::Firewall(format!("nft {}: {}", args.join(" "), stderr.trim())));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Turns IPv4 forwarding on in this namespace if it is off.
+fn enable_forwarding() -> Result<(), NetdevError> {
+    let io = |source| NetdevError::Io { what: "cannot turn IPv4 forwarding on at", path: IP_FORWARD.into(), source };
+    if std::fs::read_to_string(IP_FORWARD).map_err(io)?.trim() != "1" {
+        std::fs::write(IP_FORWARD, "1").map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_network_and_no_port_wants_no_table() {
+        let plan = FirewallPlan { uplink: Some("eth0".into()), ..FirewallPlan::default() };
+        assert_eq!(plan.ruleset(), None);
+        assert!(!plan.needs_forwarding());
+    }
+
+    #[test]
+    fn networks_are_masqueraded_isolated_or_closed_and_ports_forwarded() {
+        let network = |bridge: &str, third, internal| RoutedNetwork {
+            bridge: bridge.into(),
+            subnet: (Ipv4Addr::new(10, 0, third, 0), 24),
+            internal,
+        };
+        let plan = FirewallPlan {
+            networks: vec![network("mbr1", 1, false), network("mbr2", 2, true)],
+            ports: vec![PortMapping {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                address: Ipv4Addr::new(10, 0, 1, 2),
+                port: 53,
+            }],
+            uplink: Some("eth1".into()),
+        };
+        let ruleset = plan.ruleset().expect("rules");
+        let lines: Vec<&str> = ruleset.lines().map(str::trim).collect();
+        for wanted in [
+            "ip saddr 10.0.1.0/24 oifname \"eth1\" masquerade",
+            "iifname \"mbr1\" oifname != \"mbr1\" oifname \"mbr*\" drop",
+            "iifname \"mbr2\" oifname != \"mbr2\" drop",
+            "oifname \"mbr2\" iifname != \"mbr2\" drop",
+        ] {
+            assert_eq!(lines.iter().filter(|l| **l == wanted).count(), 1, "{wanted} in\n{ruleset}");
+        }
+        let dnat = "ip daddr != 127.0.0.0/8 fib daddr type local udp dport 5353 dnat to 10.0.1.2:53";
+        assert_eq!(lines.iter().filter(|l| **l == dnat).count(), 2, "in prerouting and output:\n{ruleset}");
+        assert!(!ruleset.contains("10.0.2.0/24"), "an internal network is never masqueraded");
+        assert!(plan.needs_forwarding());
+        let closed = FirewallPlan { networks: vec![network("mbr2", 2, true)], ..plan };
+        assert!(!closed.needs_forwarding());
+        assert!(!closed.ruleset().expect("rules").contains("masquerade"));
+    }
+}
