@@ -68,7 +68,7 @@ Maintainer: mesh developers <mesh@localhost>
 Installed-Size: $size
 Section: net
 Priority: optional
-Recommends: iproute2
+Recommends: iproute2, nftables
 Suggests: docker.io, podman
 Homepage: https://github.com/mesh/mesh
 Description: overlay network for containers on many hosts, with no central store

@@ -143,6 +143,9 @@ pub enum Change {
 pub struct Firewall {
     /// The last script applied, and the table's listing right after.
     applied: Option<(String, String)>,
+    /// Whether the table was found absent with none wanted since: an idle
+    /// host does not run `nft` on every pass.
+    absent: bool,
 }
 
 impl Firewall {
@@ -154,14 +157,19 @@ impl Firewall {
         if plan.needs_forwarding() {
             enable_forwarding()?;
         }
+        let ruleset = plan.ruleset();
+        if ruleset.is_none() && self.absent {
+            return Ok(Change::None);
+        }
+        self.absent = false;
         let present = list_table().await?;
-        let Some(ruleset) = plan.ruleset() else {
+        let Some(ruleset) = ruleset else {
             self.applied = None;
-            if present.is_none() {
-                return Ok(Change::None);
+            if present.is_some() {
+                nft(&["delete", "table", "ip", TABLE], None).await?;
             }
-            nft(&["delete", "table", "ip", TABLE], None).await?;
-            return Ok(Change::Removed);
+            self.absent = true;
+            return Ok(if present.is_some() { Change::Removed } else { Change::None });
         };
         if let (Some((script, listing)), Some(present)) = (&self.applied, &present) {
             if *script == ruleset && listing == present {

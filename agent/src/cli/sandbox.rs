@@ -78,7 +78,12 @@ pub(crate) async fn run(args: &SandboxArgs) -> anyhow::Result<()> {
                         .iter()
                         .map(|e| format!("{} ({})", e.network, e.endpoint.ip.as_deref().unwrap_or("no address")))
                         .collect();
-                    println!("created sandbox {} on {}", sandbox.name, on.join(", "));
+                    let publishing = if sandbox.ports.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", publishing {}", sandbox.ports.join(", "))
+                    };
+                    println!("created sandbox {} on {}{publishing}", sandbox.name, on.join(", "));
                     Ok(())
                 }
             }
