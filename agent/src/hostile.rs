@@ -85,6 +85,7 @@ pub fn cni_config(bytes: &[u8]) -> Result<(), String> {
         mac: "02:00:00:00:00:01".into(),
         address: "10.0.0.2/24".into(),
         sandbox: "/run/netns/fuzz".into(),
+        gateway: Some("10.0.0.1".into()),
     };
     result(&conf.cni_version, &attached, conf.prev_result.as_ref()).map(drop).map_err(|e| e.to_json("1.0.0"))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use mesh_scenarios::docker::{DockerLab, CONTAINER_LIFETIME, IMAGE};
-use mesh_scenarios::Lab;
+use mesh_scenarios::{Lab, OUTSIDE_ROUTER};
 use serde_json::Value;
 
 /// Generous bound on convergence waits (not a performance claim).
@@ -82,8 +82,13 @@ fn containers_on_two_hosts_reach_each_other_by_name_and_go_cleanly() -> anyhow::
         "h2's engine has dev with mesh's subnet: {inspect} vs {dev}"
     );
 
+    lab.attach_outside(1)?;
     start(&lab, 1, "web1", &["svc1"])?;
     let (ip, mac) = address_of(&lab, 1, "web1")?;
+    // The outside has no route to mesh's subnets: an answer means host 1
+    // masqueraded the ping.
+    let out = lab.docker(1, &["exec", "web1", "ping", "-c", "1", "-W", "5", &OUTSIDE_ROUTER.to_string()])?;
+    ensure!(out.success, "web1 reaches the outside through its host: {out:?}");
     lab.wait_for("web1 in h2's view", CONVERGE, |lab| in_view(lab, 2, "web1"))?;
     let taken = lab.mesh(1, &["sandbox", "rm", "web1"])?;
     ensure!(!taken.success && taken.stderr.contains("Docker container"), "mesh leaves web1 to Docker: {taken:?}");

@@ -192,6 +192,7 @@ fn attached(sandbox: &SandboxBody, network: &NetworkBody, ifname: &str) -> Resul
         mac: endpoint.endpoint.mac.clone(),
         address: format!("{ip}/{prefix}"),
         sandbox: sandbox.netns.clone().unwrap_or_default(),
+        gateway: network.gateway.clone().filter(|_| !network.internal),
     })
 }
 

@@ -1,5 +1,5 @@
-//! The result of ADD: the container's interface, its address and mesh's
-//! resolver, in the configuration's version's shape, after what the
+//! The result of ADD: the container's interface, its address, its default
+//! route (unless the network is internal) and mesh's resolver, in the configuration's version's shape, after what the
 //! plugins before mesh-cni in a chain reported.
 
 use serde_json::{json, Value};
@@ -15,6 +15,8 @@ pub(crate) struct Attached {
     pub(crate) address: String,
     /// The container's namespace.
     pub(crate) sandbox: String,
+    /// The next hop of its default route (none on an internal network).
+    pub(crate) gateway: Option<String>,
 }
 
 /// Where the container's resolver is (mesh serves it inside the namespace).
@@ -38,8 +40,14 @@ pub(crate) fn result(version: &str, attached: &Attached, previous: Option<&Value
     if version == "0.4.0" {
         ip["version"] = json!("4");
     }
+    if let Some(gateway) = &attached.gateway {
+        ip["gateway"] = json!(gateway);
+    }
     list(object, "ips").map_err(invalid)?.push(ip);
-    list(object, "routes").map_err(invalid)?;
+    let routes = list(object, "routes").map_err(invalid)?;
+    if let Some(gateway) = &attached.gateway {
+        routes.push(json!({ "dst": "0.0.0.0/0", "gw": gateway }));
+    }
     let dns = object.entry("dns").or_insert_with(|| json!({}));
     let Some(dns) = dns.as_object_mut() else { return Err(invalid("`dns` is not an object")) };
     let nameservers = list(dns, "nameservers").map_err(invalid)?;
@@ -67,6 +75,7 @@ mod tests {
             mac: "02:6d:0a:00:00:05".into(),
             address: "10.0.0.5/24".into(),
             sandbox: "/run/netns/x".into(),
+            gateway: None,
         }
     }
 
@@ -85,6 +94,10 @@ mod tests {
         assert_eq!(chained["dns"]["nameservers"], json!(["127.0.0.11", "192.0.2.53"]));
         assert!(result("1.0.0", &attached(), Some(&json!([1]))).is_err());
         assert!(result("1.0.0", &attached(), Some(&json!({"ips": 3}))).is_err());
+        let routed = Attached { gateway: Some("10.0.0.1".into()), ..attached() };
+        let out = result("1.0.0", &routed, None)?;
+        assert_eq!(out["ips"][0]["gateway"], "10.0.0.1");
+        assert_eq!(out["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]));
         Ok(())
     }
 }

@@ -455,11 +455,11 @@ impl Driver {
         let reference = proto::EndpointRef { network_id: request.network_id, endpoint_id: request.endpoint_id };
         let endpoint = self.endpoint(&reference)?;
         let mesh = self.bind(&reference.network_id).await?;
-        let vni = self
+        let (vni, gateway) = self
             .view()?
             .view
             .network(&mesh)
-            .map(|n| n.spec.vni)
+            .map(|n| (n.spec.vni, n.spec.gateway.filter(|_| !n.spec.internal)))
             .ok_or_else(|| CallError(format!("no mesh network {mesh}")))?;
         let id = reference.endpoint_id;
         self.dataplane.poke();
@@ -485,6 +485,7 @@ impl Driver {
             } else {
                 vec![proto::StaticRoute { destination: DNS_ROUTE.into(), route_type: 1 }]
             },
+            gateway: gateway.map(|g| g.to_string()),
             disable_gateway_service: true,
         })
     }

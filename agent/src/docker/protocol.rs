@@ -227,7 +227,12 @@ pub(crate) struct StaticRoute {
 pub(crate) struct Joined {
     pub(crate) interface_name: InterfaceName,
     pub(crate) static_routes: Vec<StaticRoute>,
-    /// No second interface on Docker's `docker_gwbridge`.
+    /// The default route's next hop (the network's gateway; none on an
+    /// internal network): the container's way out, through its host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) gateway: Option<String>,
+    /// No second interface on Docker's `docker_gwbridge`: the way out is
+    /// mesh's.
     pub(crate) disable_gateway_service: bool,
 }
 
