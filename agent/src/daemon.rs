@@ -30,8 +30,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let seed = settings.bootstrap.as_deref().map(ClusterSeed::load).transpose()?;
     let socket = bind_peer_socket(settings.bind)?;
     let advertise = advertise_addr(&settings).await?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
-        .context("cannot start the QUIC endpoint")?;
+    let endpoint =
+        quinn::Endpoint::new(mesh_membership::tls::endpoint_config(), None, socket, Arc::new(quinn::TokioRuntime))
+            .context("cannot start the QUIC endpoint")?;
     // Watched before the control socket exists: a supervisor that sees the
     // socket may signal at once, and must get a clean stop.
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

@@ -63,6 +63,37 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
+/// Connection ids this many bytes long: each is in every QUIC packet, and
+/// an agent has a connection per member (quinn's default, 8, is room for
+/// ids that validate themselves, which nothing here needs). Not zero:
+/// two members that dial each other at once share one address pair, so
+/// their packets are told apart by connection id.
+const CONNECTION_ID_LEN: usize = 4;
+
+/// The endpoint settings of every member: short connection ids.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(ShortConnectionIds));
+    config
+}
+
+/// Random connection ids of [`CONNECTION_ID_LEN`] bytes.
+struct ShortConnectionIds;
+
+impl quinn::ConnectionIdGenerator for ShortConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; CONNECTION_ID_LEN]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        CONNECTION_ID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// The server side of every member: presents the node's certificate and
 /// asks for the client's, which must chain to one of the CAs in `roots`. A
 /// client without one is let through the handshake only so it can enrol;

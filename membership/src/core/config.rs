@@ -20,14 +20,12 @@ use super::MAX_SWIM_PACKET;
 ///   in a few missed one of 19 simultaneous joins until the next announce
 ///   (measured on 20 lab hosts); a member update is ~40 bytes, so this
 ///   costs little;
-/// - every node announces to a random member every 30 s, as often as
-///   memberlist's push/pull runs, and gets its member list back: a pull
-///   that bounds how long any node can miss a member (sync also pulls the
-///   list, at most every 30 s, when the members' hashes differ). Each
-///   answer is up to a packet of members: at 5 s, 20 lab hosts each sent
-///   658 B/s when idle, at 15 s 560 B/s; at 15 s the answers were still
-///   84 of 485 B/s. (At 15 s a healed partition once spread a stale
-///   "down"; member lists now drop second-hand verdicts, see `Core`.)
+/// - no periodic announce to live members (memberlist's push/pull): sync
+///   compares a hash of the members every 5 s and pulls the list (at most
+///   every 30 s) only when they differ, which bounds as well how long a
+///   node can miss a member. Each announce's answer is up to a packet of
+///   members: announcing every 30 s cost 20 idle lab hosts about 40 of
+///   410 B/s each (at 15 s, 84 of 485 B/s), for lists that were equal;
 /// - down members are re-announced to every 3 s, which heals partitions;
 /// - packets fit one QUIC datagram.
 pub fn config_for(size: usize) -> Config {
@@ -41,8 +39,7 @@ pub fn config_for(size: usize) -> Config {
     let transmissions = transmissions as u8;
     config.max_transmissions = NonZeroU8::new(transmissions).unwrap_or(NonZeroU8::MIN);
     config.max_packet_size = NonZeroUsize::new(MAX_SWIM_PACKET).unwrap_or(NonZeroUsize::MIN);
-    config.periodic_announce =
-        Some(foca::PeriodicParams { frequency: Duration::from_secs(30), num_members: NonZeroUsize::MIN });
+    config.periodic_announce = None;
     config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
         frequency: Duration::from_secs(3),
         num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),

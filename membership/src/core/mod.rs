@@ -144,8 +144,12 @@ type Swim = Foca<NodeIdentity, SwimCodec, StdRng, RecordGossip>;
 enum CoreTimer {
     /// One of foca's.
     Swim(Timer<NodeIdentity>),
-    /// Time for an anti-entropy round with a random member.
+    /// Time for an anti-entropy round: its hello rides with the next SWIM
+    /// packet to a member.
     Sync,
+    /// The due hello found no SWIM packet to ride with: it goes alone, to
+    /// a random member.
+    SyncAlone,
     /// Time to reap expired tombstones.
     Reap,
     /// A suspicion of this node's may be due (see [`lifeguard`]).
@@ -192,6 +196,8 @@ pub struct Core {
     generation: u64,
     /// When a sync last pulled a member list.
     last_members_pull: Option<Instant>,
+    /// Whether a sync round's hello waits for a SWIM packet to ride with.
+    hello_due: bool,
     /// Stands in for SWIM's member list in large simulations.
     oracle: Option<Box<dyn peers::PeerOracle>>,
     /// Suspicions, accusations and local health.
@@ -233,6 +239,7 @@ impl Core {
             last_triggered_sync: None,
             generation: 0,
             last_members_pull: None,
+            hello_due: false,
             oracle: None,
             lifeguard: lifeguard::Lifeguard::default(),
             seal_checks_scheduled: false,
@@ -350,6 +357,7 @@ impl Core {
                     }
                 }
                 CoreTimer::Sync => self.start_sync(now),
+                CoreTimer::SyncAlone => self.sync_alone(),
                 CoreTimer::Reap => self.reap(now),
                 CoreTimer::SuspicionDue(id) => self.suspicion_due(now, id),
                 CoreTimer::CheckSeals => self.check_deferred_seals(now),
@@ -474,7 +482,16 @@ impl Core {
     /// streams (`reliable`) or datagrams.
     fn take_packets_as(&mut self, reliable: bool) {
         while let Some((to, data)) = self.runtime.to_send() {
-            self.outbox.push_back(Transmit { to, payload: wire::encode(&Frame::Swim(data.to_vec())), reliable });
+            let ride = !reliable && self.hello_due && self.active_peer(to.id).is_some();
+            self.outbox.push_back(Transmit {
+                to: to.clone(),
+                payload: wire::encode(&Frame::Swim(data.to_vec())),
+                reliable,
+            });
+            if ride {
+                self.hello_due = false;
+                self.sync_with(to);
+            }
         }
     }
 

@@ -33,6 +33,9 @@ use crate::wire::{self, Frame};
 pub const DIRECT_PUSH_LIMIT: usize = 64;
 /// How often a node starts an anti-entropy round.
 pub const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// How long a sync round's hello waits for a SWIM packet to ride with
+/// (each node probes a member every second).
+const HELLO_RIDE_WAIT: Duration = Duration::from_millis(1500);
 /// Least time between two member-list pulls by sync (memberlist's full
 /// push/pull runs every 30 s).
 const MEMBERS_PULL_EVERY: Duration = Duration::from_secs(30);
@@ -345,10 +348,23 @@ impl Core {
     }
 
     /// Starts an anti-entropy round with a random active member.
+    /// Starts a periodic round: its hello goes out right after the next
+    /// SWIM packet to an active member (a probe or an answer, sent every
+    /// second), in the same QUIC packet, to that member; or alone after
+    /// [`HELLO_RIDE_WAIT`]. Alone, a hello costs a packet and its
+    /// acknowledgement: about 30 of 360 B/s on 20 idle lab hosts.
     pub(super) fn start_sync(&mut self, now: Instant) {
         self.timers.insert(now + SYNC_EVERY, CoreTimer::Sync);
-        if let Some(peer) = self.sample_peers(1, None).pop() {
-            self.sync_with(peer);
+        self.hello_due = true;
+        self.timers.insert(now + HELLO_RIDE_WAIT, CoreTimer::SyncAlone);
+    }
+
+    /// Sends a due hello that found nothing to ride with to a random member.
+    pub(super) fn sync_alone(&mut self) {
+        if std::mem::take(&mut self.hello_due) {
+            if let Some(peer) = self.sample_peers(1, None).pop() {
+                self.sync_with(peer);
+            }
         }
     }
 
