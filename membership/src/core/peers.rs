@@ -86,13 +86,16 @@ impl Core {
 }
 
 /// How many members a change is pushed or relayed to in a cluster of
-/// `members` (above [`super::DIRECT_PUSH_LIMIT`]): ln(n) + 2. When every
-/// receiver relays once to that many, the share of nodes the push misses
-/// is about e^-(ln n + 2), under one node in expectation, so gossip and
-/// sync are left only the stragglers of lost datagrams.
+/// `members` (above [`super::DIRECT_PUSH_LIMIT`]): ln(n) + 1, rounded.
+/// When every receiver relays once to that many, the share of nodes the
+/// push misses is about e^-(ln n + 1 ± 0.5): under two thirds of a node in
+/// expectation, left to the origin's gossip and to sync. Each relay is a
+/// whole sealed record (about 150 bytes): with ln(n) + 2 rounded up, a
+/// node sent 1.33 KB per change on 1,000 simulated nodes and 1.80 KB on
+/// 10,000, more than memberlist's 1.28 and 1.60 KB.
 pub fn push_fanout(members: usize) -> usize {
     // ln of a usize is small and positive: the conversion is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-    let fanout = (members.max(1) as f64).ln().ceil() as usize + 2;
+    let fanout = (members.max(1) as f64).ln().round() as usize + 1;
     fanout
 }

@@ -6,9 +6,9 @@
 //!    [`push_fanout`](super::push_fanout) random ones in clusters above [`DIRECT_PUSH_LIMIT`],
 //!    where each receiver that finds it new relays it to as many more);
 //! 2. **gossip**: it rides on SWIM packets as a foca custom broadcast,
-//!    retransmitted like membership updates, from the origin, from the
-//!    nodes that learn it by gossip, and in large clusters from those that
-//!    learn it by relay;
+//!    retransmitted like membership updates, from the origin and from the
+//!    nodes that learn it by gossip (not from those that learn it by push
+//!    or relay: that cost each node a record 10·log10(n) times over);
 //! 3. **sync**: every [`SYNC_EVERY`], and whenever a member comes (back)
 //!    up, this node compares store roots with a member; if they differ the
 //!    two exchange the records of the digest buckets that differ, in pages.
@@ -453,21 +453,16 @@ impl Core {
         fresh
     }
 
-    /// Spreads pushed news in large clusters: relays it to a few members
-    /// and gossips it, since relays over datagrams miss a node now and
-    /// then. In small ones the origin pushed it to every member over a
-    /// stream and gossips it itself: every receiver gossiping it too cost
-    /// each node its size some 10·log10(n) times over (2.0 KB per change
-    /// per node on 20 simulated nodes) for stragglers that the origin's
-    /// gossip and sync reach anyway.
+    /// Spreads pushed news in large clusters: relays it to a few members.
+    /// Receivers do not gossip it: the origin does, and every receiver
+    /// gossiping it too cost each node its size some 10·log10(n) times
+    /// over (2.0 KB per change per node on 20 simulated nodes, 4.1 KB on
+    /// 1,000) for the stragglers of lost relays, which the origin's gossip
+    /// and sync reach anyway. In small clusters the origin pushed it to
+    /// every member over a stream: nothing to relay.
     fn spread(&mut self, fresh: &[Record], from: Option<NodeId>) {
         if fresh.is_empty() || self.peer_count() <= DIRECT_PUSH_LIMIT {
             return;
-        }
-        for record in fresh {
-            if let Err(error) = self.swim.add_broadcast(&encode(record)) {
-                tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
-            }
         }
         let targets = self.relay_targets(from);
         let frame = Frame::Records(fresh.to_vec());

@@ -104,6 +104,17 @@ pub fn run(bench: &SimBench) -> anyhow::Result<Vec<Figure>> {
     let extra_bytes =
         (sim.traffic().bytes - before_changes.bytes) as f64 - idle_bytes * bench.nodes as f64 * phase.as_secs_f64();
     let per_change = extra_bytes.max(0.0) / bench.nodes as f64 / bench.changes.max(1) as f64;
+    let during = sim.traffic();
+    let change_kind = |kinds: std::ops::RangeInclusive<usize>| {
+        let sent: u64 = kinds.map(|k| during.bytes_by_kind[k] - before_changes.bytes_by_kind[k]).sum();
+        sent as f64 / bench.nodes as f64 / bench.changes.max(1) as f64
+    };
+    println!(
+        "change traffic per node per change (idle included): SWIM {:.0}, pushes {:.0}, sync {:.0} B",
+        change_kind(0..=0),
+        change_kind(4..=4),
+        change_kind(5..=8)
+    );
     let baseline: Reach = (0..bench.changes).map(|k| gossip_model(bench, bench.seed.wrapping_add(k as u64))).collect();
     println!("idle traffic per node: {idle_split} B/s");
     println!("(simulated in {:.1} s of real time)", wall.elapsed().as_secs_f64());
