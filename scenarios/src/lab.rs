@@ -152,6 +152,17 @@ impl Lab {
         run("ip", all)
     }
 
+    /// Whether every host lists every host, all alive.
+    pub fn all_alive(&self) -> anyhow::Result<bool> {
+        for i in 1..=self.len() {
+            let members = self.members_api(i)?;
+            if members.len() != self.len() || members.iter().any(|m| m.status != "alive") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Number of hosts.
     pub fn len(&self) -> usize {
         self.hosts.len()

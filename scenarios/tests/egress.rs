@@ -20,12 +20,7 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(3);
 fn cluster(n: usize) -> anyhow::Result<Lab> {
     let mut lab = Lab::new(n)?;
     lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, |lab| {
-        (1..=lab.len()).try_fold(true, |ok, i| {
-            let members = lab.members_api(i)?;
-            Ok(ok && members.len() == lab.len() && members.iter().all(|m| m.status == "alive"))
-        })
-    })?;
+    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
     Ok(lab)
 }
 

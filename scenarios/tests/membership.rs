@@ -23,23 +23,12 @@ fn all_see(lab: &Lab, observers: &[usize], name: &str, status: &str) -> anyhow::
     Ok(true)
 }
 
-/// Whether every host lists every host alive.
-fn all_alive(lab: &Lab) -> anyhow::Result<bool> {
-    for i in 1..=lab.len() {
-        let members = lab.members_api(i)?;
-        if members.len() != lab.len() || members.iter().any(|m| m.status != "alive") {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// A lab of `n` hosts, `mesh init` on h1, `mesh join` on the others, and
 /// every host listing every host alive.
 fn converged_cluster(n: usize) -> anyhow::Result<Lab> {
     let mut lab = Lab::new(n)?;
     lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
     Ok(lab)
 }
 
@@ -55,7 +44,7 @@ fn five_hosts_init_and_join_and_every_host_lists_five_alive() -> anyhow::Result<
         token.starts_with("mesh1.") && !token.contains(char::is_whitespace),
         "init prints one token line: {token:?}"
     );
-    lab.wait_for("all 5 alive everywhere", CONVERGE, all_alive)?;
+    lab.wait_for("all 5 alive everywhere", CONVERGE, Lab::all_alive)?;
 
     let members = lab.members(3)?;
     let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -81,7 +70,7 @@ fn killed_agent_is_down_everywhere_and_restarting_it_brings_it_back() -> anyhow:
     lab.wait_for("h4 down on h1-h3", CONVERGE, |lab| all_see(lab, &survivors, "h4", "down"))?;
 
     lab.start_agent(4, &[])?;
-    lab.wait_for("all alive after restart", CONVERGE, all_alive)?;
+    lab.wait_for("all alive after restart", CONVERGE, Lab::all_alive)?;
     Ok(())
 }
 
@@ -97,7 +86,7 @@ fn cut_host_is_down_everywhere_and_comes_back_when_reconnected() -> anyhow::Resu
     })?;
 
     lab.cut(4, false)?;
-    lab.wait_for("all alive after the link heals", CONVERGE, all_alive)?;
+    lab.wait_for("all alive after the link heals", CONVERGE, Lab::all_alive)?;
     Ok(())
 }
 
@@ -107,7 +96,7 @@ fn mesh_leave_and_sigterm_with_leave_on_terminate_show_left_not_down() -> anyhow
     lab.form_cluster()?;
     lab.terminate(4)?;
     lab.start_agent(4, &["--leave-on-terminate"])?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
 
     lab.mesh_ok(3, &["leave"])?;
     lab.wait_for("h3 left on h1, h2, h4", CONVERGE, |lab| all_see(lab, &[1, 2, 4], "h3", "left"))?;
@@ -159,7 +148,7 @@ fn sigterm_then_restart_within_two_seconds_is_never_seen_down() -> anyhow::Resul
             })?;
             // Outlast the failure detector (suspicion is about 4 s here).
             std::thread::sleep(Duration::from_secs(8));
-            lab.wait_for("all alive", CONVERGE, all_alive)
+            lab.wait_for("all alive", CONVERGE, Lab::all_alive)
         })();
         done.store(true, Ordering::Relaxed);
         result.map(|_| ())
@@ -213,7 +202,7 @@ fn wrong_tokens_are_refused_clearly_and_garbage_packets_change_nothing() -> anyh
     })?;
     // After all that, the right token works.
     lab.mesh_ok(3, &["join", &peer, "--token", &token])?;
-    lab.wait_for("all alive", CONVERGE, all_alive)?;
+    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
     Ok(())
 }
 
@@ -232,7 +221,7 @@ fn agents_booting_with_join_retry_until_the_peer_is_up() -> anyhow::Result<()> {
     ensure!(lab.mesh(2, &["members"])?.stderr.contains("not in a cluster"), "h2 cannot have joined yet");
 
     lab.start_agent(1, &[])?;
-    lab.wait_for("all three alive", CONVERGE, all_alive)?;
+    lab.wait_for("all three alive", CONVERGE, Lab::all_alive)?;
     Ok(())
 }
 
@@ -244,7 +233,7 @@ fn frozen_agent_is_declared_down_and_rejoins_by_itself_when_thawed() -> anyhow::
     lab.wait_for("h3 down on h1, h2", CONVERGE, |lab| all_see(lab, &[1, 2], "h3", "down"))?;
     lab.freeze(3, false)?;
     // h3 learns it was declared down and comes back with a new incarnation.
-    lab.wait_for("all alive after the thaw", CONVERGE, all_alive)?;
+    lab.wait_for("all alive after the thaw", CONVERGE, Lab::all_alive)?;
     Ok(())
 }
 

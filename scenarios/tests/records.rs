@@ -17,15 +17,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 fn cluster(n: usize) -> anyhow::Result<Lab> {
     let mut lab = Lab::new(n)?;
     lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, |lab| {
-        for i in 1..=lab.len() {
-            let members = lab.members_api(i)?;
-            if members.len() != lab.len() || members.iter().any(|m| m.status != "alive") {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })?;
+    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
     Ok(lab)
 }
 
