@@ -302,21 +302,20 @@ impl Dataplane {
             }
             let warm = first_peer.is_some_and(|at| at.elapsed() >= WARM_AFTER_PEER) || started.elapsed() >= WARM_ALONE;
             let mode = if warm { Mode::Full } else { Mode::AddOnly };
-            let (plans, mut firewall_plan) = self.plans(view, &members, me, &down_since);
+            let (plans, firewall_plan) = self.plans(view, &members, me, &down_since);
             let planned = Programmed::of(&plans);
             let result = kernel.reconcile(self.underlay, &plans, mode).await;
             self.metrics.dataplane.pass(result.as_ref().ok(), planned.remotes.len());
             match result {
                 Ok(mut report) => {
-                    firewall_plan.uplink = kernel.uplink().await.unwrap_or_default();
-                    match firewall.reconcile(&firewall_plan).await {
-                        Ok(firewall::Change::None) => {}
-                        Ok(change) => tracing::debug!(?change, "nftables table {} reconciled", firewall::TABLE),
-                        Err(error) => report.errors.push(format!("nftables: {error}")),
-                    }
                     if report.errors.is_empty() {
                         self.count_convergence(view, &programmed, &planned, started_ms);
                         programmed = planned;
+                    }
+                    // Before the sandboxes count as wired: a published port
+                    // is forwarded once `sandbox create` returns.
+                    if let Err(error) = reconcile_firewall(&kernel, &mut firewall, firewall_plan).await {
+                        report.errors.push(error);
                     }
                     self.wired.send_replace(report.wired.clone());
                     self.handed.send_replace(report.handed.clone());
@@ -439,6 +438,21 @@ impl Dataplane {
         }
         (plans, firewall)
     }
+}
+
+/// Makes the nftables table match `plan`, masquerading through the
+/// interface of the host's default route as it is now.
+async fn reconcile_firewall(
+    kernel: &Reconciler,
+    firewall: &mut Firewall,
+    mut plan: FirewallPlan,
+) -> Result<(), String> {
+    plan.uplink = kernel.uplink().await.map_err(|e| format!("the default route: {e}"))?;
+    match firewall.reconcile(&plan).await.map_err(|e| format!("nftables: {e}"))? {
+        firewall::Change::None => {}
+        change => tracing::debug!(?change, "nftables table {} reconciled", firewall::TABLE),
+    }
+    Ok(())
 }
 
 /// The network through which a sandbox attached at `attachment` reaches

@@ -181,9 +181,22 @@ impl Firewall {
         let transaction = format!("table ip {TABLE}\ndelete table ip {TABLE}\n{ruleset}");
         nft(&["-f", "-"], Some(&transaction)).await?;
         let listing = list_table().await?.ok_or(NetdevError::Missing("the nftables table just made"))?;
-        self.applied = Some((ruleset, listing));
+        // A rule someone added between the apply and the listing would be
+        // taken for ours: such a listing is not kept, and the next pass
+        // sets the table again.
+        self.applied = (rule_count(&listing) == rule_count(&ruleset)).then_some((ruleset, listing));
         Ok(Change::Set)
     }
+}
+
+/// How many rules a table's text (a script of [`FirewallPlan::ruleset`]
+/// or `nft`'s listing) holds: its lines that are not a table, a chain, a
+/// chain's type or a closing brace.
+fn rule_count(text: &str) -> usize {
+    let structure = |line: &str| {
+        line.is_empty() || line == "}" || ["table ", "chain ", "type "].iter().any(|p| line.starts_with(p))
+    };
+    text.lines().map(str::trim).filter(|line| !structure(line)).count()
 }
 
 /// The table's listing, or `None` if there is no such table.
@@ -272,5 +285,22 @@ mod tests {
         let closed = FirewallPlan { networks: vec![network("mbr2", 2, true)], ..plan };
         assert!(!closed.needs_forwarding());
         assert!(!closed.ruleset().expect("rules").contains("masquerade"));
+    }
+
+    #[test]
+    fn rules_are_counted_alike_in_a_script_and_in_nfts_listing() {
+        let plan = FirewallPlan {
+            networks: vec![RoutedNetwork {
+                bridge: "mbr1".into(),
+                subnet: (Ipv4Addr::new(10, 0, 1, 0), 24),
+                internal: false,
+            }],
+            ports: Vec::new(),
+            uplink: Some("eth1".into()),
+        };
+        // As nft 1.0.6 lists that table.
+        let listing = "table ip mesh {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n\n\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t}\n\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.0.1.0/24 oifname \"eth1\" masquerade\n\t}\n\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"mbr1\" oifname != \"mbr1\" oifname \"mbr*\" drop\n\t}\n}\n";
+        assert_eq!(rule_count(&plan.ruleset().expect("rules")), 2);
+        assert_eq!(rule_count(listing), 2);
     }
 }

@@ -179,7 +179,10 @@ fn internal_networks_have_no_way_out_and_published_ports_have_a_way_in() -> anyh
     let _program = listen_in(Path::new(&format!("/run/netns/{}", lab.netns(1))), (Ipv4Addr::UNSPECIFIED, 9090).into())?;
     let busy = lab.mesh(1, &["sandbox", "create", "web3", "--network", "dev", "--publish", "9090:80"])?;
     ensure!(!busy.success && busy.stderr.contains("taken by a program"), "{}", busy.stderr);
-    ensure!(!lab.mesh_ok(1, &["sandbox", "ls"])?.contains("web2"), "a refused sandbox leaves nothing");
+    let malformed = lab.mesh(1, &["sandbox", "create", "web4", "--network", "dev", "--publish", "8080"])?;
+    ensure!(!malformed.success && malformed.stderr.contains("malformed port"), "{}", malformed.stderr);
+    let listed = lab.mesh_ok(1, &["sandbox", "ls"])?;
+    ensure!(!["web2", "web3", "web4"].iter().any(|s| listed.contains(s)), "a refused sandbox leaves nothing: {listed}");
 
     lab.mesh_ok(1, &["sandbox", "rm", "web"])?;
     lab.wait_for("the port's rule is gone", CONVERGE, |lab| {

@@ -23,6 +23,8 @@ use crate::publish::PublishedPort;
 const WIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most networks one sandbox joins.
 const MAX_NETWORKS: usize = 16;
+/// Most ports one sandbox publishes.
+const MAX_PORTS: usize = 64;
 
 impl Agent {
     /// Creates a sandbox with an endpoint on each of its networks, with
@@ -200,6 +202,9 @@ fn bridged_vnis(view: &View, networks: &[String]) -> Result<Vec<u32>, AgentError
 /// once, and a network with a way in (bridged and not internal) to
 /// forward them to.
 fn published_ports(view: &View, body: &SandboxCreateBody) -> Result<Vec<PublishedPort>, AgentError> {
+    if body.publish.len() > MAX_PORTS {
+        return Err(AgentError::BadRequest(format!("a sandbox publishes at most {MAX_PORTS} ports")));
+    }
     let ports = body.publish.iter().map(|p| p.parse()).collect::<Result<Vec<PublishedPort>, _>>();
     let ports = ports.map_err(AgentError::BadRequest)?;
     if let Some(twice) = ports.iter().enumerate().find_map(|(i, p)| {
