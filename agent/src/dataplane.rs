@@ -128,37 +128,37 @@ impl Dataplane {
         let mut attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         self.check_new(&attachments, name, netns)?;
         self.ports.lock().unwrap_or_else(PoisonError::into_inner).hold(name, ports)?;
-        let made = self.attach(&mut attachments, name, netns, networks, interface, ports);
+        let made = self.namespace_for(name, netns).and_then(|(netns, created)| {
+            let networks = networks.to_vec();
+            let (interface, ports) = (interface.map(str::to_owned), ports.to_vec());
+            self.keep(&mut attachments, name, Attachment { netns, created, networks, interface, ports })
+        });
         if made.is_err() {
             self.ports.lock().unwrap_or_else(PoisonError::into_inner).release(name);
         }
         made
     }
 
-    /// Makes and saves sandbox `name`'s attachment; on failure leaves nothing.
-    fn attach(
+    /// Sandbox `name`'s namespace, and whether the agent made it: `netns`
+    /// readied if given, else a new one.
+    fn namespace_for(&self, name: &str, netns: Option<&Path>) -> Result<(PathBuf, bool), String> {
+        match netns {
+            Some(path) => {
+                reconcile::prepare_sandbox(path).map_err(|e| e.to_string())?;
+                Ok((path.to_owned(), false))
+            }
+            None => Ok((self.make_netns(name)?, true)),
+        }
+    }
+
+    /// Saves `attachment` as sandbox `name`'s; on failure removes the
+    /// namespace if the agent made it.
+    fn keep(
         &self,
         attachments: &mut BTreeMap<String, Attachment>,
         name: &str,
-        netns: Option<&Path>,
-        networks: &[String],
-        interface: Option<&str>,
-        ports: &[PublishedPort],
+        attachment: Attachment,
     ) -> Result<Attachment, String> {
-        let (netns, created) = match netns {
-            Some(path) => {
-                reconcile::prepare_sandbox(path).map_err(|e| e.to_string())?;
-                (path.to_owned(), false)
-            }
-            None => (self.make_netns(name)?, true),
-        };
-        let attachment = Attachment {
-            netns,
-            created,
-            networks: networks.to_vec(),
-            interface: interface.map(str::to_owned),
-            ports: ports.to_vec(),
-        };
         attachments.insert(name.to_owned(), attachment.clone());
         if let Err(error) = self.save(attachments) {
             if let Some(made) = attachments.remove(name).filter(|a| a.created) {

@@ -54,19 +54,19 @@ fn listen_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// The source address of the next connection to `listener`, if one comes
-/// within `limit`.
+/// The source address of the next connection to `listener`, if one is
+/// waiting or comes within `limit` (looked for at least once).
 fn next_peer(listener: &TcpListener, limit: Duration) -> anyhow::Result<Option<Ipv4Addr>> {
     let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
+    loop {
         match listener.accept() {
             Ok((_, SocketAddr::V4(peer))) => return Ok(Some(*peer.ip())),
             Ok((_, peer)) => anyhow::bail!("an IPv6 peer {peer}"),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(e.into()),
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e.into()),
+            Err(_) if Instant::now() >= deadline => return Ok(None),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    Ok(None)
 }
 
 /// Connects from namespace `netns` to `ip:port` (bash's /dev/tcp, with a
