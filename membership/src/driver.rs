@@ -260,11 +260,17 @@ impl Driver {
         let mut rejoin = tokio::time::interval(REJOIN_EVERY);
         loop {
             let deadline = self.core.poll_timeout();
+            // In this order: the agent's own requests (each task waits for
+            // its answer, so they are few), then due timers (probes keep
+            // their schedule), then frames from peers. Picked at random, a
+            // request waited behind a queue of sync pages (5 ms each): the
+            // data plane's, 60 ms behind six.
             let input = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => Input::Stop,
-                Some(datagram) = self.inbound.recv() => Input::Datagram(datagram),
                 Some(command) = self.commands.recv() => Input::Command(command),
                 () = sleep_until(deadline) => Input::Timeout,
+                Some(datagram) = self.inbound.recv() => Input::Datagram(datagram),
                 _ = rejoin.tick() => Input::Rejoin,
             };
             let now = Instant::now();

@@ -149,6 +149,42 @@ fn a_node_cut_off_during_changes_catches_up_by_sync() {
 }
 
 #[test]
+fn two_members_that_come_back_to_each_other_at_once_send_their_records_once() {
+    const EACH: usize = 300;
+    let mut sim = formed(2, 12);
+    sim.partition(vec![0, 1]);
+    sim.run_for(Duration::from_secs(12));
+    assert_eq!(sim.status(0, 1), Some(Status::Down), "the cut is found");
+    for (node, third) in [(0, 1), (1, 2)] {
+        for k in 0..EACH {
+            let ip = Ipv4Addr::new(10, third, (k / 200) as u8, (k % 200 + 2) as u8);
+            sim.with_node(node, |core, now| core.put_endpoint(now, &format!("e{k}"), endpoint("dev", ip)))
+                .expect("published");
+        }
+    }
+    let one_copy: u64 = (0..2).flat_map(|i| sim.node(i).records()).map(|r| postcard_len(&r)).sum();
+    let before = sim.traffic().bytes_by_kind[SYNC_RECORDS];
+    sim.heal();
+    // Alone, each re-announces to the members it knew (the agent's driver does).
+    sim.join(1, 0);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.status(0, 1), Some(Status::Alive), "n1 is back");
+    let roots = roots(&sim);
+    assert_eq!(roots[0], roots[1], "both hold every record");
+    let sent = sim.traffic().bytes_by_kind[SYNC_RECORDS] - before;
+    // Both come up to each other at once and start a round each; each
+    // round asks for the same buckets.
+    assert!(sent < one_copy * 3 / 2, "sync sent {sent} bytes of records; one copy is {one_copy}");
+}
+
+/// The frame kind (its variant's index) of a page of records.
+const SYNC_RECORDS: usize = 8;
+
+fn postcard_len(record: &mesh_membership::records::Record) -> u64 {
+    postcard::to_allocvec(record).map_or(0, |bytes| bytes.len() as u64)
+}
+
+#[test]
 fn a_restarted_owner_restores_its_endpoints_and_retracts_forgotten_ones() {
     let mut sim = formed(4, 8);
     sim.with_node(1, |core, now| core.put_endpoint(now, "kept", endpoint("dev", Ipv4Addr::new(10, 1, 0, 2))))

@@ -8,6 +8,7 @@
 
 mod config;
 mod control;
+mod held;
 mod lifeguard;
 mod peers;
 mod records;
@@ -206,6 +207,8 @@ pub struct Core {
     seal_checks_scheduled: bool,
     /// How sync rounds went.
     sync_stats: records::SyncStats,
+    /// Records members were seen holding lately, not sent to them again.
+    recently_held: held::RecentlyHeld,
 }
 
 impl Core {
@@ -244,6 +247,7 @@ impl Core {
             lifeguard: lifeguard::Lifeguard::default(),
             seal_checks_scheduled: false,
             sync_stats: records::SyncStats::default(),
+            recently_held: held::RecentlyHeld::default(),
         }
     }
 

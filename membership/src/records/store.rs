@@ -111,7 +111,9 @@ impl Store {
     }
 
     /// Checks the seals of up to `budget` records merged before their
-    /// check; a forged one is taken out again. Returns the refusals.
+    /// check; a forged one is taken out again. Returns the refusals. The
+    /// checks run on this thread, one after another: they are background
+    /// work, and the other cores are the data plane's.
     pub fn check_deferred(&mut self, budget: usize) -> Vec<Refused> {
         let count = budget.min(self.deferred.len());
         let pending: Vec<Record> = self
@@ -119,10 +121,9 @@ impl Store {
             .drain(..count)
             .filter_map(|key| self.records.get(&key).filter(|e| !e.checked).map(|e| e.record.clone()))
             .collect();
-        let refs: Vec<&Record> = pending.iter().collect();
-        let verdicts = check_seals(&refs);
         let mut refused = Vec::new();
-        for (record, verdict) in pending.iter().zip(verdicts) {
+        for record in &pending {
+            let verdict = check_seal(record);
             let Some(entry) = self.records.get_mut(&record.key).filter(|e| e.record == *record) else { continue };
             match verdict {
                 Ok(()) => entry.checked = true,
