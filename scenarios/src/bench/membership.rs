@@ -97,7 +97,7 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
     // One cut is one draw of when the first probe of the victim happens:
     // the figure is the median of a few, the last hosts cut one after
     // another (each stays cut, so no reconnection is waited for).
-    let cuts = CUTS.min(n.saturating_sub(1));
+    let cuts = cuts_for(n);
     let mut detections = Vec::new();
     for victim in (n + 1 - cuts..=n).rev() {
         let name = format!("h{victim}");
@@ -126,8 +126,12 @@ fn settle(hosts: usize) -> Duration {
     Duration::from_secs(2 * u64::try_from(hosts).unwrap_or(u64::MAX)).max(Duration::from_secs(10))
 }
 
-/// Hosts cut, one after another, for the failure detection figure.
-const CUTS: usize = 3;
+/// Hosts cut, one after another, for the failure detection figure: five
+/// (with three, the median swung by a second from run to run), at most
+/// half of them.
+fn cuts_for(hosts: usize) -> usize {
+    (hosts / 2).min(5)
+}
 
 /// How long a figure is waited for before it is reported as not reached.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
@@ -189,32 +193,33 @@ fn last_seen(
 
 impl Figures {
     /// Each figure with its label and unit, in report order; `None` if not reached.
-    fn rows(&self) -> [(&'static str, &'static str, Option<f64>); 6] {
+    fn rows(&self, hosts: usize) -> [(String, &'static str, Option<f64>); 6] {
+        let cut = format!("cut host declared down everywhere, median of {} hosts cut in turn", cuts_for(hosts));
         [
-            ("join convergence after the last join", "ms", self.join_convergence.map(|d| d.as_secs_f64() * 1000.0)),
             (
-                "cut host declared down everywhere, median of 3 hosts cut in turn",
-                "s",
-                self.cut_detection.map(|d| d.as_secs_f64()),
+                "join convergence after the last join".into(),
+                "ms",
+                self.join_convergence.map(|d| d.as_secs_f64() * 1000.0),
             ),
-            ("resident memory per agent", "MiB", Some(self.rss_mib)),
-            ("private memory per agent (not shared with the other agents)", "MiB", Some(self.private_mib)),
-            ("idle CPU per agent", "%", Some(self.idle_cpu_percent)),
-            ("idle gossip sent per agent", "B/s", Some(self.idle_bytes_per_second)),
+            (cut, "s", self.cut_detection.map(|d| d.as_secs_f64())),
+            ("resident memory per agent".into(), "MiB", Some(self.rss_mib)),
+            ("private memory per agent (not shared with the other agents)".into(), "MiB", Some(self.private_mib)),
+            ("idle CPU per agent".into(), "%", Some(self.idle_cpu_percent)),
+            ("idle gossip sent per agent".into(), "B/s", Some(self.idle_bytes_per_second)),
         ]
     }
 }
 
 /// mesh's figures, beside Serf's if it ran.
 fn figures(hosts: usize, mesh: &Figures, serf: Option<&Figures>) -> Vec<Figure> {
-    let serf_rows = serf.map(Figures::rows);
-    mesh.rows()
+    let serf_rows = serf.map(|serf| serf.rows(hosts));
+    mesh.rows(hosts)
         .into_iter()
         .enumerate()
         .map(|(row, (label, unit, value))| {
             let figure = Figure::new("membership", format!("{label}, {hosts} hosts"), unit, Better::Lower, value);
             match serf_rows {
-                Some(rows) => figure.against("serf", rows[row].2).aiming("below serf"),
+                Some(ref rows) => figure.against("serf", rows[row].2).aiming("below serf"),
                 None => figure,
             }
         })
