@@ -152,6 +152,15 @@ impl Lab {
         run("ip", all)
     }
 
+    /// A lab of `hosts` hosts, `mesh init` on host 1, `mesh join` on the
+    /// others, once every host lists every host alive (within 30 s).
+    pub fn converged(hosts: usize) -> anyhow::Result<Self> {
+        let mut lab = Self::new(hosts)?;
+        lab.form_cluster()?;
+        lab.wait_for("all alive", Duration::from_secs(30), Self::all_alive)?;
+        Ok(lab)
+    }
+
     /// Whether every host lists every host, all alive.
     pub fn all_alive(&self) -> anyhow::Result<bool> {
         for i in 1..=self.len() {

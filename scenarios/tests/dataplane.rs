@@ -13,9 +13,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 /// A cluster of `n` hosts with network `dev` and sandbox `sI` on host I.
 fn cluster_with_sandboxes(n: usize) -> anyhow::Result<Lab> {
-    let mut lab = Lab::new(n)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
+    let lab = Lab::converged(n)?;
     lab.mesh_ok(1, &["network", "create", "dev", "--subnet", "10.20.0.0/24", "--vni", "4242"])?;
     lab.wait_for("dev everywhere", CONVERGE, |lab| {
         (1..=lab.len()).try_fold(true, |ok, i| Ok(ok && lab.mesh(i, &["network", "inspect", "dev"])?.success))

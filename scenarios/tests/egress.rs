@@ -16,14 +16,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// How long a connection that should fail is given.
 const REFUSED_WITHIN: Duration = Duration::from_secs(3);
 
-/// A cluster of `n` hosts, all alive everywhere.
-fn cluster(n: usize) -> anyhow::Result<Lab> {
-    let mut lab = Lab::new(n)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
-    Ok(lab)
-}
-
 /// Creates network `name` on host 1 (`args` are the extra flags) and waits
 /// until every host knows it.
 fn network(lab: &Lab, name: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -89,7 +81,7 @@ fn mesh_table(lab: &Lab, i: usize) -> anyhow::Result<Option<String>> {
 
 #[test]
 fn a_bridge_network_connects_the_sandboxes_of_one_host_and_no_other() -> anyhow::Result<()> {
-    let lab = cluster(2)?;
+    let lab = Lab::converged(2)?;
     network(&lab, "lan", &["--driver", "bridge", "--subnet", "10.61.0.0/24"])?;
     for (i, name) in [(1, "a"), (1, "b"), (2, "c")] {
         lab.mesh_ok(i, &["sandbox", "create", name, "--network", "lan"])?;
@@ -113,7 +105,7 @@ fn a_bridge_network_connects_the_sandboxes_of_one_host_and_no_other() -> anyhow:
 
 #[test]
 fn sandboxes_reach_the_outside_as_their_host_and_overlay_traffic_keeps_its_source() -> anyhow::Result<()> {
-    let lab = cluster(2)?;
+    let lab = Lab::converged(2)?;
     let outside = lab.attach_outside(1)?;
     network(&lab, "dev", &["--subnet", "10.62.0.0/24"])?;
     network(&lab, "lan", &["--driver", "bridge", "--subnet", "10.63.0.0/24"])?;
@@ -147,7 +139,7 @@ fn sandboxes_reach_the_outside_as_their_host_and_overlay_traffic_keeps_its_sourc
 
 #[test]
 fn internal_networks_have_no_way_out_and_published_ports_have_a_way_in() -> anyhow::Result<()> {
-    let lab = cluster(2)?;
+    let lab = Lab::converged(2)?;
     let outside = lab.attach_outside(1)?;
     network(&lab, "vault", &["--internal", "--subnet", "10.64.0.0/24"])?;
     network(&lab, "dev", &["--subnet", "10.65.0.0/24"])?;
@@ -194,7 +186,7 @@ fn internal_networks_have_no_way_out_and_published_ports_have_a_way_in() -> anyh
 
 #[test]
 fn the_table_is_restored_after_a_delete_and_network_rm_leaves_nothing() -> anyhow::Result<()> {
-    let lab = cluster(2)?;
+    let lab = Lab::converged(2)?;
     let outside = lab.attach_outside(1)?;
     network(&lab, "dev", &["--subnet", "10.66.0.0/24"])?;
     lab.mesh_ok(1, &["sandbox", "create", "s1", "--network", "dev", "--publish", "8080:80"])?;

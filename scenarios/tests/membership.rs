@@ -23,15 +23,6 @@ fn all_see(lab: &Lab, observers: &[usize], name: &str, status: &str) -> anyhow::
     Ok(true)
 }
 
-/// A lab of `n` hosts, `mesh init` on h1, `mesh join` on the others, and
-/// every host listing every host alive.
-fn converged_cluster(n: usize) -> anyhow::Result<Lab> {
-    let mut lab = Lab::new(n)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
-    Ok(lab)
-}
-
 fn others(lab: &Lab, except: usize) -> Vec<usize> {
     (1..=lab.len()).filter(|&i| i != except).collect()
 }
@@ -63,7 +54,7 @@ fn five_hosts_init_and_join_and_every_host_lists_five_alive() -> anyhow::Result<
 
 #[test]
 fn killed_agent_is_down_everywhere_and_restarting_it_brings_it_back() -> anyhow::Result<()> {
-    let mut lab = converged_cluster(4)?;
+    let mut lab = Lab::converged(4)?;
 
     lab.kill(4)?;
     let survivors = others(&lab, 4);
@@ -76,7 +67,7 @@ fn killed_agent_is_down_everywhere_and_restarting_it_brings_it_back() -> anyhow:
 
 #[test]
 fn cut_host_is_down_everywhere_and_comes_back_when_reconnected() -> anyhow::Result<()> {
-    let lab = converged_cluster(4)?;
+    let lab = Lab::converged(4)?;
 
     lab.cut(4, true)?;
     let survivors = others(&lab, 4);
@@ -121,7 +112,7 @@ fn mesh_leave_and_sigterm_with_leave_on_terminate_show_left_not_down() -> anyhow
 
 #[test]
 fn sigterm_then_restart_within_two_seconds_is_never_seen_down() -> anyhow::Result<()> {
-    let mut lab = converged_cluster(4)?;
+    let mut lab = Lab::converged(4)?;
 
     // Watch h4's status on h1-h3 every 20 ms through the whole restart.
     let sockets: Vec<PathBuf> = (1..=3).map(|i| lab.socket(i)).collect();
@@ -227,7 +218,7 @@ fn agents_booting_with_join_retry_until_the_peer_is_up() -> anyhow::Result<()> {
 
 #[test]
 fn frozen_agent_is_declared_down_and_rejoins_by_itself_when_thawed() -> anyhow::Result<()> {
-    let lab = converged_cluster(3)?;
+    let lab = Lab::converged(3)?;
 
     lab.freeze(3, true)?;
     lab.wait_for("h3 down on h1, h2", CONVERGE, |lab| all_see(lab, &[1, 2], "h3", "down"))?;
@@ -248,7 +239,7 @@ fn verdicts(lab: &Lab, i: usize) -> anyhow::Result<Vec<String>> {
 
 #[test]
 fn loss_and_a_cpu_starved_agent_bring_no_false_verdict_and_a_cut_is_still_found() -> anyhow::Result<()> {
-    let lab = converged_cluster(5)?;
+    let lab = Lab::converged(5)?;
     for i in 1..=5 {
         lab.set_loss(i, 30)?;
     }

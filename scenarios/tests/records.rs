@@ -13,14 +13,6 @@ use serde_json::Value;
 /// performance claim (figures come from the benchmarks).
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A lab of `n` hosts, one cluster, every host listing every host alive.
-fn cluster(n: usize) -> anyhow::Result<Lab> {
-    let mut lab = Lab::new(n)?;
-    lab.form_cluster()?;
-    lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
-    Ok(lab)
-}
-
 /// `mesh network inspect NAME --format json` on host `i`.
 fn inspect(lab: &Lab, i: usize, network: &str) -> anyhow::Result<Value> {
     let out = lab.mesh_ok(i, &["network", "inspect", network, "--format", "json"])?;
@@ -69,7 +61,7 @@ fn ips(network: &Value) -> Vec<String> {
 
 #[test]
 fn sandboxes_on_five_hosts_give_every_host_the_same_view() -> anyhow::Result<()> {
-    let lab = cluster(5)?;
+    let lab = Lab::converged(5)?;
     lab.mesh_ok(1, &["network", "create", "dev"])?;
     lab.wait_for("dev on every host", CONVERGE, |lab| Ok((1..=lab.len()).all(|i| inspect(lab, i, "dev").is_ok())))?;
     // Every host creates two sandboxes at the same moment.
@@ -112,7 +104,7 @@ fn sandboxes_on_five_hosts_give_every_host_the_same_view() -> anyhow::Result<()>
 
 #[test]
 fn a_healed_partition_converges_with_nothing_lost_and_no_duplicate() -> anyhow::Result<()> {
-    let lab = cluster(5)?;
+    let lab = Lab::converged(5)?;
     lab.mesh_ok(1, &["network", "create", "tiny", "--subnet", "10.9.0.0/29"])?;
     lab.wait_for("tiny everywhere", CONVERGE, |lab| Ok((1..=5).all(|i| inspect(lab, i, "tiny").is_ok())))?;
 
@@ -168,7 +160,7 @@ fn a_healed_partition_converges_with_nothing_lost_and_no_duplicate() -> anyhow::
 
 #[test]
 fn a_removed_address_taken_elsewhere_at_once_never_shows_the_old_owner() -> anyhow::Result<()> {
-    let lab = cluster(3)?;
+    let lab = Lab::converged(3)?;
     lab.mesh_ok(1, &["network", "create", "dev", "--subnet", "10.3.0.0/24"])?;
     lab.wait_for("dev everywhere", CONVERGE, |lab| Ok((1..=3).all(|i| inspect(lab, i, "dev").is_ok())))?;
     for round in 0..5 {
@@ -200,7 +192,7 @@ fn a_removed_address_taken_elsewhere_at_once_never_shows_the_old_owner() -> anyh
 
 #[test]
 fn a_killed_agent_keeps_its_addresses_is_never_shown_twice_and_a_leaving_one_is_withdrawn() -> anyhow::Result<()> {
-    let mut lab = cluster(3)?;
+    let mut lab = Lab::converged(3)?;
     lab.mesh_ok(1, &["network", "create", "dev"])?;
     lab.wait_for("dev everywhere", CONVERGE, |lab| Ok((1..=3).all(|i| inspect(lab, i, "dev").is_ok())))?;
     for name in ["a", "b", "c"] {
@@ -245,7 +237,7 @@ fn a_killed_agent_keeps_its_addresses_is_never_shown_twice_and_a_leaving_one_is_
 
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()> {
-    let lab = cluster(2)?;
+    let lab = Lab::converged(2)?;
     lab.mesh_ok(1, &["network", "create", "dev", "--subnet", "10.4.0.0/24", "--vni", "4242"])?;
     lab.mesh_ok(1, &["sandbox", "create", "web", "--network", "dev", "--ip", "10.4.0.10"])?;
     let state = |lab: &Lab| -> anyhow::Result<(String, String)> {

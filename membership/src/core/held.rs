@@ -32,13 +32,14 @@ impl RecentlyHeld {
         self.current.entry(peer).or_default().extend(records.into_iter().map(id));
     }
 
-    /// Whether `peer` was seen holding `record` lately.
-    pub(super) fn holds(&mut self, now: Instant, peer: NodeId, record: &Record) -> bool {
+    /// Keeps of `records` those `peer` was not seen holding lately, and
+    /// notes that it holds them once they are sent.
+    pub(super) fn keep_unheld(&mut self, now: Instant, peer: NodeId, records: &mut Vec<Record>) {
         self.age(now);
-        let id = id(record);
-        [&self.current, &self.previous]
-            .iter()
-            .any(|generation| generation.get(&peer).is_some_and(|ids| ids.contains(&id)))
+        let seen =
+            |generation: &HashMap<NodeId, HashSet<u64>>, id| generation.get(&peer).is_some_and(|ids| ids.contains(&id));
+        records.retain(|record| !seen(&self.current, id(record)) && !seen(&self.previous, id(record)));
+        self.note(now, peer, records.iter());
     }
 
     /// Starts a new generation every [`HELD_FOR`].
@@ -77,10 +78,15 @@ mod tests {
         let start = Instant::now();
         let mut held = RecentlyHeld::default();
         held.note(start, node(2), [&record]);
-        assert!(held.holds(start + HELD_FOR / 2, node(2), &record));
-        assert!(!held.holds(start, node(2), &newer), "another version is another record");
-        assert!(!held.holds(start, node(3), &record), "only the member seen holding it");
-        assert!(held.holds(start + HELD_FOR * 3 / 2, node(2), &record), "kept at least HELD_FOR");
-        assert!(!held.holds(start + HELD_FOR * 4, node(2), &record), "forgotten after twice HELD_FOR");
+        let holds = |held: &mut RecentlyHeld, at: Instant, peer: u8, record: &Record| {
+            let mut records = vec![record.clone()];
+            held.keep_unheld(at, node(peer), &mut records);
+            records.is_empty()
+        };
+        assert!(holds(&mut held, start + HELD_FOR / 2, 2, &record));
+        assert!(!holds(&mut held, start, 2, &newer), "another version is another record");
+        assert!(!holds(&mut held, start, 3, &record), "only the member seen holding it");
+        assert!(holds(&mut held, start + HELD_FOR * 3 / 2, 2, &record), "kept at least HELD_FOR");
+        assert!(!holds(&mut held, start + HELD_FOR * 4, 2, &record), "forgotten after twice HELD_FOR");
     }
 }

@@ -353,8 +353,7 @@ impl Core {
         self.schedule_seal_checks(now);
     }
 
-    /// Starts an anti-entropy round with a random active member.
-    /// Starts a periodic round: its hello goes out right after the next
+    /// Starts a periodic anti-entropy round: its hello goes out right after the next
     /// SWIM packet to an active member (a probe or an answer, sent every
     /// second), in the same QUIC packet, to that member; or alone after
     /// [`HELLO_RIDE_WAIT`]. Alone, a hello costs a packet and its
@@ -530,8 +529,7 @@ impl Core {
             return;
         }
         let mut records = self.shared.lock().store.in_buckets(buckets);
-        records.retain(|record| !self.recently_held.holds(now, peer.id, record));
-        self.recently_held.note(now, peer.id, &records);
+        self.recently_held.keep_unheld(now, peer.id, &mut records);
         let mut page = Vec::new();
         let mut bytes = 0;
         for record in records {
