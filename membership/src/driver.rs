@@ -12,8 +12,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Core, Event, MemberInfo, PublishError, Status};
-use crate::identity::{NodeId, NodeIdentity};
+use crate::core::{Core, Event, MemberInfo, PublishError};
+use crate::identity::{NodeId, NodeIdentity, Status};
 use crate::pki::{ClusterCa, ClusterSecret, Fingerprint};
 use crate::records::view::View;
 use crate::records::CaRotation;

@@ -1,5 +1,7 @@
 //! Who a node is: its stable id, its name, where to reach it, and the bump
-//! that lets a restarted or rejoining node win over its older self.
+//! that lets a restarted or rejoining node win over its older self; and how
+//! a member looks from here ([`Status`]), which both the core and the
+//! records' view go by.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -114,6 +116,31 @@ impl foca::Identity for NodeIdentity {
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.is_newer_than(adversary)
+    }
+}
+
+/// How a member looks from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; declared down unless it refutes in time.
+    Suspect,
+    /// Declared failed.
+    Down,
+    /// Left the cluster on purpose.
+    Left,
+}
+
+impl Status {
+    /// The status as `mesh members` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+            Self::Left => "left",
+        }
     }
 }
 

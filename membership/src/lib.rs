@@ -13,6 +13,9 @@
 //! - [`pki`] and [`enrol`]: the cluster CA, node certificates, join tokens
 //!   and how a new node gets its certificate; [`keyring`]: the CAs a
 //!   member holds and trusts through a CA rotation.
+//! - [`identity`]: who a node is, and its [`Status`] as seen from here,
+//!   which the core and the records' view both go by; [`wire`]: the
+//!   framing of every message.
 //!
 //! # Why SWIM travels as QUIC datagrams
 //!
@@ -47,7 +50,7 @@ pub mod wire;
 
 mod timers;
 
-pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, RecordStats, Status, SyncSeen};
+pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, RecordStats, SyncSeen};
 pub use crate::driver::{CurrentView, JoinError, Membership, RotateError};
-pub use crate::identity::{NodeId, NodeIdentity};
+pub use crate::identity::{NodeId, NodeIdentity, Status};
 pub use crate::node_key::NodeKey;

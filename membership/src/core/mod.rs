@@ -26,7 +26,7 @@ pub use self::config::config_for;
 pub use self::peers::{push_fanout, PeerOracle};
 pub use self::records::{Owned, PublishError, RecordStats, SyncSeen, SyncStats, DIRECT_PUSH_LIMIT, SYNC_EVERY};
 use self::swim_codec::SwimCodec;
-use crate::identity::{NodeId, NodeIdentity};
+use crate::identity::{NodeId, NodeIdentity, Status};
 use crate::node_key::NodeKey;
 use crate::records::gossip::{RecordGossip, SharedStore};
 use crate::records::{Record, RecordKey};
@@ -40,31 +40,6 @@ pub const MAX_SWIM_PACKET: usize = 1100;
 
 /// Most members sent or taken in one member list (about 1 MiB on the wire).
 const MAX_MEMBERS_FRAME: usize = 20_000;
-
-/// How a member looks from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Answering probes.
-    Alive,
-    /// Missed a probe; declared down unless it refutes in time.
-    Suspect,
-    /// Declared failed.
-    Down,
-    /// Left the cluster on purpose.
-    Left,
-}
-
-impl Status {
-    /// The status as `mesh members` prints it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Alive => "alive",
-            Self::Suspect => "suspect",
-            Self::Down => "down",
-            Self::Left => "left",
-        }
-    }
-}
 
 /// One member and its status, as reported by [`Core::members`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Core, CoreTimer, Transmit, MAX_SWIM_PACKET};
-use crate::core::Status;
-use crate::identity::{NodeId, NodeIdentity};
+use crate::identity::{NodeId, NodeIdentity, Status};
 use crate::records::store::{Bucket, BUCKETS};
 use crate::records::view::View;
 use crate::records::{

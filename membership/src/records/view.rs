@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::Store;
 use super::{usable, EndpointSpec, NetworkId, NetworkSpec, RecordKey, Value};
-use crate::core::Status;
-use crate::identity::NodeId;
+use crate::identity::{NodeId, Status};
 
 /// A network that won its name, VNI and subnet, with its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
