@@ -1,5 +1,6 @@
 //! The agent's configuration: a TOML file whose keys are the flags' names
-//! (with `_` for `-`), overridden by the flags themselves.
+//! (with `_` for `-`), overridden by the flags themselves; its defaults, and
+//! the one fixed address the data plane and the names share ([`HOST_DNS`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,10 @@ pub(crate) const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub(crate) const DEFAULT_DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
 /// The Docker engine's API socket.
 pub(crate) const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
+/// The address this host's resolver answers on for everyone on the host
+/// (Docker's resolver forwards there, through the bridge of each network
+/// that holds it): link-local, so it is never routed off the host.
+pub(crate) const HOST_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]

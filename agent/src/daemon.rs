@@ -38,10 +38,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let metrics_listener = match settings.metrics_addr {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        Some(addr) => Some(crate::metrics_http::bind(addr).await?),
         None => None,
     };
-    let control = server::bind(&settings.socket).await?;
+    let control = crate::unix_http::bind(&settings.socket).await?;
 
     let shutdown = CancellationToken::new();
     let local = match advertise.ip() {
@@ -75,7 +75,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let api = tokio::spawn(server::serve(control, Arc::clone(&agent), shutdown.clone()));
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
-        tokio::spawn(crate::metrics::serve(listener, Arc::clone(&agent), metrics, shutdown.clone()));
+        tokio::spawn(crate::metrics_http::serve(listener, Arc::clone(&agent), metrics, shutdown.clone()));
     }
 
     crate::sd_notify::notify("READY=1");

@@ -2,10 +2,15 @@
 //! network, and the commands that drive it.
 //!
 //! Data flow, top down: [`cli`] parses a command; `mesh agent` runs
-//! [`daemon`], which wires the [`agent`] (cluster session, state in the
-//! [`datadir`]) to membership (`mesh-membership`) and serves the control
-//! API ([`control`], messages in [`api`]) that the other commands call.
-//! Run as `mesh-cni` (a copy or link), it is a CNI plugin ([`cni`]).
+//! [`daemon`], which opens the services ([`dataplane`]: the view onto the
+//! kernel through `mesh-netdev`; [`names`]: DNS through `mesh-dns`), hands
+//! them to the [`agent`] (cluster session, state in the [`datadir`]) that
+//! wires them to membership (`mesh-membership`) and runs [`upkeep`] and
+//! [`credentials`] beside its session, and serves the front doors: the
+//! control API ([`control`], messages in [`api`]) that the other commands
+//! call, the Docker plugin ([`docker`]) and `/metrics` ([`metrics_http`]).
+//! Run as `mesh-cni` (a copy or link), it is a CNI plugin ([`cni`]), a
+//! client of the control API.
 //! [`hostile`] exposes the decoders of user and runtime bytes to the
 //! hostile-input harness.
 
@@ -13,6 +18,7 @@ mod agent;
 mod api;
 mod bootstrap;
 mod cli;
+mod clock;
 mod cni;
 mod config;
 mod control;
@@ -22,10 +28,9 @@ mod datadir;
 mod dataplane;
 mod docker;
 mod ipam;
-mod logging;
 mod metrics;
+mod metrics_http;
 mod names;
-mod publish;
 mod sd_notify;
 mod unix_http;
 mod upkeep;

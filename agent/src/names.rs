@@ -8,7 +8,7 @@
 //! says so.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,13 +19,9 @@ use mesh_membership::{MemberInfo, Membership, NodeId, Status};
 use mesh_netdev::netns;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::HOST_DNS;
 use crate::datadir::Attachment;
 use crate::metrics::Metrics;
-
-/// The address this host's resolver answers on for everyone on the host
-/// (Docker's resolver forwards there, through the bridge of each network
-/// that holds it): link-local, so it is never routed off the host.
-pub(crate) const HOST_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
 
 /// What an agent-made sandbox's resolv.conf says.
 const RESOLV_CONF: &str = "# Written by mesh: names resolve through the agent's resolver in this namespace.\nnameserver 127.0.0.11\noptions ndots:0\n";

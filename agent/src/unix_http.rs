@@ -1,13 +1,40 @@
-//! One HTTP/1.1 request over a unix socket: how the `mesh` client reaches
-//! its agent and how the agent reaches the Docker engine.
+//! HTTP/1.1 over unix sockets: the owner-only socket the control API and
+//! the Docker plugin serve on ([`bind`]), and one request, as the `mesh`
+//! client reaches its agent and the agent reaches the Docker engine.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+
+/// Binds a socket to serve on (the control socket, the Docker plugin's),
+/// owner-only. A stale socket file left by a crashed agent is replaced; a
+/// live one is an error.
+pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("another agent is already serving {} (stop it, or pick another --socket)", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
 
 /// Sends `method path` with a JSON `body` to the server on `socket` and
 /// returns its status and body. The error of an unreachable socket is

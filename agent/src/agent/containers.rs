@@ -9,7 +9,8 @@ use std::sync::PoisonError;
 use mesh_membership::records::{check_name, EndpointSpec, MAX_ALIASES};
 
 use super::networks::{no_such_network, publish_error};
-use super::{unix_ms, Agent, AgentError};
+use super::{Agent, AgentError};
+use crate::clock::unix_ms;
 
 /// A container's endpoint on one mesh network.
 #[derive(Debug, Clone)]

@@ -8,8 +8,9 @@ use mesh_membership::{Event, NodeId, NodeIdentity};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::{unix_ms, Agent, AgentError};
+use super::{Agent, AgentError};
 use crate::api::EventBody;
+use crate::clock::unix_ms;
 
 /// Lines buffered for a slow client before the stream stops.
 const BACKLOG: usize = 1024;

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{LastSyncBody, MemberBody, StatusBody};
 use crate::bootstrap::ClusterSeed;
+use crate::clock::unix_ms;
 use crate::config::DEFAULT_PORT;
 use crate::datadir::{ClusterFiles, DataDir, State};
 use crate::dataplane::Dataplane;
@@ -571,12 +572,6 @@ fn conflicts(view: &View, members: &[MemberBody]) -> Vec<String> {
         _ => None,
     });
     networks.chain(endpoints).collect()
-}
-
-/// The wall clock in milliseconds since the Unix epoch.
-pub(crate) fn unix_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]).

@@ -7,8 +7,9 @@ use mesh_membership::records::{check_name, Driver, NetworkSpec, MAX_VNI, MTU_RAN
 use mesh_membership::PublishError;
 
 use super::bodies::{self, Names};
-use super::{unix_ms, Agent, AgentError};
+use super::{Agent, AgentError};
 use crate::api::{NetworkBody, NetworkCreateBody};
+use crate::clock::unix_ms;
 use crate::ipam;
 
 impl Agent {

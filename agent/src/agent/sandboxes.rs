@@ -13,11 +13,11 @@ use mesh_membership::{Core, NodeId};
 
 use super::bodies::{self, Names};
 use super::networks::{no_such_network, publish_error};
-use super::{unix_ms, Agent, AgentError};
+use super::{Agent, AgentError};
 use crate::api::{SandboxBody, SandboxCreateBody};
-use crate::datadir::Attachment;
+use crate::clock::unix_ms;
+use crate::datadir::{Attachment, PublishedPort};
 use crate::ipam;
-use crate::publish::PublishedPort;
 
 /// How long `sandbox create` waits for the sandbox to be wired.
 const WIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);

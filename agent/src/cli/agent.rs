@@ -107,7 +107,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         bootstrap: args.bootstrap,
     };
     let settings = file.overlay(flags).resolve()?;
-    crate::logging::init(settings.log_format, &settings.log_level)?;
+    super::logging::init(settings.log_format, &settings.log_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(crate::daemon::run(settings))
 }

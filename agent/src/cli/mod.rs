@@ -7,6 +7,7 @@ mod generate;
 mod init;
 mod join;
 mod leave;
+mod logging;
 mod members;
 mod network;
 mod remove;

@@ -26,7 +26,7 @@ pub(crate) async fn run(opts: &OutputOpts) -> anyhow::Result<()> {
     }
     match &status.last_sync {
         Some(sync) => {
-            let ago = crate::agent::unix_ms().saturating_sub(sync.at_ms) / 1000;
+            let ago = crate::clock::unix_ms().saturating_sub(sync.at_ms) / 1000;
             let result = if sync.in_step { "in step" } else { "differed, records exchanged" };
             println!("last sync  {ago}s ago with {}: {result}", sync.peer);
         }

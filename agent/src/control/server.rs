@@ -1,11 +1,9 @@
 //! The control API server: routes on the agent's owner-only unix socket,
 //! each a thin mapping from HTTP to an [`Agent`] operation.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
@@ -129,29 +127,6 @@ async fn changes(
 ) -> Reply<ChangesBody> {
     let Query(query) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
     Ok(Json(agent.changes(query).await?))
-}
-
-/// Binds the control socket, owner-only. A stale socket file left by a
-/// crashed agent is replaced; a live one is an error.
-pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!("another agent is already serving {} (stop it, or pick another --socket)", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    Ok(listener)
 }
 
 /// Streams changes, one JSON line each, while the client listens.

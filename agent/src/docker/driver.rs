@@ -24,12 +24,12 @@ use mesh_membership::records::mac_for;
 use mesh_membership::records::view::{NetworkView, View};
 use mesh_netdev::reconcile::{handoff_names, Handoff};
 
-use super::bindings::{fallback_name, Bindings, BoundEndpoint, BoundNetwork};
 use super::engine::Engine;
+use super::fallback_name;
 use super::protocol::{self as proto, Empty};
 use crate::agent::{mesh_name, Agent, AgentError, ContainerEndpoint};
 use crate::api::NetworkCreateBody;
-use crate::datadir::DataDir;
+use crate::datadir::{Bindings, BoundEndpoint, BoundNetwork, DataDir};
 use crate::dataplane::Dataplane;
 use crate::ipam;
 

@@ -5,7 +5,6 @@
 //! [`sync`]); `docker run --network NAME` puts the container on it under
 //! its name and aliases.
 
-mod bindings;
 mod driver;
 mod engine;
 mod plugin;
@@ -16,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use bindings::Bindings;
 use driver::Driver;
 use engine::Engine;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +37,7 @@ pub(crate) async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let path = plugin_dir.join(format!("{DRIVER}.sock"));
-    let listener = crate::control::server::bind(&path).await?;
+    let listener = crate::unix_http::bind(&path).await?;
     let driver = Driver::new(Arc::clone(&agent), Engine::new(engine_socket), dataplane, datadir)?;
     driver.resume();
     tokio::spawn(plugin::serve(listener, Arc::clone(&driver), shutdown.clone()));
@@ -58,5 +56,21 @@ async fn follow_sessions(driver: Arc<Driver>, agent: Arc<Agent>, shutdown: Cance
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+/// The name a Docker endpoint is published under when its container's
+/// name is taken on the network: unique, from the endpoint id.
+fn fallback_name(endpoint_id: &str) -> String {
+    format!("docker-{}", endpoint_id.get(..12).unwrap_or(endpoint_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_names_come_from_the_endpoint_id() {
+        assert_eq!(fallback_name("0123456789abcdef"), "docker-0123456789ab");
     }
 }

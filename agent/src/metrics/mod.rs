@@ -1,14 +1,14 @@
 //! Prometheus metrics: what the agent counts as it runs (the data plane's
-//! passes, DNS answers), and the text served at `--metrics-addr`, which
-//! also reads the membership, the records and the transport's counters at
-//! each scrape.
+//! passes, DNS answers), and the text of a scrape ([`render`]), which also
+//! reads the membership, the records and the transport's counters. The
+//! listener that serves it at `--metrics-addr` is [`crate::metrics_http`].
 
 mod exposition;
 mod histogram;
 mod report;
-mod serve;
 
-pub(crate) use serve::{bind, serve};
+pub(crate) use exposition::CONTENT_TYPE;
+pub(crate) use report::render;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -12,7 +12,7 @@ use super::exposition::{count_value, Exposition, Kind};
 use super::{as_count, Metrics, DNS_RESULTS, DNS_SOURCES};
 
 /// The text of a scrape.
-pub(super) async fn render(metrics: &Metrics, membership: Option<Membership>) -> String {
+pub(crate) async fn render(metrics: &Metrics, membership: Option<Membership>) -> String {
     let mut out = Exposition::default();
     out.family("mesh_build_info", Kind::Gauge, "The running mesh agent's version (always 1).")
         .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);

@@ -7,7 +7,7 @@
 //! moves into the container: a hand-off); for an overlay network also a
 //! VXLAN device, and for every active endpoint on another host an FDB entry
 //! (MAC → its host's VTEP) and a neighbour entry (IP → MAC). The bridge
-//! holds the network's gateway address and [`crate::names::HOST_DNS`], so
+//! holds the network's gateway address and [`crate::config::HOST_DNS`], so
 //! sandboxes reach this host's resolver (Docker's containers do, through a
 //! route the plugin gives them) and, unless the network is internal, the
 //! outside: a sandbox's default route goes through the gateway of its first
@@ -16,6 +16,9 @@
 //! Endpoints whose host is down stay programmed for
 //! [`DOWN_GRACE`] (a host that is only briefly unreachable loses nothing),
 //! then are withdrawn; endpoints in conflict are never programmed.
+//! Published ports are held by sockets ([`holds`]).
+
+mod holds;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,10 +35,11 @@ use mesh_netdev::reconcile::{self, Handoff, LocalPlan, Mode, NetworkPlan, Reconc
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::unix_ms;
-use crate::datadir::{Attachment, DataDir};
+use self::holds::PortHolds;
+use crate::clock::unix_ms;
+use crate::config::HOST_DNS;
+use crate::datadir::{Attachment, DataDir, PublishedPort};
 use crate::metrics::Metrics;
-use crate::publish::{PortHolds, PublishedPort};
 
 /// How often the kernel is compared with the view even if nothing changed
 /// (to restore what someone deleted by hand).
@@ -424,7 +428,7 @@ impl Dataplane {
                 .collect();
             let mtu = network.spec.mtu.map(u32::from);
             let gateway = network.spec.gateway.zip(prefix);
-            let bridge_addresses = gateway.into_iter().chain([(crate::names::HOST_DNS, 32)]).collect();
+            let bridge_addresses = gateway.into_iter().chain([(HOST_DNS, 32)]).collect();
             let vni = network.spec.vni;
             if let Some(subnet) = network.spec.subnet {
                 let (bridge, internal) = (reconcile::bridge_name(vni), network.spec.internal);

@@ -1,6 +1,7 @@
-//! What the plugin must remember across restarts of the agent and of
-//! dockerd: which mesh network each Docker network is, and each Docker
-//! endpoint's address, MAC and published name.
+//! What the Docker plugin must remember across restarts of the agent and
+//! of dockerd (the data dir keeps it as `docker.json`): which mesh network
+//! each Docker network is, and each Docker endpoint's address, MAC and
+//! published name.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -56,21 +57,5 @@ impl Bindings {
             .iter()
             .filter_map(|(id, e)| Some((id.clone(), (self.mesh_network(&e.network)?.to_owned(), e.mac))))
             .collect()
-    }
-}
-
-/// The name a Docker endpoint is published under when its container's
-/// name is taken on the network: unique, from the endpoint id.
-pub(crate) fn fallback_name(endpoint_id: &str) -> String {
-    format!("docker-{}", endpoint_id.get(..12).unwrap_or(endpoint_id))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fallback_names_come_from_the_endpoint_id() {
-        assert_eq!(fallback_name("0123456789abcdef"), "docker-0123456789ab");
     }
 }

@@ -13,9 +13,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::exposition::CONTENT_TYPE;
-use super::{report, Metrics};
 use crate::agent::Agent;
+use crate::metrics::{render, Metrics, CONTENT_TYPE};
 
 /// Binds the metrics listener (at start-up, so a busy port fails the start).
 pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -42,6 +41,6 @@ pub(crate) async fn serve(
 }
 
 async fn scrape(State((agent, metrics)): State<(Arc<Agent>, Arc<Metrics>)>) -> impl IntoResponse {
-    let text = report::render(&metrics, agent.membership()).await;
+    let text = render(&metrics, agent.membership()).await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }

@@ -3,7 +3,15 @@
 //! restarted agent finds its way back without `mesh join`), and its own
 //! records (its endpoints, keeping their addresses, its version counter,
 //! and the networks it knows). Everything else is rebuilt from peers. Files are written whole (temp file, then rename)
-//! so a crash never leaves one half-written.
+//! so a crash never leaves one half-written. The types its files carry
+//! that other rooms share live here too: Docker's bindings ([`docker`]) and
+//! published ports ([`published`]).
+
+mod docker;
+mod published;
+
+pub(crate) use docker::{Bindings, BoundEndpoint, BoundNetwork};
+pub(crate) use published::PublishedPort;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,8 +25,6 @@ use anyhow::{bail, Context};
 use mesh_membership::pki::{pem_cert, pem_key, to_pem, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
 use mesh_membership::{NodeKey, Owned};
 use serde::{Deserialize, Serialize};
-
-use crate::publish::PublishedPort;
 
 /// What changes while the agent runs.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,12 +147,12 @@ impl DataDir {
     }
 
     /// Docker's mesh networks and endpoints, as the plugin bound them.
-    pub(crate) fn docker_bindings(&self) -> anyhow::Result<crate::docker::Bindings> {
+    pub(crate) fn docker_bindings(&self) -> anyhow::Result<Bindings> {
         self.read_json("docker.json")
     }
 
     /// Saves Docker's mesh networks and endpoints.
-    pub(crate) fn save_docker_bindings(&self, bindings: &crate::docker::Bindings) -> anyhow::Result<()> {
+    pub(crate) fn save_docker_bindings(&self, bindings: &Bindings) -> anyhow::Result<()> {
         self.write("docker.json", &serde_json::to_vec_pretty(bindings)?, 0o600)
     }
 
