@@ -13,6 +13,9 @@
 //! client of the control API.
 //! [`hostile`] exposes the decoders of user and runtime bytes to the
 //! hostile-input harness.
+//!
+//! Each module (a room) imports only rooms in the layers below its own;
+//! DESIGN.md's "Layers" lists them and `scenarios/tests/layers.rs` checks.
 
 mod agent;
 mod api;

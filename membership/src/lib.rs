@@ -17,6 +17,11 @@
 //!   which the core and the records' view both go by; [`wire`]: the
 //!   framing of every message.
 //!
+//! Each module imports only modules in the layers below its own, as the
+//! project's DESIGN.md ("Layers") lists them and `scenarios/tests/layers.rs`
+//! checks: the driver on top, then the transport, the sans-io core, the
+//! records, and identity at the bottom.
+//!
 //! # Why SWIM travels as QUIC datagrams
 //!
 //! The alternative was UDP packets sealed with a key derived from the
