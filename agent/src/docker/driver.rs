@@ -40,7 +40,7 @@ const HANDOFF_LIMIT: Duration = Duration::from_secs(10);
 const LOOKUP_LIMIT: Duration = Duration::from_secs(10);
 /// Between two such questions.
 const LOOKUP_EVERY: Duration = Duration::from_millis(10);
-/// The address containers reach mesh's DNS at (see [`super::DNS_ADDRESS`]).
+/// The address containers reach mesh's DNS at (see [`crate::config::HOST_DNS`]).
 const DNS_ROUTE: &str = "169.254.53.53/32";
 
 /// A failed call: Docker shows the message to the user.
