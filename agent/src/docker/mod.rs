@@ -22,6 +22,7 @@ use engine::Engine;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::control::server::SocketFile;
 use crate::datadir::DataDir;
 use crate::dataplane::Dataplane;
 
@@ -29,7 +30,8 @@ use crate::dataplane::Dataplane;
 pub(crate) const DRIVER: &str = "mesh";
 
 /// Serves the plugin socket in `plugin_dir` and keeps `engine_socket`'s
-/// networks in step with mesh's, until `shutdown`.
+/// networks in step with mesh's, until `shutdown`; the socket's file goes
+/// with the guard returned (at once if this fails).
 pub(crate) async fn start(
     plugin_dir: &Path,
     engine_socket: &Path,
@@ -37,15 +39,15 @@ pub(crate) async fn start(
     dataplane: Arc<Dataplane>,
     datadir: DataDir,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SocketFile> {
     let path = plugin_dir.join(format!("{DRIVER}.sock"));
-    let listener = crate::control::server::bind(&path).await?;
+    let (listener, file) = crate::control::server::bind(&path, "--docker-plugin-dir").await?;
     let driver = Driver::new(Arc::clone(&agent), Engine::new(engine_socket), dataplane, datadir)?;
     driver.resume();
     tokio::spawn(plugin::serve(listener, Arc::clone(&driver), shutdown.clone()));
     tokio::spawn(follow_sessions(driver, agent, shutdown));
     tracing::info!(socket = %path.display(), engine = %engine_socket.display(), "serving Docker's network plugin protocol");
-    Ok(())
+    Ok(file)
 }
 
 /// Runs the engine sync once the agent is in a cluster.
