@@ -1,7 +1,8 @@
 //! `mesh agent`: start-up checks, wiring, and shutdown.
 //!
 //! Start-up fails fast with a clear message for a bad data dir, a busy port
-//! or socket, or no address to advertise. Shutdown on SIGTERM/SIGINT stops
+//! or socket, or no address to advertise, and removes the socket files it
+//! made (never another live agent's). Shutdown on SIGTERM/SIGINT stops
 //! every task; it leaves the cluster only with `leave_on_terminate`, so a
 //! restart (an upgrade, systemd) disrupts nothing: peers keep this node as
 //! it was and take its next incarnation when it comes back.
@@ -41,7 +42,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(addr) => Some(crate::metrics_http::bind(addr).await?),
         None => None,
     };
-    let control = crate::unix_http::bind(&settings.socket).await?;
+    // From here, a failed start-up removes the socket files it made (the
+    // guards drop), so no socket file is left without a listener.
+    let (control, _control_file) = crate::unix_http::bind(&settings.socket, "--socket").await?;
 
     let shutdown = CancellationToken::new();
     let local = match advertise.ip() {
@@ -60,10 +63,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let node = NodeSettings { name: settings.name.clone(), advertise, cert_lifetime: settings.cert_lifetime };
     let agent = Agent::start(node, datadir.clone(), endpoint, Arc::clone(&dataplane), dns, shutdown.clone())?;
-    if let Some(dir) = &settings.docker_plugin_dir {
-        let agent = Arc::clone(&agent);
-        crate::docker::start(dir, &settings.docker_socket, agent, dataplane, datadir, shutdown.clone()).await?;
-    }
+    let _plugin_file = match &settings.docker_plugin_dir {
+        Some(dir) => {
+            let agent = Arc::clone(&agent);
+            Some(crate::docker::start(dir, &settings.docker_socket, agent, dataplane, datadir, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     tracing::info!(name = %settings.name, %advertise, socket = %settings.socket.display(), "agent started");
     let token = settings.token.clone().or_else(|| seed.as_ref().map(ClusterSeed::token));
     if let Some(seed) = seed {
@@ -98,10 +104,6 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = api.await;
-    let _ = std::fs::remove_file(&settings.socket);
-    if let Some(dir) = &settings.docker_plugin_dir {
-        let _ = std::fs::remove_file(dir.join(format!("{}.sock", crate::docker::DRIVER)));
-    }
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -85,6 +85,62 @@ fn busy_port_busy_socket_and_unusable_data_dir_are_refused() {
     let _ = first.wait();
 }
 
+/// What `mesh status` says on `socket` when it gets no answer.
+fn status_error(socket: &Path) -> String {
+    let out = mesh(&["status", "--socket", socket.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn an_agent_that_fails_at_start_up_leaves_no_socket_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = agent(dir.path(), &[]);
+    let plugin = dir.path().join("plugins").join("mesh.sock");
+    wait_for_socket(&plugin);
+
+    // A second agent with a control socket of its own but the first's
+    // Docker plugin dir gets as far as the plugin socket, and stops there.
+    let other = dir.path().join("other");
+    let socket = other.join("sock");
+    let second = Command::new(MESH)
+        .args(["agent", "--name", "t2", "--bind", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(other.join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--docker-plugin-dir")
+        .arg(dir.path().join("plugins"))
+        .output()
+        .expect("second agent");
+    let said = stderr(&second);
+    assert!(!second.status.success(), "{said}");
+    assert!(said.contains("another agent is already serving") && said.contains("mesh.sock"), "{said}");
+    assert!(said.contains("--docker-plugin-dir"), "the hint names the option to change: {said}");
+    assert!(!socket.exists(), "the failed agent removed the control socket it made");
+    let said = status_error(&socket);
+    assert!(said.contains("is `mesh agent` running?") && !said.contains("refused"), "{said}");
+
+    assert!(plugin.exists(), "the first agent keeps its plugin socket");
+    let first_socket = dir.path().join("sock");
+    let out = mesh(&["status", "--socket", first_socket.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "the first agent still answers: {}", stderr(&out));
+    first.kill().expect("kill");
+    let _ = first.wait();
+}
+
+#[test]
+fn a_stale_socket_file_gets_the_same_hint_as_a_missing_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stale = dir.path().join("sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    assert!(stale.exists(), "a socket file with no one listening");
+    let said = status_error(&stale);
+    assert!(said.contains("cannot reach the mesh agent"), "{said}");
+    assert!(said.contains("is `mesh agent` running?"), "{said}");
+    assert_eq!(said, status_error(&dir.path().join("missing")).replace("missing", "sock"), "stale or missing alike");
+}
+
 #[test]
 fn client_commands_explain_what_is_wrong() {
     let out = mesh(&["members", "--socket", "/nonexistent/mesh.sock"]);

@@ -440,7 +440,7 @@ impl Lab {
 
     /// Drops `percent` % of the packets host `i` receives on its underlay
     /// link, at random (nftables `numgen random`, since this kernel has no
-    /// netem); 0 removes the rule.
+    /// netem); 0 removes the rule, 100 drops everything.
     pub fn set_loss(&self, i: usize, percent: u32) -> anyhow::Result<()> {
         let netns = &self.host(i).netns;
         let _ = run("ip", ["netns", "exec", netns, "nft", "delete", "table", "inet", LOSS_TABLE]);
@@ -450,7 +450,9 @@ impl Lab {
         let nft = |command: String| must("ip", ["netns", "exec", netns, "nft", &command]);
         nft(format!("add table inet {LOSS_TABLE}"))?;
         nft(format!("add chain inet {LOSS_TABLE} input {{ type filter hook input priority -300 ; }}"))?;
-        nft(format!("add rule inet {LOSS_TABLE} input iifname eth0 numgen random mod 100 lt {percent} drop"))?;
+        // `numgen random mod 100` is 0-99: `lt 100` is out of its range.
+        let share = if percent >= 100 { String::new() } else { format!("numgen random mod 100 lt {percent} ") };
+        nft(format!("add rule inet {LOSS_TABLE} input iifname eth0 {share}drop"))?;
         Ok(())
     }
 

@@ -133,6 +133,49 @@ fn other_names_go_upstream_and_fail_fast_without_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `dig` in a sandbox saw: the status (or `timeout`) and the
+/// query time it reports.
+fn dig_timed(lab: &Lab, i: usize, sandbox: &str, name: &str) -> anyhow::Result<(String, Duration)> {
+    let out = lab.sandbox_exec(i, sandbox, "dig", &["+time=15", "+tries=1", name])?;
+    let status = out.stdout.split("status: ").nth(1).and_then(|rest| rest.split(',').next());
+    let millis = out.stdout.split("Query time: ").nth(1).and_then(|rest| rest.split(' ').next());
+    let took = millis.and_then(|ms| ms.parse().ok()).map_or(Duration::from_secs(15), Duration::from_millis);
+    Ok((status.unwrap_or("timeout").to_owned(), took))
+}
+
+/// A lab host that only plays the upstream resolver: nothing listens on
+/// its port 53.
+const DEAD_UPSTREAM: usize = 2;
+
+#[test]
+fn an_unreachable_upstream_fails_at_once_and_a_silent_one_within_two_seconds() -> anyhow::Result<()> {
+    let mut lab = Lab::new(2)?;
+    let upstream = mesh_scenarios::host_ip(DEAD_UPSTREAM).to_string();
+    lab.start_agent(1, &["--upstream-dns", &upstream])?;
+    lab.mesh_ok(1, &["init"])?;
+    lab.mesh_ok(1, &["network", "create", "dev", "--subnet", "10.31.0.0/24"])?;
+    lab.mesh_ok(1, &["sandbox", "create", "svc1", "--network", "dev"])?;
+    lab.wait_for("svc1 resolves in itself", CONVERGE, |lab| Ok(dig_short(lab, 1, "svc1", &["svc1"])?.len() == 1))?;
+
+    // The upstream's port is closed: its kernel answers ICMP port
+    // unreachable, which tells the agent at once (no time-out to wait for).
+    let (status, refused) = dig_timed(&lab, 1, "svc1", "closed.example")?;
+    eprintln!("upstream port closed: {status} after {} ms", refused.as_millis());
+    ensure!(status == "SERVFAIL", "a closed upstream port gives SERVFAIL: {status}");
+    // glibc gives up at 5 s; the refusal is one round trip on the lab's
+    // underlay, well under a second even on a loaded debug-build machine.
+    ensure!(refused < Duration::from_secs(1), "SERVFAIL at once, not after a time-out: {refused:?}");
+
+    // The upstream drops every packet it gets: only the deadline ends it.
+    lab.set_loss(DEAD_UPSTREAM, 100)?;
+    let (status, silent) = dig_timed(&lab, 1, "svc1", "silent.example")?;
+    eprintln!("upstream silent: {status} after {} ms", silent.as_millis());
+    ensure!(status == "SERVFAIL", "a silent upstream gives SERVFAIL: {status}");
+    ensure!(silent <= Duration::from_millis(2_250), "SERVFAIL within 2 s of a silent upstream: {silent:?}");
+    ensure!(dig_short(&lab, 1, "svc1", &["svc1"])?.len() == 1, "mesh names still resolve");
+    Ok(())
+}
+
 #[test]
 fn removed_and_cut_off_names_stop_resolving() -> anyhow::Result<()> {
     let lab = cluster(3, &[])?;

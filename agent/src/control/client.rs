@@ -75,12 +75,20 @@ impl Client {
     }
 
     /// Explains a failed request: an unreachable socket says what to check.
+    /// No socket file and a stale one (no one listening: refused) mean the
+    /// same to the user, and say the same.
     fn unreachable(&self, error: anyhow::Error) -> anyhow::Error {
-        match error.downcast_ref::<std::io::Error>() {
-            Some(io) => anyhow!(
-                "cannot reach the mesh agent at {}: {io} (is `mesh agent` running? point --socket or MESH_SOCKET at its socket)",
-                self.socket.display()
-            ),
+        use std::io::ErrorKind;
+        let socket = self.socket.display();
+        let hint = "is `mesh agent` running? point --socket or MESH_SOCKET at its socket";
+        match error.downcast_ref::<std::io::Error>().map(std::io::Error::kind) {
+            Some(ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                anyhow!("cannot reach the mesh agent at {socket}: no agent is listening there ({hint})")
+            }
+            Some(ErrorKind::PermissionDenied) => {
+                anyhow!("cannot reach the mesh agent at {socket}: permission denied (the socket is owner-only: run as the agent's user, usually root)")
+            }
+            Some(_) => anyhow!("cannot reach the mesh agent at {socket}: {error} ({hint})"),
             None => error.context("the agent closed the connection"),
         }
     }

@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::datadir::DataDir;
 use crate::dataplane::Dataplane;
+use crate::unix_http::SocketFile;
 
 /// The driver's name: `docker network create -d mesh --ipam-driver mesh`.
 pub(crate) const DRIVER: &str = "mesh";
 
 /// Serves the plugin socket in `plugin_dir` and keeps `engine_socket`'s
-/// networks in step with mesh's, until `shutdown`.
+/// networks in step with mesh's, until `shutdown`; the socket's file goes
+/// with the guard returned (at once if this fails).
 pub(crate) async fn start(
     plugin_dir: &Path,
     engine_socket: &Path,
@@ -35,15 +37,15 @@ pub(crate) async fn start(
     dataplane: Arc<Dataplane>,
     datadir: DataDir,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SocketFile> {
     let path = plugin_dir.join(format!("{DRIVER}.sock"));
-    let listener = crate::unix_http::bind(&path).await?;
+    let (listener, file) = crate::unix_http::bind(&path, "--docker-plugin-dir").await?;
     let driver = Driver::new(Arc::clone(&agent), Engine::new(engine_socket), dataplane, datadir)?;
     driver.resume();
     tokio::spawn(plugin::serve(listener, Arc::clone(&driver), shutdown.clone()));
     tokio::spawn(follow_sessions(driver, agent, shutdown));
     tracing::info!(socket = %path.display(), engine = %engine_socket.display(), "serving Docker's network plugin protocol");
-    Ok(())
+    Ok(file)
 }
 
 /// Runs the engine sync once the agent is in a cluster.
