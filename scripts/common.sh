@@ -1,11 +1,19 @@
 # Shared set-up for the README's commands: root, system packages, Rust.
 # Sourced, not run.
 
+# Runs the calling script as root: as it is when root, else again through
+# sudo when there is one, else stops with a clear message. Call it as
+# `need_root "WHAT" "$@"` before anything else, from the script itself.
 need_root() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "error: $1 needs root (it builds network namespaces): run it with sudo" >&2
-    exit 1
+  local what=$1
+  shift
+  [ "$(id -u)" = 0 ] && return 0
+  if command -v sudo >/dev/null; then
+    echo "== $what needs root (it builds network namespaces): running it again through sudo"
+    exec sudo -E env "PATH=$PATH" bash "$0" "$@"
   fi
+  echo "error: $what needs root (it builds network namespaces), and there is no sudo: run it from a root shell" >&2
+  exit 1
 }
 
 # Installs, with apt-get, every listed package that is not installed yet.
@@ -32,10 +40,24 @@ ensure_rust() {
   fi
 }
 
-# What the lab and the tests use: ip/bridge, nsenter/setpriv, ping, tcpdump,
-# serf for the membership baseline, nftables for loss injection, iperf3 for
-# the overlay benchmark, dig, dnsperf and dnsmasq for DNS, dockerd and a
-# static busybox (the lab's only image) for the Docker plugin, podman (with
-# its CNI plugins) for mesh-cni, DejaVu for the benchmark plots.
-LAB_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bash serf nftables iperf3 bind9-dnsutils dnsperf dnsmasq-base
+# What the demo runs: ip/bridge, nsenter/setpriv, ping, tcpdump, dig, and
+# nft (the demo's network has a way out, masqueraded by nftables).
+DEMO_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bind9-dnsutils nftables)
+
+# What the tests use beside the demo's: serf for the membership baseline,
+# iperf3 for the overlay benchmark, dnsperf and dnsmasq for DNS, dockerd and
+# a static busybox (the lab's only image) for the Docker plugin, podman (with
+# its CNI plugins) for mesh-cni, DejaVu for the benchmark plots, curl and the
+# Prometheus client for the metrics.
+LAB_PACKAGES=("${DEMO_PACKAGES[@]}" bash serf iperf3 dnsperf dnsmasq-base
   docker.io busybox-static podman fonts-dejavu-core curl python3-prometheus-client)
+
+# Starts a named phase of a script, printing how long the one before took
+# (the README quotes these figures); `phase done` ends the last one.
+phase() {
+  local now=$SECONDS
+  [ -n "${phase_name:-}" ] && echo "== $phase_name: $(((now - phase_start) / 60)) min $(((now - phase_start) % 60)) s"
+  phase_name=$1
+  phase_start=$now
+  [ "$1" = done ] || echo "== $1"
+}

@@ -5,23 +5,26 @@
 # page and shell completions, generated from the command line; the
 # cloud-init example.
 #
-#   sudo scripts/package.sh [--debug] [--out DIR]     # default: release build, target/package
+#   sudo scripts/package.sh [--quick] [--out DIR]     # default: release build, target/package
+#
+# --quick builds with the quick profile (no optimisation): for checking the
+# package, not for shipping it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
+need_root "packaging (files in the package are owned by root)" "$@"
 
 profile=release
 out=target/package
 while [ $# -gt 0 ]; do
   case "$1" in
-    --debug) profile=dev ;;
+    --quick) profile=quick ;;
     --out) out="$2"; shift ;;
-    *) echo "usage: $0 [--debug] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
 
-need_root "packaging (files in the package are owned by root)"
 ensure_packages musl-tools dpkg gzip
 ensure_rust
 target=x86_64-unknown-linux-musl
@@ -29,8 +32,7 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 
 echo "== building a static mesh ($profile)"
 cargo build --locked --bin mesh --target "$target" --profile "$profile"
-dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-bin="target/$target/$dir/mesh"
+bin="target/$target/$profile/mesh"
 version=$("$bin" --version | awk '{print $2}')
 arch=$(dpkg --print-architecture)
 

@@ -33,16 +33,16 @@ struct Figures {
 
 /// Runs the membership benchmark on `hosts` hosts: mesh's figures beside
 /// Serf's (when `with_serf` and `serf` is installed).
-pub fn run(hosts: usize, with_serf: bool) -> anyhow::Result<Vec<Figure>> {
+pub fn run(hosts: usize, with_serf: bool, idle: Idle) -> anyhow::Result<Vec<Figure>> {
     if hosts < 3 {
         bail!("the benchmark needs at least 3 hosts");
     }
     let mut lab = Lab::new(hosts)?;
     println!("membership benchmark on {hosts} lab hosts");
-    let mesh = measure(&Mesh, &mut lab)?;
+    let mesh = measure(&Mesh, &mut lab, idle)?;
     let serf = if with_serf {
         if serf_installed() {
-            Some(measure(&Serf::default(), &mut lab)?)
+            Some(measure(&Serf::default(), &mut lab, idle)?)
         } else {
             println!("serf is not installed (apt-get install serf): no baseline");
             None
@@ -53,7 +53,7 @@ pub fn run(hosts: usize, with_serf: bool) -> anyhow::Result<Vec<Figure>> {
     Ok(figures(hosts, &mesh, serf.as_ref()))
 }
 
-fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
+fn measure(system: &dyn System, lab: &mut Lab, idle: Idle) -> anyhow::Result<Figures> {
     let n = lab.len();
     println!("-- {}: starting {n} agents", system.name());
     system.start(lab)?;
@@ -71,19 +71,24 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
         }),
     );
 
-    std::thread::sleep(settle(n));
+    std::thread::sleep(idle.settle);
     let pids: Vec<u32> = (1..=n).filter_map(|i| system.pid(lab_ref, i)).collect();
     let sent = |lab: &Lab| (1..=n).map(|i| lab.underlay_sent_bytes(i)).collect::<anyhow::Result<Vec<u64>>>();
     let cpu_before: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
     let sent_before = sent(lab_ref)?;
-    let idle = Duration::from_secs(20);
-    std::thread::sleep(idle);
+    std::thread::sleep(idle.window);
     let sent_after = sent(lab_ref)?;
     let cpu_after: Vec<Duration> = pids.iter().map(|&p| procfs::cpu_time(p)).collect::<Result<_, _>>()?;
-    let mut bytes: Vec<f64> =
-        sent_before.iter().zip(&sent_after).map(|(b, a)| a.saturating_sub(*b) as f64 / idle.as_secs_f64()).collect();
-    let mut cpu: Vec<f64> =
-        cpu_before.iter().zip(&cpu_after).map(|(b, a)| (*a - *b).as_secs_f64() / idle.as_secs_f64() * 100.0).collect();
+    let mut bytes: Vec<f64> = sent_before
+        .iter()
+        .zip(&sent_after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / idle.window.as_secs_f64())
+        .collect();
+    let mut cpu: Vec<f64> = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(b, a)| (*a - *b).as_secs_f64() / idle.window.as_secs_f64() * 100.0)
+        .collect();
     let mib_of_each = |kib: fn(u32) -> anyhow::Result<u64>| -> anyhow::Result<Vec<f64>> {
         pids.iter().map(|&p| kib(p).map(|k| k as f64 / 1024.0)).collect()
     };
@@ -117,13 +122,33 @@ fn measure(system: &dyn System, lab: &mut Lab) -> anyhow::Result<Figures> {
     Ok(Figures { join_convergence, cut_detection, rss_mib, private_mib, idle_cpu_percent, idle_bytes_per_second })
 }
 
-/// How long after joining the idle figures start: long enough for every
-/// agent to have probed every other (SWIM probes one member a second), so
-/// they measure the steady state. mesh's first contact with a peer is a
-/// QUIC handshake carrying certificates (about 5 KB on the wire), which on
-/// 50 hosts made the first minute cost several times the steady state.
-fn settle(hosts: usize) -> Duration {
-    Duration::from_secs(2 * u64::try_from(hosts).unwrap_or(u64::MAX)).max(Duration::from_secs(10))
+/// When and for how long the idle figures (CPU, memory, bytes sent) are
+/// measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    /// From the last join to the start of the window.
+    pub settle: Duration,
+    /// The window the figures are averaged over.
+    pub window: Duration,
+}
+
+impl Idle {
+    /// The steady state on `hosts` hosts, as quoted: the window starts once
+    /// every agent has probed every other (SWIM probes one member a
+    /// second; mesh's first contact with a peer is a QUIC handshake
+    /// carrying certificates, about 5 KB on the wire, which on 50 hosts
+    /// made the first minute cost several times the steady state) and
+    /// lasts 20 s.
+    pub fn steady(hosts: usize) -> Self {
+        let settle = Duration::from_secs(2 * u64::try_from(hosts).unwrap_or(u64::MAX)).max(Duration::from_secs(10));
+        Self { settle, window: Duration::from_secs(20) }
+    }
+
+    /// A smoke check's (the quick suite): the figures exist, noisier and
+    /// partly from the joins.
+    pub fn brief() -> Self {
+        Self { settle: Duration::from_secs(2), window: Duration::from_secs(5) }
+    }
 }
 
 /// Hosts cut, one after another, for the failure detection figure: five

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::membership::Idle;
 use super::report::{Figure, Machine, Report};
 use super::{dns, docker, entries, membership, overlay, plot, records, sim, verdicts};
 
@@ -37,21 +38,21 @@ fn steps(quick: bool) -> Vec<Step> {
     };
     if quick {
         return vec![
-            step("membership", "5 hosts, beside serf".into(), || membership::run(5, true)),
-            step("verdicts", "5 hosts, 30 s, 10 % loss, one freeze, beside serf".into(), || {
-                verdicts::run(5, Duration::from_secs(30), 10)
+            step("membership", "5 hosts, 5 s idle, beside serf".into(), || membership::run(5, true, Idle::brief())),
+            step("verdicts", "5 hosts, 15 s, 10 % loss, one freeze, beside serf".into(), || {
+                verdicts::run(5, Duration::from_secs(15), 10)
             }),
             step("records", "5 hosts, 10 changes, beside a serf user event".into(), || records::run(5, 10, true)),
             step("docker", "2 hosts, 3 containers, beside swarm".into(), || docker::run(3)),
             step("sim", "200 nodes, 3 changes, beside memberlist's model".into(), move || sim::run(&sim_bench(200, 3))),
-            step("dns", "200 names, 2 s, 5 creates, beside dnsmasq".into(), || dns::run(200, 2, 5)),
+            step("dns", "200 names, 1 s, 5 creates, beside dnsmasq".into(), || dns::run(200, 1, 5)),
             step("entries", "1,000 remote endpoints, beside iproute2's batch".into(), || entries::run(1000)),
             step("overlay", "1 s per iperf3 run, beside a hand-built pair".into(), || overlay::run(1)),
         ];
     }
     vec![
-        step("membership", "20 hosts, beside serf".into(), || membership::run(20, true)),
-        step("membership", "50 hosts, beside serf".into(), || membership::run(50, true)),
+        step("membership", "20 hosts, beside serf".into(), || membership::run(20, true, Idle::steady(20))),
+        step("membership", "50 hosts, beside serf".into(), || membership::run(50, true, Idle::steady(50))),
         step("verdicts", "20 hosts, 10 min, 10 % loss, one agent frozen 5 s a minute, beside serf".into(), || {
             verdicts::run(20, Duration::from_secs(600), 10)
         }),

@@ -127,7 +127,9 @@ fn main() -> ExitCode {
     let printed = |figures: anyhow::Result<Vec<bench::report::Figure>>| figures.map(|f| bench::report::print(&f));
     let result = match cli.command {
         Command::Demo => demo::run(),
-        Command::BenchMembership { hosts, no_serf } => printed(bench::membership::run(hosts, !no_serf)),
+        Command::BenchMembership { hosts, no_serf } => {
+            printed(bench::membership::run(hosts, !no_serf, bench::membership::Idle::steady(hosts)))
+        }
         Command::BenchVerdicts { hosts, seconds, loss_percent } => {
             printed(bench::verdicts::run(hosts, std::time::Duration::from_secs(seconds), loss_percent))
         }
