@@ -11,6 +11,6 @@ need_root "the demo" "$@"
 ensure_packages "${DEMO_PACKAGES[@]}" gcc
 ensure_rust
 
-echo "== building mesh and mesh-lab (the quick profile): about 2 minutes on 2 cores the first time, seconds after"
+echo "== building mesh and mesh-lab (the quick profile): about a minute on 2 cores the first time, seconds after"
 cargo build --profile quick --locked --bin mesh --bin mesh-lab
 exec target/quick/mesh-lab demo
