@@ -16,7 +16,7 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::NetdevError;
+use crate::error::NetdevError;
 
 /// The nftables table mesh owns (family `ip`).
 pub const TABLE: &str = "mesh";

@@ -18,7 +18,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteHeader};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
-use crate::NetdevError;
+use crate::error::NetdevError;
 
 /// A link as mesh cares about it.
 #[derive(Debug, Clone, PartialEq, Eq)]

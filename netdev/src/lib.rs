@@ -11,8 +11,10 @@
 //! - [`kernel`]: one idempotent verb per function over rtnetlink;
 //! - [`reconcile`]: desired state against kernel state, by diff;
 //! - [`firewall`]: the way in and out (NAT, filtering and forwarding),
-//!   one nftables table that mesh owns.
+//!   one nftables table that mesh owns;
+//! - `error`: [`NetdevError`], the error of them all.
 
+mod error;
 pub mod firewall;
 pub mod kernel;
 pub mod netns;
@@ -24,51 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressScope};
 
-/// A netlink conversation with the kernel failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NetdevError {
-    /// The netlink socket could not be opened.
-    #[error("cannot open a netlink socket: {0}")]
-    Socket(#[from] std::io::Error),
-    /// The kernel refused or failed a request.
-    #[error("netlink {what}: {source}")]
-    Netlink {
-        /// What was being done.
-        what: &'static str,
-        /// The kernel's answer.
-        source: rtnetlink::Error,
-    },
-    /// A file of a namespace could not be handled.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: std::path::PathBuf,
-        /// The system's answer.
-        source: std::io::Error,
-    },
-    /// A namespace could not be made, entered or used.
-    #[error("namespace {}: {reason}", path.display())]
-    Namespace {
-        /// The namespace's path.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A device in the way has other settings than mesh's; nothing was changed.
-    #[error("{0}")]
-    Conflict(String),
-    /// No interface holds the advertise address.
-    #[error("no interface of this host holds the advertise address {0}: advertise an address of the underlay")]
-    NoUnderlay(Ipv4Addr),
-    /// `nft` failed or could not be run.
-    #[error("{0}")]
-    Firewall(String),
-    /// Something the kernel just created was not found.
-    #[error("{0} is missing")]
-    Missing(&'static str),
-}
+pub use error::NetdevError;
 
 /// The IPv4 address this host would be reached at: the first global
 /// address on the interface of the IPv4 default route, or else the first

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
-use crate::NetdevError;
+use crate::error::NetdevError;
 
 /// Where named namespaces live.
 pub const NETNS_DIR: &str = "/run/netns";

@@ -12,8 +12,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use rtnetlink::{Handle, LinkUnspec};
 
+use crate::error::NetdevError;
 use crate::kernel::{self, Link, VxlanSpec};
-use crate::{netns, NetdevError};
+use crate::netns;
 
 /// Most netlink requests a pass keeps in flight.
 const IN_FLIGHT: usize = 256;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{ensure, Context};
 use serde_json::Value;
 
-use crate::{host_ip, Lab};
+use crate::lab::{host_ip, Lab};
 
 /// Most sandboxes the churn keeps at once; beyond it, it removes the oldest.
 const MAX_LIVE: usize = 8;

@@ -16,6 +16,7 @@ pub mod cpu_quota;
 pub mod demo;
 pub mod docker;
 pub mod hostile;
+mod image;
 mod lab;
 pub mod podman;
 mod process;

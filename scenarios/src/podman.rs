@@ -14,8 +14,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::docker::{busybox_image, IMAGE};
-use crate::{run, Lab, Output};
+use crate::image::{busybox_image, CONTAINER_LIFETIME, IMAGE};
+use crate::lab::Lab;
+use crate::process::{run, Output};
 
 /// A lab whose hosts run podman with mesh's CNI plugin.
 pub struct PodmanLab {
@@ -131,7 +132,7 @@ impl PodmanLab {
         let mut args = vec!["run", "-d", "--name", name, "--network", network, "--dns", "127.0.0.11", &cgroup];
         args.extend(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
         args.extend(extra);
-        args.extend([IMAGE, "sleep", crate::docker::CONTAINER_LIFETIME]);
+        args.extend([IMAGE, "sleep", CONTAINER_LIFETIME]);
         self.podman_ok(i, &args)?;
         Ok(())
     }

@@ -32,7 +32,7 @@ pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
     for (i, local, remote) in [(1, "198.18.0.1", "198.18.0.2"), (2, "198.18.0.2", "198.18.0.1")] {
         let hand = lab.sandbox_netns(i, "hand");
         let address = format!("10.88.0.{i}/24");
-        run_all(&["netns", "add", &hand], |args| crate::run("ip", args))?;
+        run_all(&["netns", "add", &hand], |args| crate::process::run("ip", args))?;
         let in_host: [&[&str]; 6] = [
             &["link", "add", "hbr", "type", "bridge"],
             &["link", "set", "hbr", "up"],
@@ -83,7 +83,7 @@ pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
 }
 
 /// Runs one `ip` command through `run`, failing with its error.
-fn run_all(args: &[&str], run: impl Fn(&[&str]) -> anyhow::Result<crate::Output>) -> anyhow::Result<()> {
+fn run_all(args: &[&str], run: impl Fn(&[&str]) -> anyhow::Result<crate::process::Output>) -> anyhow::Result<()> {
     let out = run(args)?;
     if !out.success {
         bail!("ip {}: {}", args.join(" "), out.stderr.trim());

@@ -138,7 +138,7 @@ fn write(report: &Report, out: &Path) -> anyhow::Result<()> {
 fn versions() -> Vec<(String, String)> {
     let mut versions = vec![("mesh".to_owned(), env!("CARGO_PKG_VERSION").to_owned())];
     for package in ["serf", "docker.io", "dnsmasq-base", "dnsperf", "iperf3"] {
-        let version = crate::run("dpkg-query", ["-W", "-f", "${Version}", package])
+        let version = crate::process::run("dpkg-query", ["-W", "-f", "${Version}", package])
             .ok()
             .filter(|out| out.success)
             .map_or_else(|| "not installed".to_owned(), |out| out.stdout.trim().to_owned());
@@ -149,5 +149,6 @@ fn versions() -> Vec<(String, String)> {
 
 /// The current time, UTC, RFC 3339 to the second.
 fn utc_now() -> String {
-    crate::run("date", ["-u", "+%Y-%m-%dT%H:%M:%SZ"]).map_or_else(|_| "unknown".into(), |o| o.stdout.trim().to_owned())
+    crate::process::run("date", ["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .map_or_else(|_| "unknown".into(), |o| o.stdout.trim().to_owned())
 }

@@ -12,7 +12,7 @@ use crate::lab::{host_ip, Lab};
 
 /// Whether Debian's `serf` is installed.
 pub(super) fn serf_installed() -> bool {
-    crate::run("serf", ["version"]).is_ok_and(|o| o.success)
+    crate::process::run("serf", ["version"]).is_ok_and(|o| o.success)
 }
 
 /// A membership system under test.

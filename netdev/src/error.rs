@@ -1,0 +1,50 @@
+//! What can go wrong talking to the kernel: [`NetdevError`], the one
+//! error of every room of this crate (re-exported at the crate root).
+
+use std::net::Ipv4Addr;
+
+/// A netlink conversation with the kernel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetdevError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The kernel refused or failed a request.
+    #[error("netlink {what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// A file of a namespace could not be handled.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The system's answer.
+        source: std::io::Error,
+    },
+    /// A namespace could not be made, entered or used.
+    #[error("namespace {}: {reason}", path.display())]
+    Namespace {
+        /// The namespace's path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A device in the way has other settings than mesh's; nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// No interface holds the advertise address.
+    #[error("no interface of this host holds the advertise address {0}: advertise an address of the underlay")]
+    NoUnderlay(Ipv4Addr),
+    /// `nft` failed or could not be run.
+    #[error("{0}")]
+    Firewall(String),
+    /// Something the kernel just created was not found.
+    #[error("{0} is missing")]
+    Missing(&'static str),
+}
