@@ -51,7 +51,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(_) => anyhow::bail!("the advertise address must be IPv4: it is also the VXLAN tunnel endpoint"),
     };
-    let underlay = Underlay { local, port: settings.vxlan_port };
+    let underlay = Underlay { local: IpAddr::V4(local), port: settings.vxlan_port };
     let metrics = Arc::new(Metrics::default());
     let dataplane =
         Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay, Arc::clone(&metrics))?);

@@ -1,7 +1,7 @@
 //! What can go wrong talking to the kernel: [`NetdevError`], the one
 //! error of every room of this crate (re-exported at the crate root).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A netlink conversation with the kernel failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,19 @@ pub enum NetdevError {
     Conflict(String),
     /// No interface holds the advertise address.
     #[error("no interface of this host holds the advertise address {0}: advertise an address of the underlay")]
-    NoUnderlay(Ipv4Addr),
+    NoUnderlay(IpAddr),
+    /// A network's plan gives a remote a VTEP of another address family
+    /// than the local VTEP (a VXLAN device speaks IPv4 or IPv6, not both);
+    /// nothing of that network was changed.
+    #[error(
+        "remote VTEP {vtep} is not of the family of the local VTEP {local}: a VXLAN device's local and remote VTEPs are all IPv4 or all IPv6"
+    )]
+    MixedFamilies {
+        /// The local VTEP.
+        local: IpAddr,
+        /// The first remote VTEP of the other family.
+        vtep: IpAddr,
+    },
     /// `nft` failed or could not be run.
     #[error("{0}")]
     Firewall(String),

@@ -31,8 +31,9 @@ pub struct Link {
     pub mtu: u32,
     /// Its kind (`bridge`, `vxlan`, `veth`...), if it has one.
     pub kind: Option<String>,
-    /// For a VXLAN device: its VNI, local address and UDP port.
-    pub vxlan: Option<(u32, Option<Ipv4Addr>, Option<u16>)>,
+    /// For a VXLAN device: its VNI, local address (`local` or `local6`)
+    /// and UDP port.
+    pub vxlan: Option<(u32, Option<IpAddr>, Option<u16>)>,
     /// The index of the bridge it is enslaved to.
     pub controller: Option<u32>,
 }
@@ -42,9 +43,13 @@ pub struct Link {
 pub struct VxlanSpec {
     /// Its VNI.
     pub vni: u32,
-    /// The local VTEP address.
-    pub local: Ipv4Addr,
-    /// The underlay interface.
+    /// The local VTEP address, IPv4 (`local`) or IPv6 (`local6`, with
+    /// zero UDP checksums sent and accepted: `udp6zerocsumtx`,
+    /// `udp6zerocsumrx`). Its FDB entries point at VTEPs of this family.
+    pub local: IpAddr,
+    /// The underlay interface (the one holding `local`), the device's
+    /// `dev` for either family. (An encrypted network's device, whose
+    /// `local` sits on `mwg0`, is to have no `dev`: DESIGN.md.)
     pub underlay: u32,
     /// UDP port.
     pub port: u16,
@@ -106,12 +111,13 @@ fn kind_name(kind: &InfoKind) -> String {
     }
 }
 
-fn vxlan_of(data: &[InfoVxlan]) -> (u32, Option<Ipv4Addr>, Option<u16>) {
+fn vxlan_of(data: &[InfoVxlan]) -> (u32, Option<IpAddr>, Option<u16>) {
     let mut out = (0, None, None);
     for item in data {
         match item {
             InfoVxlan::Id(vni) => out.0 = *vni,
-            InfoVxlan::Local(ip) => out.1 = Some(*ip),
+            InfoVxlan::Local(ip) => out.1 = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => out.1 = Some(IpAddr::V6(*ip)),
             InfoVxlan::Port(port) => out.2 = Some(*port),
             _ => {}
         }
@@ -119,12 +125,12 @@ fn vxlan_of(data: &[InfoVxlan]) -> (u32, Option<Ipv4Addr>, Option<u16>) {
     out
 }
 
-/// The interface that holds `ip`, with its MTU.
-pub async fn interface_with(handle: &Handle, ip: Ipv4Addr) -> Result<Option<(u32, u32)>, NetdevError> {
+/// The interface that holds `ip` (either family), with its MTU.
+pub async fn interface_with(handle: &Handle, ip: IpAddr) -> Result<Option<(u32, u32)>, NetdevError> {
     let mut addresses = handle.address().get().execute();
     let mut index = None;
     while let Some(message) = addresses.try_next().await.map_err(netlink("address dump"))? {
-        if message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip)) {
+        if message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(a) if *a == ip)) {
             index = Some(message.header.index);
         }
     }
@@ -174,18 +180,15 @@ pub async fn add_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<(), Net
     handle.link().add(message).execute().await.map_err(netlink("bridge add"))
 }
 
-/// Creates a VXLAN device: learning off, ARP proxy on, enslaved and up.
+/// Creates a VXLAN device: learning off, ARP proxy on, enslaved and up;
+/// with an IPv6 `local`, zero UDP checksums sent and accepted.
 pub async fn add_vxlan(handle: &Handle, name: &str, spec: VxlanSpec) -> Result<(), NetdevError> {
-    let message = LinkVxlan::new(name, spec.vni)
-        .dev(spec.underlay)
-        .local(spec.local)
-        .port(spec.port)
-        .learning(false)
-        .proxy(true)
-        .mtu(spec.mtu)
-        .controller(spec.bridge)
-        .up()
-        .build();
+    let device = LinkVxlan::new(name, spec.vni).dev(spec.underlay);
+    let device = match spec.local {
+        IpAddr::V4(local) => device.local(local),
+        IpAddr::V6(local) => device.local6(local).udp_zero_csum6_tx(true).udp_zero_csum6_rx(true),
+    };
+    let message = device.port(spec.port).learning(false).proxy(true).mtu(spec.mtu).controller(spec.bridge).up().build();
     handle.link().add(message).execute().await.map_err(netlink("vxlan add"))
 }
 
@@ -269,54 +272,61 @@ pub async fn configure_sandbox_end(
     Ok(())
 }
 
-/// The permanent FDB entries (MAC → VTEP) on the device `index`.
-pub async fn fdb(handle: &Handle, index: u32) -> Result<BTreeMap<[u8; 6], Ipv4Addr>, NetdevError> {
+/// The permanent FDB entries (MAC → VTEP, either family) on the device `index`.
+pub async fn fdb(handle: &Handle, index: u32) -> Result<BTreeMap<[u8; 6], IpAddr>, NetdevError> {
     let entries = permanent_entries(handle, AddressFamily::Bridge, index, "fdb dump").await?;
     Ok(entries.into_iter().collect())
 }
 
-/// The permanent neighbour entries (IP → MAC) on the device `index`.
+/// The permanent IPv4 neighbour entries (IP → MAC) on the device `index`.
 pub async fn neighbours(handle: &Handle, index: u32) -> Result<BTreeMap<Ipv4Addr, [u8; 6]>, NetdevError> {
     let entries = permanent_entries(handle, AddressFamily::Inet, index, "neighbour dump").await?;
-    Ok(entries.into_iter().map(|(mac, ip)| (ip, mac)).collect())
+    Ok(entries
+        .into_iter()
+        .filter_map(|(mac, ip)| match ip {
+            IpAddr::V4(ip) => Some((ip, mac)),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
 }
 
-/// The (MAC, IPv4 address) pairs of the permanent entries of `family`
-/// on the device `index`.
+/// The (MAC, address) pairs of the permanent entries of `family` on the
+/// device `index`.
 async fn permanent_entries(
     handle: &Handle,
     family: AddressFamily,
     index: u32,
     what: &'static str,
-) -> Result<Vec<([u8; 6], Ipv4Addr)>, NetdevError> {
+) -> Result<Vec<([u8; 6], IpAddr)>, NetdevError> {
     let mut out = Vec::new();
     let mut stream = handle.neighbours().get().set_address_family(family).execute();
     while let Some(message) = stream.try_next().await.map_err(netlink(what))? {
         if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
             continue;
         }
-        if let (Some(mac), Some(IpAddr::V4(ip))) = (mac_of(&message), destination_of(&message)) {
+        if let (Some(mac), Some(ip)) = (mac_of(&message), destination_of(&message)) {
             out.push((mac, ip));
         }
     }
     Ok(out)
 }
 
-/// Points `mac` at `vtep` on the VXLAN device `index` (create or replace).
-pub async fn set_fdb(handle: &Handle, index: u32, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetdevError> {
-    let mut request = handle.neighbours().add_bridge(index, &mac).destination(IpAddr::V4(vtep)).replace();
+/// Points `mac` at `vtep` on the VXLAN device `index` (create or replace);
+/// `vtep` must be of the family of the device's local address.
+pub async fn set_fdb(handle: &Handle, index: u32, mac: [u8; 6], vtep: IpAddr) -> Result<(), NetdevError> {
+    let mut request = handle.neighbours().add_bridge(index, &mac).destination(vtep).replace();
     request.message_mut().header.flags = NeighbourFlags::Own;
     request.execute().await.map_err(netlink("fdb set"))
 }
 
 /// Removes the FDB entry for `mac` on the device `index` (gone is fine).
-pub async fn remove_fdb(handle: &Handle, index: u32, mac: [u8; 6], vtep: Ipv4Addr) -> Result<(), NetdevError> {
+pub async fn remove_fdb(handle: &Handle, index: u32, mac: [u8; 6], vtep: IpAddr) -> Result<(), NetdevError> {
     let mut message = NeighbourMessage::default();
     message.header.family = AddressFamily::Bridge;
     message.header.ifindex = index;
     message.header.flags = NeighbourFlags::Own;
     message.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-    message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(vtep)));
+    message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::from(vtep)));
     match handle.neighbours().del(message).execute().await {
         Err(error) if !is_missing(&error) => Err(NetdevError::Netlink { what: "fdb delete", source: error }),
         _ => Ok(()),
@@ -351,10 +361,38 @@ fn mac_of(message: &NeighbourMessage) -> Option<[u8; 6]> {
 fn destination_of(message: &NeighbourMessage) -> Option<IpAddr> {
     message.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-        // In an FDB (AF_BRIDGE) message the VTEP is not parsed as an address.
-        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(|octets| IpAddr::V4(Ipv4Addr::from(octets)))
-        }
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        // In an FDB (AF_BRIDGE) message the VTEP is not parsed as an
+        // address: its family shows only in its length.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => vtep_of(bytes),
         _ => None,
     })
+}
+
+/// The VTEP of an AF_BRIDGE `NDA_DST`: 4 bytes IPv4, 16 bytes IPv6.
+fn vtep_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+
+    #[test]
+    fn an_fdb_destination_is_read_by_its_length() {
+        let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x6d, 2);
+        assert_eq!(vtep_of(&[198, 18, 0, 2]), Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2))));
+        assert_eq!(vtep_of(&v6.octets()), Some(IpAddr::V6(v6)));
+        assert_eq!(vtep_of(&[1, 2, 3]), None, "neither family");
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Other(v6.octets().to_vec())));
+        assert_eq!(destination_of(&message), Some(IpAddr::V6(v6)));
+    }
 }

@@ -5,7 +5,7 @@
 //! restored, and what is no longer wanted is removed, entry by entry.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
@@ -19,14 +19,20 @@ use crate::netns;
 /// Most netlink requests a pass keeps in flight.
 const IN_FLIGHT: usize = 256;
 
-/// VXLAN encapsulation overhead (outer Ethernet, IP, UDP, VXLAN headers).
+/// VXLAN encapsulation overhead over IPv4 (IPv4 20, UDP 8, VXLAN 8 and
+/// the inner Ethernet header 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// VXLAN encapsulation overhead over IPv6 (IPv6 40, UDP 8, VXLAN 8 and
+/// the inner Ethernet header 14).
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// This host's end of the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Underlay {
-    /// The advertise address: the local VTEP.
-    pub local: Ipv4Addr,
+    /// The advertise address: the local VTEP, IPv4 or IPv6. Every remote
+    /// VTEP of a plan must be of its family ([`NetdevError::MixedFamilies`]).
+    pub local: IpAddr,
     /// VXLAN's UDP port.
     pub port: u16,
 }
@@ -39,8 +45,8 @@ pub struct NetworkPlan {
     /// Whether it spans hosts through a VXLAN device (an overlay network)
     /// or stays on this host's bridge (a bridge network, with no remotes).
     pub vxlan: bool,
-    /// Its MTU; when `None`, the underlay's, minus [`VXLAN_OVERHEAD`] with
-    /// VXLAN.
+    /// Its MTU; when `None`, the underlay's, minus [`VXLAN_OVERHEAD`] (or
+    /// [`VXLAN6_OVERHEAD`] on an IPv6 underlay) with VXLAN.
     pub mtu: Option<u32>,
     /// Addresses the host holds on the network's bridge (the same on every
     /// host: each answers for them locally, the VXLAN device's ARP proxy
@@ -91,8 +97,8 @@ pub struct Remote {
     pub mac: [u8; 6],
     /// Its address.
     pub ip: Ipv4Addr,
-    /// Its host's VTEP address.
-    pub vtep: Ipv4Addr,
+    /// Its host's VTEP address, of the family of [`Underlay::local`].
+    pub vtep: IpAddr,
 }
 
 /// What a pass changed, and what it could not do.
@@ -158,9 +164,9 @@ fn wiring_bytes(mac: &[u8; 6], address: Option<([u8; 4], u8)>, vni: u32) -> Vec<
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EntryDiff {
     /// FDB entries to create or repoint.
-    pub set_fdb: Vec<([u8; 6], Ipv4Addr)>,
+    pub set_fdb: Vec<([u8; 6], IpAddr)>,
     /// FDB entries to remove.
-    pub remove_fdb: Vec<([u8; 6], Ipv4Addr)>,
+    pub remove_fdb: Vec<([u8; 6], IpAddr)>,
     /// Neighbour entries to create or correct.
     pub set_neighbours: Vec<(Ipv4Addr, [u8; 6])>,
     /// Neighbour entries to remove.
@@ -171,10 +177,10 @@ pub struct EntryDiff {
 /// exactly `remotes`.
 pub fn diff_entries(
     remotes: &[Remote],
-    fdb: &BTreeMap<[u8; 6], Ipv4Addr>,
+    fdb: &BTreeMap<[u8; 6], IpAddr>,
     neighbours: &BTreeMap<Ipv4Addr, [u8; 6]>,
 ) -> EntryDiff {
-    let want_fdb: BTreeMap<[u8; 6], Ipv4Addr> = remotes.iter().map(|r| (r.mac, r.vtep)).collect();
+    let want_fdb: BTreeMap<[u8; 6], IpAddr> = remotes.iter().map(|r| (r.mac, r.vtep)).collect();
     let want_neighbours: BTreeMap<Ipv4Addr, [u8; 6]> = remotes.iter().map(|r| (r.ip, r.mac)).collect();
     EntryDiff {
         set_fdb: want_fdb.iter().filter(|(mac, vtep)| fdb.get(*mac) != Some(vtep)).map(|(m, v)| (*m, *v)).collect(),
@@ -185,6 +191,16 @@ pub fn diff_entries(
             .map(|(i, m)| (*i, *m))
             .collect(),
         remove_neighbours: neighbours.keys().filter(|ip| !want_neighbours.contains_key(*ip)).copied().collect(),
+    }
+}
+
+/// Refuses remotes whose VTEP is not of the family of `local`: a VXLAN
+/// device sends to one family only (the kernel would refuse their FDB
+/// entries one by one, with EAFNOSUPPORT).
+pub fn check_families(local: IpAddr, remotes: &[Remote]) -> Result<(), NetdevError> {
+    match remotes.iter().find(|r| r.vtep.is_ipv4() != local.is_ipv4()) {
+        Some(remote) => Err(NetdevError::MixedFamilies { local, vtep: remote.vtep }),
+        None => Ok(()),
     }
 }
 
@@ -273,7 +289,11 @@ async fn reconcile(
         remove_unwanted(handle, underlay, &wanted, &mut report).await?;
     }
     for plan in plans {
-        let overhead = if plan.vxlan { VXLAN_OVERHEAD } else { 0 };
+        let overhead = match (plan.vxlan, underlay.local) {
+            (false, _) => 0,
+            (true, IpAddr::V4(_)) => VXLAN_OVERHEAD,
+            (true, IpAddr::V6(_)) => VXLAN6_OVERHEAD,
+        };
         let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead));
         let spec = |bridge| VxlanSpec {
             vni: plan.vni,
@@ -299,6 +319,9 @@ async fn reconcile_network(
     report: &mut Report,
 ) -> Result<(), NetdevError> {
     let (bridge, vxlan) = (bridge_name(plan.vni), vxlan_name(plan.vni));
+    if plan.vxlan {
+        check_families(spec(0).local, &plan.remotes)?;
+    }
     let mut links = kernel::links(handle).await?;
     check_in_the_way(&links, &spec(0))?;
     let bridge_index = match links.get(&bridge) {
@@ -495,19 +518,37 @@ async fn remove_unwanted(
 mod tests {
     use super::*;
 
-    #[test]
-    fn entries_are_added_repointed_and_removed_one_by_one() {
-        let ip = |d| Ipv4Addr::new(10, 0, 0, d);
-        let mac = |d| [2, 0x6d, 10, 0, 0, d];
-        let remotes = [
-            Remote { mac: mac(2), ip: ip(2), vtep: Ipv4Addr::new(198, 18, 0, 2) },
-            Remote { mac: mac(3), ip: ip(3), vtep: Ipv4Addr::new(198, 18, 0, 3) },
-        ];
-        let fdb = BTreeMap::from([(mac(2), Ipv4Addr::new(198, 18, 0, 9)), (mac(4), Ipv4Addr::new(198, 18, 0, 4))]);
+    use std::net::Ipv6Addr;
+
+    fn ip(d: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, d)
+    }
+
+    fn mac(d: u8) -> [u8; 6] {
+        [2, 0x6d, 10, 0, 0, d]
+    }
+
+    /// Host `d`'s VTEP on an IPv4 underlay.
+    fn vtep4(d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, d))
+    }
+
+    /// Host `d`'s VTEP on an IPv6 underlay.
+    fn vtep6(d: u8) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x6d, 0, 0, 0, 0, 0, u16::from(d)))
+    }
+
+    /// Remotes 2 and 3 against a device that points 2 elsewhere and
+    /// holds a stale 4: 2 is repointed, 3 added, 4 removed, entry by
+    /// entry; once settled, nothing changes.
+    fn entries_converge(vtep: fn(u8) -> IpAddr) {
+        let remotes =
+            [Remote { mac: mac(2), ip: ip(2), vtep: vtep(2) }, Remote { mac: mac(3), ip: ip(3), vtep: vtep(3) }];
+        let fdb = BTreeMap::from([(mac(2), vtep(9)), (mac(4), vtep(4))]);
         let neighbours = BTreeMap::from([(ip(2), mac(2)), (ip(4), mac(4))]);
         let diff = diff_entries(&remotes, &fdb, &neighbours);
-        assert_eq!(diff.set_fdb, vec![(mac(2), Ipv4Addr::new(198, 18, 0, 2)), (mac(3), Ipv4Addr::new(198, 18, 0, 3))]);
-        assert_eq!(diff.remove_fdb, vec![(mac(4), Ipv4Addr::new(198, 18, 0, 4))]);
+        assert_eq!(diff.set_fdb, vec![(mac(2), vtep(2)), (mac(3), vtep(3))]);
+        assert_eq!(diff.remove_fdb, vec![(mac(4), vtep(4))]);
         assert_eq!(diff.set_neighbours, vec![(ip(3), mac(3))]);
         assert_eq!(diff.remove_neighbours, vec![ip(4)]);
         let settled = diff_entries(
@@ -516,6 +557,47 @@ mod tests {
             &remotes.iter().map(|r| (r.ip, r.mac)).collect(),
         );
         assert_eq!(settled, EntryDiff::default(), "a settled device needs nothing");
+    }
+
+    #[test]
+    fn entries_are_added_repointed_and_removed_one_by_one() {
+        entries_converge(vtep4);
+    }
+
+    #[test]
+    fn ipv6_vteps_are_added_repointed_and_removed_one_by_one() {
+        entries_converge(vtep6);
+    }
+
+    #[test]
+    fn a_remote_of_the_other_family_is_an_error_of_the_plan() {
+        let remote = |vtep| Remote { mac: mac(2), ip: ip(2), vtep };
+        assert!(check_families(vtep6(1), &[remote(vtep6(2)), remote(vtep6(3))]).is_ok());
+        assert!(check_families(vtep4(1), &[remote(vtep4(2))]).is_ok());
+        assert!(check_families(vtep6(1), &[]).is_ok());
+        let mixed = check_families(vtep6(1), &[remote(vtep6(2)), remote(vtep4(3))]);
+        assert!(
+            matches!(mixed, Err(NetdevError::MixedFamilies { local, vtep }) if local == vtep6(1) && vtep == vtep4(3)),
+            "{mixed:?}"
+        );
+        assert!(matches!(check_families(vtep4(1), &[remote(vtep6(2))]), Err(NetdevError::MixedFamilies { .. })));
+    }
+
+    #[test]
+    fn an_adopted_device_must_have_the_local_of_the_plan_in_either_family() {
+        let link = |local| Link {
+            index: 7,
+            name: vxlan_name(42),
+            mtu: 1450,
+            kind: Some("vxlan".into()),
+            vxlan: Some((42, Some(local), Some(4789))),
+            controller: None,
+        };
+        let wanted = |local| VxlanSpec { vni: 42, local, underlay: 2, port: 4789, mtu: 0, bridge: 0 };
+        assert!(check_vxlan(&link(vtep6(1)), &wanted(vtep6(1))).is_ok());
+        assert!(check_vxlan(&link(vtep4(1)), &wanted(vtep4(1))).is_ok());
+        assert!(matches!(check_vxlan(&link(vtep4(1)), &wanted(vtep6(1))), Err(NetdevError::Conflict(_))));
+        assert!(matches!(check_vxlan(&link(vtep6(2)), &wanted(vtep6(1))), Err(NetdevError::Conflict(_))));
     }
 
     #[test]

@@ -21,7 +21,7 @@
 mod holds;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -370,10 +370,12 @@ impl Dataplane {
         me: NodeId,
         down_since: &HashMap<NodeId, Instant>,
     ) -> (Vec<NetworkPlan>, FirewallPlan) {
-        let vteps: HashMap<NodeId, Ipv4Addr> = members
+        // The underlay is IPv4 (the advertise address): a member
+        // advertising IPv6 is no VTEP of it.
+        let vteps: HashMap<NodeId, IpAddr> = members
             .iter()
             .filter_map(|m| match m.identity.addr.ip() {
-                IpAddr::V4(ip) => Some((m.identity.id, ip)),
+                IpAddr::V4(ip) => Some((m.identity.id, IpAddr::V4(ip))),
                 IpAddr::V6(_) => None,
             })
             .collect();

@@ -71,14 +71,14 @@ fn remote(k: usize) -> Remote {
     let k = u32::try_from(k).unwrap_or(u32::MAX);
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 2)) + k);
     let [a, b, c, d] = ip.octets();
-    Remote { mac: [0x02, 0x6d, a, b, c, d], ip, vtep: host_ip(2 + (k as usize % 200)) }
+    Remote { mac: [0x02, 0x6d, a, b, c, d], ip, vtep: host_ip(2 + (k as usize % 200)).into() }
 }
 
 async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Duration), mesh_netdev::NetdevError> {
     let local = netns::create(&sandbox)?;
     mesh_netdev::reconcile::prepare_sandbox(&local)?;
     let kernel = Reconciler::open()?;
-    let underlay = Underlay { local: host_ip(1), port: 4789 };
+    let underlay = Underlay { local: host_ip(1).into(), port: 4789 };
     let plan = |remotes: Vec<Remote>| NetworkPlan {
         vni: VNI,
         vxlan: true,
