@@ -44,13 +44,16 @@ ensure_rust() {
 # nft (the demo's network has a way out, masqueraded by nftables).
 DEMO_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bind9-dnsutils nftables)
 
+# What scripts/kernel-vm.sh needs to boot Debian's stock kernel under qemu.
+VM_PACKAGES=(qemu-system-x86 busybox-static cpio kmod)
+
 # What the tests use beside the demo's: serf for the membership baseline,
 # iperf3 for the overlay benchmark, dnsperf and dnsmasq for DNS, dockerd and
 # a static busybox (the lab's only image) for the Docker plugin, podman (with
 # its CNI plugins) for mesh-cni, DejaVu for the benchmark plots, curl and the
-# Prometheus client for the metrics.
+# Prometheus client for the metrics, and the VM's.
 LAB_PACKAGES=("${DEMO_PACKAGES[@]}" bash serf iperf3 dnsperf dnsmasq-base
-  docker.io busybox-static podman fonts-dejavu-core curl python3-prometheus-client)
+  docker.io busybox-static podman fonts-dejavu-core curl python3-prometheus-client "${VM_PACKAGES[@]}")
 
 # Starts a named phase of a script, printing how long the one before took
 # (the README quotes these figures); `phase done` ends the last one.

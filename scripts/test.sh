@@ -17,6 +17,8 @@ phase "building the previous release (for the upgrade scenario)"
 scripts/build-previous.sh
 phase "building (debug)"
 cargo build --bins --locked
+phase "preparing the VM with Debian's stock kernel (scripts/kernel-vm.sh)"
+scripts/kernel-vm.sh prepare
 phase "testing"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
