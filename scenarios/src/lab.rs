@@ -149,7 +149,13 @@ impl Lab {
     pub fn exec_in(&self, netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Output> {
         let mut all = vec!["netns", "exec", netns, program];
         all.extend(args);
-        run("ip", all)
+        let out = run("ip", all)?;
+        // A program that cannot start is the lab's error, not its exit code:
+        // a missing `ping` must not read as "no answer".
+        if !out.success && out.stderr.contains(&format!("exec of \"{program}\" failed")) {
+            bail!("cannot run {program} in {netns} (is it installed?): {}", out.stderr.trim());
+        }
+        Ok(out)
     }
 
     /// A lab of `hosts` hosts, `mesh init` on host 1, `mesh join` on the
