@@ -12,6 +12,8 @@
 //! - [`reconcile`]: desired state against kernel state, by diff;
 //! - [`firewall`]: the way in and out (NAT, filtering and forwarding),
 //!   one nftables table that mesh owns;
+//! - [`wireguard`]: the encrypted path between hosts (interface, port,
+//!   tunnel addresses, MTU, peers);
 //! - `error`: [`NetdevError`], the error of them all.
 
 mod error;
@@ -19,6 +21,7 @@ pub mod firewall;
 pub mod kernel;
 pub mod netns;
 pub mod reconcile;
+pub mod wireguard;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
