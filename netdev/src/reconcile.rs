@@ -204,14 +204,7 @@ pub fn check_families(local: IpAddr, remotes: &[Remote]) -> Result<(), NetdevErr
     }
 }
 
-/// Whether a pass may remove what no plan wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Add and correct only.
-    AddOnly,
-    /// Add, correct and remove.
-    Full,
-}
+pub use crate::wireguard::Mode;
 
 /// A netlink connection to the kernel of the namespace it was opened in.
 pub struct Reconciler {

@@ -55,6 +55,16 @@ pub fn interface_mtu(underlay_mtu: u32, underlay: IpAddr) -> u32 {
     underlay_mtu.saturating_sub(overhead)
 }
 
+/// Whether a pass may remove what no plan wants (the VXLAN reconciler's
+/// and the kernel WireGuard's: it lives here, below both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Add and correct only.
+    AddOnly,
+    /// Add, correct and remove.
+    Full,
+}
+
 /// Another host as this host's WireGuard must know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Peer {
