@@ -56,6 +56,14 @@ pub enum NetdevError {
     /// `nft` failed or could not be run.
     #[error("{0}")]
     Firewall(String),
+    /// This kernel has no WireGuard (no module, or built without it): it
+    /// refused a device of kind `wireguard`, or knows no generic netlink
+    /// family `wireguard`. Nothing was changed; the agent may take the
+    /// userspace path instead.
+    #[error(
+        "this kernel has no WireGuard ({0}): load the wireguard module (modprobe wireguard) or take the userspace path"
+    )]
+    NoKernelWireguard(String),
     /// Something the kernel just created was not found.
     #[error("{0} is missing")]
     Missing(&'static str),

@@ -1,22 +1,22 @@
 //! One idempotent verb per function over rtnetlink: read the links, FDB
 //! and neighbour entries mesh owns; create, adopt or remove bridges, VXLAN
-//! devices and veth pairs; set and remove entries. "Already exists" and
+//! devices, veth pairs and the WireGuard interface; set and remove entries. "Already exists" and
 //! "not found" are success where that is the intent.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{RouteAttribute, RouteHeader};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 
 use crate::error::NetdevError;
 
@@ -36,6 +36,8 @@ pub struct Link {
     pub vxlan: Option<(u32, Option<IpAddr>, Option<u16>)>,
     /// The index of the bridge it is enslaved to.
     pub controller: Option<u32>,
+    /// Whether it is administratively up.
+    pub up: bool,
 }
 
 /// How to build a VXLAN device.
@@ -80,8 +82,15 @@ pub async fn links(handle: &Handle) -> Result<BTreeMap<String, Link>, NetdevErro
 }
 
 fn link_of(message: &LinkMessage) -> Link {
-    let mut link =
-        Link { index: message.header.index, name: String::new(), mtu: 0, kind: None, vxlan: None, controller: None };
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        mtu: 0,
+        kind: None,
+        vxlan: None,
+        controller: None,
+        up: message.header.flags.contains(LinkFlags::Up),
+    };
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(name) => link.name.clone_from(name),
@@ -190,6 +199,66 @@ pub async fn add_vxlan(handle: &Handle, name: &str, spec: VxlanSpec) -> Result<(
     };
     let message = device.port(spec.port).learning(false).proxy(true).mtu(spec.mtu).controller(spec.bridge).up().build();
     handle.link().add(message).execute().await.map_err(netlink("vxlan add"))
+}
+
+/// Creates the WireGuard interface `name` (down, no address): a kernel
+/// without WireGuard is [`NetdevError::NoKernelWireguard`].
+pub async fn add_wireguard(handle: &Handle, name: &str) -> Result<(), NetdevError> {
+    match handle.link().add(LinkWireguard::new(name).build()).execute().await {
+        // EOPNOTSUPP: the kernel's answer to a kind it has no driver for.
+        Err(rtnetlink::Error::NetlinkError(refusal)) if refusal.raw_code().abs() == 95 => {
+            Err(NetdevError::NoKernelWireguard(format!("a link of kind wireguard: {refusal}")))
+        }
+        result => result.map_err(netlink("wireguard add")),
+    }
+}
+
+/// Sets the MTU of the link `index` and brings it up.
+pub async fn set_mtu_up(handle: &Handle, index: u32, mtu: u32) -> Result<(), NetdevError> {
+    let message = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+    handle.link().set(message).execute().await.map_err(netlink("link mtu and up"))
+}
+
+/// The IPv6 addresses (with prefix lengths) of the interface `index`.
+pub async fn addresses6_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv6Addr, u8)>, NetdevError> {
+    let mut dump = handle.address().get().set_link_index_filter(index).execute();
+    let mut found = Vec::new();
+    while let Some(message) = dump.try_next().await.map_err(netlink("address dump"))? {
+        for attribute in &message.attributes {
+            if let AddressAttribute::Address(IpAddr::V6(ip)) = attribute {
+                found.push((*ip, message.header.prefix_len));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Adds `ip/prefix` to the interface `index` with no duplicate address
+/// detection (`nodad`: usable at once).
+pub async fn add_address6_nodad(handle: &Handle, index: u32, ip: Ipv6Addr, prefix: u8) -> Result<(), NetdevError> {
+    let mut request = handle.address().add(index, IpAddr::V6(ip), prefix);
+    request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request.execute().await.map_err(netlink("address add"))
+}
+
+/// What the link `index` dropped on receipt: its `rx_errors` and
+/// `rx_dropped` counters (`None` if there is no such link).
+pub async fn receive_drops(handle: &Handle, index: u32) -> Result<Option<(u64, u64)>, NetdevError> {
+    let mut stream = handle.link().get().match_index(index).execute();
+    let mut drops = None;
+    loop {
+        match stream.try_next().await {
+            Ok(Some(message)) => {
+                drops = drops.or(message.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Stats64(stats) => Some((stats.rx_errors, stats.rx_dropped)),
+                    _ => None,
+                }));
+            }
+            Ok(None) => return Ok(drops),
+            Err(error) if is_missing(&error) => return Ok(None),
+            Err(error) => return Err(NetdevError::Netlink { what: "link get", source: error }),
+        }
+    }
 }
 
 /// Creates the veth pair `host`/`peer`: `host` enslaved to `bridge`, up.

@@ -585,6 +585,7 @@ mod tests {
             kind: Some("vxlan".into()),
             vxlan: Some((42, Some(local), Some(4789))),
             controller: None,
+            up: true,
         };
         let wanted = |local| VxlanSpec { vni: 42, local, underlay: 2, port: 4789, mtu: 0, bridge: 0 };
         assert!(check_vxlan(&link(vtep6(1)), &wanted(vtep6(1))).is_ok());
