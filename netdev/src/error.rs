@@ -64,6 +64,16 @@ pub enum NetdevError {
         "this kernel has no WireGuard ({0}): load the wireguard module (modprobe wireguard) or take the userspace path"
     )]
     NoKernelWireguard(String),
+    /// The kernel's WireGuard refused or failed a generic netlink request
+    /// (or answered with something else than asked); what the request was
+    /// to change may be partly changed.
+    #[error("wireguard netlink {what}: {reason}")]
+    Wireguard {
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's answer, or what was wrong with it.
+        reason: String,
+    },
     /// Something the kernel just created was not found.
     #[error("{0} is missing")]
     Missing(&'static str),

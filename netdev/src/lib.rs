@@ -14,6 +14,8 @@
 //!   one nftables table that mesh owns;
 //! - [`wireguard`]: the encrypted path between hosts (interface, port,
 //!   tunnel addresses, MTU, peers);
+//! - [`wg_genl`]: the kernel's WireGuard over generic netlink (a device's
+//!   dump, changes to it);
 //! - `error`: [`NetdevError`], the error of them all.
 
 mod error;
@@ -21,6 +23,7 @@ pub mod firewall;
 pub mod kernel;
 pub mod netns;
 pub mod reconcile;
+pub mod wg_genl;
 pub mod wireguard;
 
 use std::collections::HashMap;
