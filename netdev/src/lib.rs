@@ -16,6 +16,7 @@
 //!   tunnel addresses, MTU, peers);
 //! - [`wg_genl`]: the kernel's WireGuard over generic netlink (a device's
 //!   dump, changes to it);
+//! - [`wg_kernel`]: the kernel path, `mwg0` kept as wanted by diff;
 //! - `error`: [`NetdevError`], the error of them all.
 
 mod error;
@@ -24,6 +25,7 @@ pub mod kernel;
 pub mod netns;
 pub mod reconcile;
 pub mod wg_genl;
+pub mod wg_kernel;
 pub mod wireguard;
 
 use std::collections::HashMap;
