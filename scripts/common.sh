@@ -44,8 +44,9 @@ ensure_rust() {
 # nft (the demo's network has a way out, masqueraded by nftables).
 DEMO_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bind9-dnsutils nftables)
 
-# What scripts/kernel-vm.sh needs to boot Debian's stock kernel under qemu.
-VM_PACKAGES=(qemu-system-x86 busybox-static cpio kmod)
+# What scripts/kernel-vm.sh needs to boot Debian's stock kernel under qemu,
+# and wg, which the kernel WireGuard test reads the device with in the VM.
+VM_PACKAGES=(qemu-system-x86 busybox-static cpio kmod wireguard-tools)
 
 # What the tests use beside the demo's: serf for the membership baseline,
 # iperf3 for the overlay benchmark, dnsperf and dnsmasq for DNS, dockerd and
