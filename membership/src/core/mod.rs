@@ -14,6 +14,8 @@ mod lifeguard;
 mod peers;
 mod records;
 mod swim_codec;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -128,4 +128,15 @@ mod tests {
         assert_eq!(shared.lock().fresh, vec![record]);
         assert!(handler.receive_item(&[0xff, 0xff], Some(&sender)).is_err());
     }
+
+    #[test]
+    fn a_record_needing_protocol_2_heard_by_gossip_is_merged_but_not_passed_on() {
+        let shared = SharedStore::default();
+        let mut handler = RecordGossip::new(shared.clone());
+        let sender =
+            NodeIdentity { id: node(2), bump: 0, name: "b".into(), addr: "198.18.0.2:7950".parse().expect("addr") };
+        let record = member_record(2, 1, member(9), 2);
+        assert!(handler.receive_item(&encode(&record), Some(&sender)).expect("valid").is_none());
+        assert_eq!(shared.lock().fresh, vec![record]);
+    }
 }
