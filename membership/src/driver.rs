@@ -16,7 +16,7 @@ use crate::core::{Core, Event, MemberInfo, PublishError};
 use crate::identity::{NodeId, NodeIdentity, Status};
 use crate::pki::{ClusterCa, ClusterSecret, Fingerprint};
 use crate::records::view::View;
-use crate::records::CaRotation;
+use crate::records::{CaRotation, MemberSpec, PolicySpec};
 use crate::transport::{Credentials, EnrolError, Inbound, Transport, TransportError};
 use rustls::pki_types::CertificateDer;
 
@@ -91,6 +91,17 @@ pub enum RotateError {
     /// The new CA could not be installed.
     #[error("{0}")]
     Keyring(String),
+    /// The membership task has stopped.
+    #[error("the membership task has stopped")]
+    Stopped,
+}
+
+/// A record change through [`Membership`] failed. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The record could not be published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     /// The membership task has stopped.
     #[error("the membership task has stopped")]
     Stopped,
@@ -224,6 +235,19 @@ impl Membership {
         .map_err(|_| RotateError::Stopped)?
     }
 
+    /// Writes or updates this node's member record (see
+    /// [`Core::announce_member`]: no new version if `spec` is what it holds).
+    pub async fn announce_member(&self, spec: MemberSpec) -> Result<(), ChangeError> {
+        self.with_core(move |core, now| core.announce_member(now, spec)).await.map_err(|_| ChangeError::Stopped)??;
+        Ok(())
+    }
+
+    /// Sets the cluster's encryption policy (see [`Core::set_policy`]).
+    pub async fn set_policy(&self, spec: PolicySpec) -> Result<(), ChangeError> {
+        self.with_core(move |core, now| core.set_policy(now, spec)).await.map_err(|_| ChangeError::Stopped)??;
+        Ok(())
+    }
+
     /// What this node's connections to members carried so far.
     pub fn traffic(&self) -> crate::traffic::TrafficSnapshot {
         self.transport.traffic()
@@ -275,7 +299,8 @@ impl Driver {
             };
             let now = Instant::now();
             match input {
-                Input::Datagram(Inbound { from, payload }) => {
+                Input::Datagram(Inbound { from, payload, protocol }) => {
+                    self.core.set_protocol(from, protocol);
                     if let Err(error) = self.core.handle_datagram(now, from, &payload) {
                         tracing::debug!(peer = ?from, %error, "dropped a frame");
                     }

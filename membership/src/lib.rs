@@ -4,8 +4,10 @@
 //!   leave protocol and a cluster-size-aware configuration). It takes
 //!   `(now, input)` and yields datagrams, events and its next deadline, so
 //!   the agent's [`driver`] and the simulator run the very same code.
-//! - [`records`]: the replicated networks and endpoints, their merge rules
-//!   and the view derived from them; the core disseminates and syncs them.
+//! - [`records`]: the replicated networks, endpoints, member records and
+//!   policy, their merge rules and the view derived from them; the core
+//!   disseminates and syncs them (those that need protocol 2 only to
+//!   members whose connection negotiated `mesh/2`).
 //! - [`transport`]: QUIC (quinn) with mutual TLS between members;
 //!   [`traffic`]: what it carried.
 //! - [`node_key`]: a node's Ed25519 identity key, whose hash is its id and
@@ -56,6 +58,6 @@ pub mod wire;
 mod timers;
 
 pub use crate::core::{Core, Event, MemberInfo, Owned, PublishError, RecordStats, SyncSeen};
-pub use crate::driver::{CurrentView, JoinError, Membership, RotateError};
+pub use crate::driver::{ChangeError, CurrentView, JoinError, Membership, RotateError};
 pub use crate::identity::{NodeId, NodeIdentity, Status};
 pub use crate::node_key::NodeKey;

@@ -14,8 +14,20 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::pki::{fingerprint, Fingerprint, NodeCredentials};
 
-/// ALPN protocol name of mesh's agent-to-agent protocol.
-pub const ALPN: &[u8] = b"mesh/1";
+/// ALPN name of protocol 1 of mesh's agent-to-agent protocol, all that
+/// agents of 0.1 and 0.2 offer.
+pub const ALPN_V1: &[u8] = b"mesh/1";
+/// ALPN name of protocol 2 (mesh 0.3 on: the records of the encrypted
+/// data plane).
+pub const ALPN_V2: &[u8] = b"mesh/2";
+/// The ALPN names offered, and accepted, the preferred first: two agents
+/// of 0.3 negotiate `mesh/2`, one of 0.3 and one of 0.2 `mesh/1` (a server
+/// picks the first of its own list that the client offers).
+pub const ALPN: [&[u8]; 2] = [ALPN_V2, ALPN_V1];
+
+fn alpn_protocols() -> Vec<Vec<u8>> {
+    ALPN.iter().map(|name| name.to_vec()).collect()
+}
 
 /// A TLS configuration could not be built from the credentials.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +120,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(creds.chain(), creds.private_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_protocols();
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(transport());
     Ok(config)
@@ -124,7 +136,7 @@ pub fn member_client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(roots)?)
         .with_client_auth_cert(creds.chain(), creds.private_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_protocols();
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     config.transport_config(transport());
     Ok(config)
@@ -139,7 +151,7 @@ pub fn enrol_client_config(ca_fingerprint: Fingerprint) -> Result<quinn::ClientC
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_protocols();
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     config.transport_config(transport());
     Ok(config)

@@ -31,7 +31,7 @@ use crate::pki::{
 use crate::records::CaRotation;
 use crate::tls::{self, TlsError};
 use crate::traffic::{Channel, Traffic, TrafficSnapshot};
-use crate::wire::PROTOCOL_VERSION;
+use crate::wire::{Protocol, PROTOCOL_VERSION};
 
 /// How long a connection attempt or an enrolment may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,6 +57,8 @@ pub struct Inbound {
     pub from: NodeId,
     /// The frame's bytes.
     pub payload: Vec<u8>,
+    /// What the frame's connection negotiated.
+    pub protocol: Protocol,
 }
 
 /// A transport operation failed.
@@ -556,6 +558,7 @@ impl Transport {
 
     async fn read_loop(self: Arc<Self>, node: NodeId, conn: Connection) {
         self.traffic.opened(&conn);
+        let protocol = negotiated(&conn);
         loop {
             let (channel, payload) = tokio::select! {
                 () = self.shutdown.cancelled() => break,
@@ -582,7 +585,7 @@ impl Transport {
                 },
             };
             self.traffic.received(channel, payload.len());
-            if self.inbound.send(Inbound { from: node, payload }).await.is_err() {
+            if self.inbound.send(Inbound { from: node, payload, protocol }).await.is_err() {
                 break;
             }
         }
@@ -636,6 +639,20 @@ async fn dial(
             "no answer within {}s (is a mesh agent listening there?)",
             CONNECT_TIMEOUT.as_secs()
         ))),
+    }
+}
+
+/// What a connection negotiated: protocol 2 if its ALPN name is `mesh/2`,
+/// else protocol 1 (`mesh/1`, or none).
+fn negotiated(conn: &Connection) -> Protocol {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if alpn.as_deref() == Some(tls::ALPN_V2) {
+        Protocol::V2
+    } else {
+        Protocol::V1
     }
 }
 

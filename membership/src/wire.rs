@@ -1,6 +1,10 @@
 //! The framing of every agent-to-agent message: a protocol version byte, then
 //! a postcard-encoded [`Frame`]. Decoding never trusts a length field beyond
 //! the bytes actually received.
+//!
+//! Within the version, what a member reads grows by [`Protocol`], which
+//! its connection negotiates (ALPN): frames and records new in protocol 2
+//! go only to members that negotiated it.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +19,18 @@ use crate::records::Record;
 /// major version of mesh: minor versions keep the protocol, and a scenario
 /// runs the previous minor release beside this build.
 pub const PROTOCOL_VERSION: u8 = 3;
+
+/// What a member's connection negotiated (its ALPN name), so what it
+/// reads. Ordered: a member speaking a protocol reads the earlier ones'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `mesh/1`, all an agent of 0.1 or 0.2 speaks: no frame from
+    /// [`Frame::SyncV2Hello`] on, and no record that
+    /// [`needs_v2`](crate::records::Record::needs_v2).
+    V1,
+    /// `mesh/2` (mesh 0.3 on): everything.
+    V2,
+}
 
 /// One message between agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +69,33 @@ pub enum Frame {
         /// The member whose probe failed.
         accuser: crate::identity::NodeId,
     },
+    /// Anti-entropy, step 1, between members speaking [`Protocol::V2`]:
+    /// `SyncHello`'s roots and that of the records that need protocol 2.
+    SyncV2Hello {
+        /// The sender's root of the records every member reads.
+        records: u64,
+        /// A hash of the members the sender sees active.
+        members: u64,
+        /// The sender's root of the records that need protocol 2.
+        records_v2: u64,
+    },
+    /// Step 2 for the records that need protocol 2 (their roots differ):
+    /// the receiver's per-bucket hashes of them.
+    SyncV2Digest(Vec<u64>),
+    /// Step 3 for them: "send me your records of these buckets that need
+    /// protocol 2" (the sender has just sent its own).
+    SyncV2Pull(Vec<Bucket>),
+}
+
+impl Frame {
+    /// The protocol a member must speak to be sent this frame. Records in
+    /// a frame are the sender's to filter.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Self::SyncV2Hello { .. } | Self::SyncV2Digest(_) | Self::SyncV2Pull(_) => Protocol::V2,
+            _ => Protocol::V1,
+        }
+    }
 }
 
 /// Why bytes from a peer were not a frame.
@@ -95,6 +138,20 @@ mod tests {
         for frame in [Frame::Swim(vec![1, 2, 3]), Frame::Leave, Frame::Members(Vec::new())] {
             assert_eq!(decode(&encode(&frame)).ok(), Some(frame));
         }
+    }
+
+    #[test]
+    fn frames_of_protocol_1_keep_their_bytes_and_the_new_ones_are_appended() {
+        // As protocol 3 of mesh 0.1 and 0.2 encodes them.
+        let hello = Frame::SyncHello { records: 1, members: 2 };
+        assert_eq!(encode(&hello), [PROTOCOL_VERSION, 5, 1, 2]);
+        assert_eq!(encode(&Frame::SyncPull(vec![7])), [PROTOCOL_VERSION, 7, 1, 7]);
+        assert_eq!(hello.protocol(), Protocol::V1);
+        let v2 = Frame::SyncV2Hello { records: 1, members: 2, records_v2: 3 };
+        assert_eq!(encode(&v2), [PROTOCOL_VERSION, 10, 1, 2, 3]);
+        assert_eq!(decode(&encode(&v2)).ok(), Some(v2.clone()));
+        assert_eq!(v2.protocol(), Protocol::V2);
+        assert!(Protocol::V1 < Protocol::V2);
     }
 
     #[test]

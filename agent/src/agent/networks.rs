@@ -126,6 +126,7 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
             name: body.name,
             driver,
             internal: false,
+            encrypted: false,
             vni,
             subnet: None,
             gateway: None,

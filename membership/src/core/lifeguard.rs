@@ -34,6 +34,7 @@ use foca::{Incarnation, Member, State, Timer};
 
 use super::{config_for, Core, CoreError, CoreTimer};
 use crate::identity::{NodeId, NodeIdentity};
+use crate::records::Tier;
 use crate::wire::Frame;
 
 /// Highest local health score (memberlist's awareness maximum is 8).
@@ -256,7 +257,7 @@ impl Core {
             }
         }
         let frame = Frame::Suspect { target, incarnation, accuser };
-        for peer in self.relay_targets(Some(from)) {
+        for peer in self.relay_targets(Some(from), Tier::V1) {
             self.send_unreliable(&peer, &frame);
         }
         Ok(())
@@ -283,7 +284,7 @@ impl Core {
         self.timers.insert(suspicion.deadline(), CoreTimer::SuspicionDue(target.id));
         self.lifeguard.suspicions.insert(target.id, suspicion);
         let frame = Frame::Suspect { target: target.clone(), incarnation, accuser: self.identity().id };
-        for peer in self.push_targets(Some(target.id)) {
+        for peer in self.push_targets(Some(target.id), Tier::V1) {
             self.send(&peer, &frame);
         }
         self.send(&target, &frame);

@@ -8,11 +8,14 @@
 
 mod config;
 mod control;
+mod encryption;
 mod held;
 mod lifeguard;
 mod peers;
 mod records;
 mod swim_codec;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,9 +32,9 @@ use self::swim_codec::SwimCodec;
 use crate::identity::{NodeId, NodeIdentity, Status};
 use crate::node_key::NodeKey;
 use crate::records::gossip::{RecordGossip, SharedStore};
-use crate::records::{Record, RecordKey};
+use crate::records::{MemberSpec, Record, RecordKey};
 use crate::timers::TimerQueue;
-use crate::wire::{self, Frame, WireError};
+use crate::wire::{self, Frame, Protocol, WireError};
 
 /// Largest SWIM packet foca builds. It fits one QUIC datagram on any path
 /// with the IPv6 minimum MTU (QUIC guarantees at least 1200 bytes of UDP
@@ -184,6 +187,11 @@ pub struct Core {
     sync_stats: records::SyncStats,
     /// Records members were seen holding lately, not sent to them again.
     recently_held: held::RecentlyHeld,
+    /// The protocol each member's connection negotiated, as the driver told.
+    protocols: HashMap<NodeId, Protocol>,
+    /// What this node last announced in its member record: the truth it
+    /// restores if a peer holds another version.
+    announced: Option<MemberSpec>,
 }
 
 impl Core {
@@ -223,6 +231,8 @@ impl Core {
             seal_checks_scheduled: false,
             sync_stats: records::SyncStats::default(),
             recently_held: held::RecentlyHeld::default(),
+            protocols: HashMap::new(),
+            announced: None,
         }
     }
 

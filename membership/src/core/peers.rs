@@ -1,12 +1,16 @@
 //! Whom the record layer talks to: SWIM's active members or, in
 //! simulations too large for full member lists, an oracle standing in
-//! for them.
+//! for them; and which protocol each speaks, as its connection negotiated.
+
+use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::seq::IteratorRandom;
 
 use super::Core;
 use crate::identity::{NodeId, NodeIdentity};
+use crate::records::Tier;
+use crate::wire::Protocol;
 
 /// The cluster's active members, known without SWIM. Only simulations use
 /// one: at 10,000 nodes, every node's foca holding every member takes
@@ -31,6 +35,22 @@ impl Core {
         self.oracle = Some(oracle);
     }
 
+    /// Notes that member `peer`'s connection negotiated `protocol` (the
+    /// driver tells, with each frame, what the frame's connection
+    /// negotiated). Until told, a member counts as speaking
+    /// [`Protocol::V1`]: it is sent nothing that needs protocol 2.
+    pub fn set_protocol(&mut self, peer: NodeId, protocol: Protocol) {
+        if self.protocols.get(&peer) != Some(&protocol) {
+            self.protocols.insert(peer, protocol);
+        }
+    }
+
+    /// The protocol member `peer`'s connection negotiated, as last told
+    /// ([`Protocol::V1`] if never).
+    pub fn protocol_of(&self, peer: NodeId) -> Protocol {
+        self.protocols.get(&peer).copied().unwrap_or(Protocol::V1)
+    }
+
     /// Number of active members, this node excluded.
     pub(super) fn peer_count(&self) -> usize {
         match &self.oracle {
@@ -39,37 +59,41 @@ impl Core {
         }
     }
 
-    /// Up to `k` random active members, never `exclude`.
-    pub(super) fn sample_peers(&mut self, k: usize, exclude: Option<NodeId>) -> Vec<NodeIdentity> {
+    /// Up to `k` random active members that read records of `tier`, never `exclude`.
+    pub(super) fn sample_peers(&mut self, k: usize, exclude: Option<NodeId>, tier: Tier) -> Vec<NodeIdentity> {
         match &self.oracle {
-            Some(oracle) => oracle.sample(&mut self.rng, k, exclude),
+            Some(oracle) => {
+                let mut sample = oracle.sample(&mut self.rng, k, exclude);
+                sample.retain(|peer| reads(&self.protocols, peer.id, tier));
+                sample
+            }
             None => self
                 .swim
                 .iter_members()
                 .map(|m| m.id().clone())
-                .filter(|id| Some(id.id) != exclude)
+                .filter(|id| Some(id.id) != exclude && reads(&self.protocols, id.id, tier))
                 .sample(&mut self.rng, k),
         }
     }
 
-    /// Whom the origin of a change pushes it to: every active member in
-    /// clusters up to [`super::DIRECT_PUSH_LIMIT`], [`push_fanout`] random
-    /// ones above it; never `exclude`.
-    pub(super) fn push_targets(&mut self, exclude: Option<NodeId>) -> Vec<NodeIdentity> {
+    /// Whom the origin of a change of `tier` pushes it to: every active
+    /// member that reads it in clusters up to [`super::DIRECT_PUSH_LIMIT`],
+    /// [`push_fanout`] random ones above it; never `exclude`.
+    pub(super) fn push_targets(&mut self, exclude: Option<NodeId>, tier: Tier) -> Vec<NodeIdentity> {
         let members = self.peer_count();
         let fanout = if members <= super::DIRECT_PUSH_LIMIT { members } else { push_fanout(members) };
-        self.sample_peers(fanout, exclude)
+        self.sample_peers(fanout, exclude, tier)
     }
 
-    /// Whom a receiver relays news to: nobody up to
+    /// Whom a receiver relays news of `tier` to: nobody up to
     /// [`super::DIRECT_PUSH_LIMIT`] members (the origin reached them all),
-    /// [`push_fanout`] random members above it, never `from`.
-    pub(super) fn relay_targets(&mut self, from: Option<NodeId>) -> Vec<NodeIdentity> {
+    /// [`push_fanout`] random members that read it above it, never `from`.
+    pub(super) fn relay_targets(&mut self, from: Option<NodeId>, tier: Tier) -> Vec<NodeIdentity> {
         let members = self.peer_count();
         if members <= super::DIRECT_PUSH_LIMIT {
             return Vec::new();
         }
-        self.sample_peers(push_fanout(members), from)
+        self.sample_peers(push_fanout(members), from, tier)
     }
 
     /// The active member with id `id`.
@@ -83,6 +107,12 @@ impl Core {
                 .map(|m| m.id().clone()),
         }
     }
+}
+
+/// Whether member `peer` may be sent records of `tier`, by the protocols
+/// members' connections negotiated.
+fn reads(protocols: &HashMap<NodeId, Protocol>, peer: NodeId, tier: Tier) -> bool {
+    tier == Tier::V1 || protocols.get(&peer).is_some_and(|&p| p >= Protocol::V2)
 }
 
 /// How many members a change is pushed or relayed to in a cluster of

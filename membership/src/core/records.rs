@@ -12,6 +12,12 @@
 //! 3. **sync**: every [`SYNC_EVERY`], and whenever a member comes (back)
 //!    up, this node compares store roots with a member; if they differ the
 //!    two exchange the records of the digest buckets that differ, in pages.
+//!
+//! Records that need protocol 2 ([`Tier::V2`]) take only the ways to
+//! members whose connection negotiated it: pushed and relayed only to them,
+//! never gossiped (a broadcast reaches every member), and synced under a
+//! second root that only they compare ([`Frame::SyncV2Hello`]), so the
+//! first root stays comparable with an agent of 0.2.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -24,9 +30,9 @@ use crate::records::store::{Bucket, BUCKETS};
 use crate::records::view::View;
 use crate::records::{
     encode, log_refused, stable_hash, EndpointSpec, InvalidRecord, NetworkId, NetworkSpec, Record, RecordKey, Refused,
-    Value,
+    Tier, Value,
 };
-use crate::wire::{self, Frame};
+use crate::wire::{self, Frame, Protocol};
 
 /// Up to this many active members, a change is pushed to every one.
 pub const DIRECT_PUSH_LIMIT: usize = 64;
@@ -87,7 +93,8 @@ pub struct RecordStats {
     /// Records by kind ([`RecordKey::kind`]) and whether they are
     /// tombstones: how many.
     pub records: std::collections::BTreeMap<(&'static str, bool), usize>,
-    /// Equal on two nodes holding the same records.
+    /// Equal on two nodes holding the same records (both tiers: see
+    /// [`Store::digest`](crate::records::store::Store::digest)).
     pub records_root: u64,
     /// Equal on two nodes that see the same members active.
     pub members_root: u64,
@@ -97,8 +104,8 @@ pub struct RecordStats {
 
 /// What a node persists to come back unchanged after a restart: its own
 /// endpoints, its version counter, and the cluster-wide records it knows
-/// (networks, the join secret, removals: a lone node has nobody to learn
-/// them from again).
+/// (networks, the join secret, removals, member records, the policy: a
+/// lone node has nobody to learn them from again).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owned {
     /// The next version the node gives a record.
@@ -106,7 +113,7 @@ pub struct Owned {
     /// The node's live endpoints.
     pub endpoints: Vec<Record>,
     /// Every cluster-wide record held (networks, the join secret,
-    /// removals), tombstones included.
+    /// removals, member records, the policy), tombstones included.
     pub networks: Vec<Record>,
 }
 
@@ -203,9 +210,10 @@ impl Core {
         self.shared.lock().store.get(key).cloned()
     }
 
-    /// A number equal on two nodes holding the same records.
+    /// A number equal on two nodes holding the same records (see
+    /// [`Store::digest`](crate::records::store::Store::digest)).
     pub fn records_root(&self) -> u64 {
-        self.shared.lock().store.root()
+        self.shared.lock().store.digest()
     }
 
     /// The records held and how syncs go.
@@ -215,7 +223,7 @@ impl Core {
         for record in shared.store.iter() {
             *records.entry((record.key.kind(), matches!(record.value, Value::Deleted { .. }))).or_default() += 1;
         }
-        let records_root = shared.store.root();
+        let records_root = shared.store.digest();
         drop(shared);
         RecordStats { records, records_root, members_root: self.members_root(), sync: self.sync_stats }
     }
@@ -297,35 +305,67 @@ impl Core {
             Frame::SyncRecords(records) => {
                 self.merge(now, from, records);
             }
-            Frame::SyncHello { records, members } => {
-                let Some(peer) = self.active_peer(from) else { return };
-                let ours = self.shared.lock().store.root();
-                self.saw_sync(now, from, records == ours);
-                if records != ours {
-                    let digest = self.shared.lock().store.buckets().to_vec();
-                    self.send(&peer, &Frame::SyncDigest(digest));
-                }
-                if members != self.members_root() && self.may_pull_members(now) {
-                    self.request_members(peer);
-                }
+            Frame::SyncHello { records, members } => self.answer_hello(now, from, (records, members), None),
+            Frame::SyncV2Hello { records, members, records_v2 } => {
+                self.answer_hello(now, from, (records, members), Some(records_v2));
             }
-            Frame::SyncDigest(theirs) if theirs.len() == BUCKETS => {
-                let Some(peer) = self.active_peer(from) else { return };
-                self.saw_sync(now, from, false);
-                let differing = self.shared.lock().store.differing(&theirs);
-                self.send_buckets(now, &peer, &differing);
-                self.send(&peer, &Frame::SyncPull(differing.into_iter().collect()));
-            }
-            Frame::SyncPull(buckets) => {
-                let Some(peer) = self.active_peer(from) else { return };
-                let wanted: BTreeSet<Bucket> =
-                    buckets.into_iter().take(BUCKETS).filter(|&b| usize::from(b) < BUCKETS).collect();
-                self.send_buckets(now, &peer, &wanted);
-            }
+            Frame::SyncDigest(theirs) if theirs.len() == BUCKETS => self.answer_digest(now, from, Tier::V1, &theirs),
+            Frame::SyncV2Digest(theirs) if theirs.len() == BUCKETS => self.answer_digest(now, from, Tier::V2, &theirs),
+            Frame::SyncPull(buckets) => self.answer_pull(now, from, Tier::V1, buckets),
+            Frame::SyncV2Pull(buckets) => self.answer_pull(now, from, Tier::V2, buckets),
             _ => tracing::debug!(peer = ?from, "ignored a malformed sync frame"),
         }
         self.schedule_seal_checks(now);
         self.drain(now);
+    }
+
+    /// Answers a sync round's hello: the roots of the records every member
+    /// reads and of the members, and, from a member speaking protocol 2,
+    /// the root of the records that need it. Sends the digest of each tier
+    /// whose root differs.
+    fn answer_hello(&mut self, now: Instant, from: NodeId, (records, members): (u64, u64), records_v2: Option<u64>) {
+        let Some(peer) = self.active_peer(from) else { return };
+        let (ours, ours_v2) = {
+            let shared = self.shared.lock();
+            (shared.store.root(Tier::V1), shared.store.root(Tier::V2))
+        };
+        let v2_differs = records_v2.is_some_and(|theirs| theirs != ours_v2);
+        self.saw_sync(now, from, records == ours && !v2_differs);
+        if records != ours {
+            let digest = self.shared.lock().store.buckets(Tier::V1).to_vec();
+            self.send(&peer, &Frame::SyncDigest(digest));
+        }
+        if v2_differs {
+            let digest = self.shared.lock().store.buckets(Tier::V2).to_vec();
+            self.send(&peer, &Frame::SyncV2Digest(digest));
+        }
+        if members != self.members_root() && self.may_pull_members(now) {
+            self.request_members(peer);
+        }
+    }
+
+    /// Answers a peer's digest of `tier`'s records: sends this node's
+    /// records of the buckets that differ, then asks for the peer's. (A
+    /// round where both tiers differ counts twice here.)
+    fn answer_digest(&mut self, now: Instant, from: NodeId, tier: Tier, theirs: &[u64]) {
+        let Some(peer) = self.active_peer(from) else { return };
+        self.saw_sync(now, from, false);
+        let differing = self.shared.lock().store.differing(tier, theirs);
+        self.send_buckets(now, &peer, tier, &differing);
+        let buckets = differing.into_iter().collect();
+        let pull = match tier {
+            Tier::V1 => Frame::SyncPull(buckets),
+            Tier::V2 => Frame::SyncV2Pull(buckets),
+        };
+        self.send(&peer, &pull);
+    }
+
+    /// Answers a pull: sends this node's records of `tier` in the buckets asked for.
+    fn answer_pull(&mut self, now: Instant, from: NodeId, tier: Tier, buckets: Vec<Bucket>) {
+        let Some(peer) = self.active_peer(from) else { return };
+        let wanted: BTreeSet<Bucket> =
+            buckets.into_iter().take(BUCKETS).filter(|&b| usize::from(b) < BUCKETS).collect();
+        self.send_buckets(now, &peer, tier, &wanted);
     }
 
     /// Makes sure the seals of records merged unchecked get checked soon,
@@ -366,7 +406,7 @@ impl Core {
     /// Sends a due hello that found nothing to ride with to a random member.
     pub(super) fn sync_alone(&mut self) {
         if std::mem::take(&mut self.hello_due) {
-            if let Some(peer) = self.sample_peers(1, None).pop() {
+            if let Some(peer) = self.sample_peers(1, None, Tier::V1).pop() {
                 self.sync_with(peer);
             }
         }
@@ -384,12 +424,21 @@ impl Core {
         self.sync_with(peer);
     }
 
-    /// Sends `peer` the roots that start a sync round.
+    /// Sends `peer` the roots that start a sync round: with a member
+    /// speaking protocol 2, the root of the records that need it too.
     pub(super) fn sync_with(&mut self, peer: NodeIdentity) {
         if self.has_left {
             return;
         }
-        let hello = Frame::SyncHello { records: self.shared.lock().store.root(), members: self.members_root() };
+        let (records, records_v2) = {
+            let shared = self.shared.lock();
+            (shared.store.root(Tier::V1), shared.store.root(Tier::V2))
+        };
+        let members = self.members_root();
+        let hello = match self.protocol_of(peer.id) {
+            Protocol::V1 => Frame::SyncHello { records, members },
+            Protocol::V2 => Frame::SyncV2Hello { records, members, records_v2 },
+        };
         // A datagram: a lost hello costs one round, and a stream costs a
         // packet and its acknowledgement more, every 5 s on every node.
         self.send_unreliable(&peer, &hello);
@@ -425,6 +474,7 @@ impl Core {
         if !fresh.is_empty() {
             self.records_changed = true;
             self.assert_ownership(now, &fresh);
+            self.assert_member_record(now, &fresh);
             self.expel_removed(now, &fresh);
         }
         if std::mem::take(&mut self.records_changed) {
@@ -464,26 +514,36 @@ impl Core {
     /// over (2.0 KB per change per node on 20 simulated nodes, 4.1 KB on
     /// 1,000) for the stragglers of lost relays, which the origin's gossip
     /// and sync reach anyway. In small clusters the origin pushed it to
-    /// every member over a stream: nothing to relay.
+    /// every member over a stream: nothing to relay. Records that need
+    /// protocol 2 are relayed to members speaking it.
     fn spread(&mut self, fresh: &[Record], from: Option<NodeId>) {
         if fresh.is_empty() || self.peer_count() <= DIRECT_PUSH_LIMIT {
             return;
         }
-        let targets = self.relay_targets(from);
-        let frame = Frame::Records(fresh.to_vec());
-        for target in targets {
-            self.send_unreliable(&target, &frame);
+        for tier in [Tier::V1, Tier::V2] {
+            let records: Vec<Record> = fresh.iter().filter(|r| r.tier() == tier).cloned().collect();
+            if records.is_empty() {
+                continue;
+            }
+            let frame = Frame::Records(records);
+            for target in self.relay_targets(from, tier) {
+                self.send_unreliable(&target, &frame);
+            }
         }
     }
 
-    /// Merges a change made here and sends it on its three ways.
+    /// Merges a change made here and sends it on its three ways (a record
+    /// that needs protocol 2 on the two that reach only members speaking it).
     pub(super) fn publish(&mut self, now: Instant, record: Record) -> Result<(), PublishError> {
         let now_ms = self.wall_ms(now);
         self.shared.lock().store.apply(record.clone(), now_ms)?;
-        if let Err(error) = self.swim.add_broadcast(&encode(&record)) {
-            tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
+        let tier = record.tier();
+        if tier == Tier::V1 {
+            if let Err(error) = self.swim.add_broadcast(&encode(&record)) {
+                tracing::debug!(%error, "record not gossiped (it is pushed and synced)");
+            }
         }
-        let targets = self.push_targets(None);
+        let targets = self.push_targets(None, tier);
         let frame = Frame::Records(vec![record]);
         for target in targets {
             self.send(&target, &frame);
@@ -521,13 +581,13 @@ impl Core {
         }
     }
 
-    /// Sends `peer` this node's records of `buckets`, in pages, but not
-    /// those it was seen holding lately.
-    fn send_buckets(&mut self, now: Instant, peer: &NodeIdentity, buckets: &BTreeSet<Bucket>) {
+    /// Sends `peer` this node's records of `tier` in `buckets`, in pages,
+    /// but not those it was seen holding lately.
+    fn send_buckets(&mut self, now: Instant, peer: &NodeIdentity, tier: Tier, buckets: &BTreeSet<Bucket>) {
         if buckets.is_empty() {
             return;
         }
-        let mut records = self.shared.lock().store.in_buckets(buckets);
+        let mut records = self.shared.lock().store.in_buckets(tier, buckets);
         self.recently_held.keep_unheld(now, peer.id, &mut records);
         let mut page = Vec::new();
         let mut bytes = 0;
@@ -558,13 +618,37 @@ impl Core {
     }
 
     pub(super) fn send(&mut self, to: &NodeIdentity, frame: &Frame) {
-        self.outbox.push_back(Transmit { to: to.clone(), payload: wire::encode(frame), reliable: true });
+        if self.may_send(to.id, frame) {
+            self.outbox.push_back(Transmit { to: to.clone(), payload: wire::encode(frame), reliable: true });
+        }
     }
 
     pub(super) fn send_unreliable(&mut self, to: &NodeIdentity, frame: &Frame) {
+        if !self.may_send(to.id, frame) {
+            return;
+        }
         let payload = wire::encode(frame);
         let reliable = payload.len() > MAX_SWIM_PACKET;
         self.outbox.push_back(Transmit { to: to.clone(), payload, reliable });
+    }
+
+    /// Whether member `to` reads `frame`: every record frame and sync
+    /// frame goes through here, so one that needs protocol 2 never reaches
+    /// a member speaking protocol 1, whatever chose to send it (the callers
+    /// choose their targets so that it never has to refuse one).
+    fn may_send(&self, to: NodeId, frame: &Frame) -> bool {
+        if self.protocol_of(to) >= Protocol::V2 {
+            return true;
+        }
+        let records_v2 = match frame {
+            Frame::Records(records) | Frame::SyncRecords(records) => records.iter().any(Record::needs_v2),
+            _ => false,
+        };
+        if frame.protocol() > Protocol::V1 || records_v2 {
+            tracing::warn!(peer = %to, "not sent: a frame needing protocol 2 to a member speaking protocol 1 (a bug)");
+            return false;
+        }
+        true
     }
 
     pub(super) fn wall_ms(&self, now: Instant) -> u64 {

@@ -2,6 +2,10 @@
 //! handler, so the handler and the core share the store; a record received
 //! this way is merged at once, re-gossiped only if it was news, and a newer
 //! version of a record replaces the older one in foca's backlog.
+//!
+//! A broadcast reaches every member, agents of 0.2 too, so a record that
+//! needs protocol 2 never becomes one: this node never gossips one, and one
+//! a peer gossiped anyway is merged but not passed on.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -84,8 +88,9 @@ impl BroadcastHandler<NodeIdentity> for RecordGossip {
         let now_ms = shared.now_ms;
         match shared.store.apply(record.clone(), now_ms) {
             Ok(true) => {
+                let regossip = !record.needs_v2();
                 shared.fresh.push(record);
-                Ok(Some(key))
+                Ok(regossip.then_some(key))
             }
             Ok(false) => Ok(None),
             Err(error) => {
@@ -122,5 +127,16 @@ mod tests {
         assert!(handler.receive_item(&bytes, Some(&sender)).expect("valid").is_none());
         assert_eq!(shared.lock().fresh, vec![record]);
         assert!(handler.receive_item(&[0xff, 0xff], Some(&sender)).is_err());
+    }
+
+    #[test]
+    fn a_record_needing_protocol_2_heard_by_gossip_is_merged_but_not_passed_on() {
+        let shared = SharedStore::default();
+        let mut handler = RecordGossip::new(shared.clone());
+        let sender =
+            NodeIdentity { id: node(2), bump: 0, name: "b".into(), addr: "198.18.0.2:7950".parse().expect("addr") };
+        let record = member_record(2, 1, member(9), 2);
+        assert!(handler.receive_item(&encode(&record), Some(&sender)).expect("valid").is_none());
+        assert_eq!(shared.lock().fresh, vec![record]);
     }
 }

@@ -1,6 +1,8 @@
-//! The replicated records: networks (cluster-scoped) and endpoints (owned by
-//! the host they live on), how two versions of one record are ordered, and
-//! what a well-formed record is.
+//! The replicated records: networks (cluster-scoped), endpoints (owned by
+//! the host they live on), the control records (join secret, cluster CA,
+//! removals) and those of the encrypted data plane ([`MemberSpec`],
+//! [`PolicySpec`]); how two versions of one record are ordered, and what a
+//! well-formed record is.
 //!
 //! - [`store`]: every record this node holds, with the digest anti-entropy
 //!   compares.
@@ -23,14 +25,24 @@
 //! Every record carries a [`Seal`]: the signature of the node that wrote
 //! it, checked by every node that merges it, however it arrived (pushed,
 //! relayed, gossiped or synced). Only an endpoint's owner may write it, live
-//! or deleted; only a network's creator may write its definition; any
-//! member may delete a network, rotate the join secret or the cluster CA, or
-//! remove a member.
+//! or deleted; only a member may write its own member record; only a
+//! network's creator may write its definition; any member may delete a
+//! network, rotate the join secret or the cluster CA, set the encryption
+//! policy, or remove a member.
 //! Nothing a removed member signs is taken. A node id is the hash of the node's
 //! identity key ([`crate::node_key`]), so the check needs nothing but the
 //! record itself.
+//!
+//! # Protocol 2
+//!
+//! Member records, the policy and encrypted networks are new in mesh 0.3,
+//! and an agent of 0.2 cannot decode them: one such record fails a whole
+//! frame there. They are [`Tier::V2`] records ([`Record::needs_v2`]): sent
+//! only to members whose connection negotiated protocol 2, and kept out of
+//! the digest that 0.2 agents compare.
 
 pub mod gossip;
+mod member;
 pub mod store;
 pub mod view;
 mod wire_network;
@@ -44,6 +56,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
 use crate::node_key::{self, NodeKey, PUBLIC_KEY_LEN};
+
+pub use self::member::{EncryptionPath, MemberSpec, PolicySpec};
 
 /// Longest name of a network, endpoint or alias: one DNS label.
 pub const MAX_NAME: usize = 63;
@@ -116,6 +130,9 @@ pub struct NetworkSpec {
     /// Whether it has no way out (no route to the outside, no masquerade,
     /// no published port): Docker's `--internal`.
     pub internal: bool,
+    /// Whether its VXLAN rides inside WireGuard between the hosts (overlay
+    /// networks only; such a network needs protocol 2).
+    pub encrypted: bool,
     /// VXLAN network identifier (0 for the null driver; a bridge network's
     /// names its bridge).
     pub vni: u32,
@@ -171,6 +188,11 @@ pub enum RecordKey {
     /// The cluster CA since its latest rotation (one record: the latest
     /// rotation wins).
     ClusterCa,
+    /// What a member announces for the encrypted data plane; only that
+    /// member may write it.
+    Member(NodeId),
+    /// The cluster's encryption policy (one record: the latest wins).
+    Policy,
 }
 
 impl RecordKey {
@@ -182,6 +204,8 @@ impl RecordKey {
             Self::JoinSecret => "join_secret",
             Self::Removed(_) => "removed_member",
             Self::ClusterCa => "cluster_ca",
+            Self::Member(_) => "member",
+            Self::Policy => "policy",
         }
     }
 
@@ -189,8 +213,8 @@ impl RecordKey {
     pub fn writer(&self) -> Option<NodeId> {
         match self {
             Self::Network(id) => Some(id.creator),
-            Self::Endpoint { owner, .. } => Some(*owner),
-            Self::JoinSecret | Self::Removed(_) | Self::ClusterCa => None,
+            Self::Endpoint { owner, .. } | Self::Member(owner) => Some(*owner),
+            Self::JoinSecret | Self::Removed(_) | Self::ClusterCa | Self::Policy => None,
         }
     }
 }
@@ -223,6 +247,19 @@ pub enum Value {
     },
     /// The cluster CA since a rotation.
     ClusterCa(CaRotation),
+    /// A member's end of the encrypted data plane.
+    Member(MemberSpec),
+    /// The cluster's encryption policy.
+    Policy(PolicySpec),
+}
+
+/// Which members may be sent a record, and which digest it counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Every member: a record an agent of 0.2 decodes.
+    V1,
+    /// Only members whose connection negotiated protocol 2 (`mesh/2`).
+    V2,
 }
 
 /// A rotation of the cluster CA: the new CA's certificate (its key goes
@@ -394,6 +431,28 @@ impl Record {
         matches!(self.value, Value::Deleted { .. })
     }
 
+    /// Whether only members speaking protocol 2 may be sent this record:
+    /// member records and the policy (live or not), and live encrypted
+    /// networks. A network's tombstone is for everyone: it does not say
+    /// what the network was, and an agent that never held it keeps it
+    /// harmlessly until it is reaped.
+    pub fn needs_v2(&self) -> bool {
+        match (&self.key, &self.value) {
+            (RecordKey::Member(_) | RecordKey::Policy, _) => true,
+            (_, Value::Network(spec)) => spec.encrypted,
+            _ => false,
+        }
+    }
+
+    /// The tier of this record (see [`Record::needs_v2`]).
+    pub fn tier(&self) -> Tier {
+        if self.needs_v2() {
+            Tier::V2
+        } else {
+            Tier::V1
+        }
+    }
+
     /// Checks what a peer cannot be trusted to have checked: names, sizes,
     /// ranges and that the key and value agree.
     pub fn validate(&self) -> Result<(), InvalidRecord> {
@@ -402,10 +461,15 @@ impl Record {
                 Ok(())
             }
             (RecordKey::ClusterCa, Value::ClusterCa(rotation)) => rotation.validate(),
-            (RecordKey::JoinSecret | RecordKey::Removed(_) | RecordKey::ClusterCa, _) => Err(InvalidRecord(
-                "a join secret, a removal or a CA rotation is never deleted or replaced by another kind".into(),
-            )),
+            (RecordKey::Policy, Value::Policy(_)) => Ok(()),
+            (RecordKey::JoinSecret | RecordKey::Removed(_) | RecordKey::ClusterCa | RecordKey::Policy, _) => {
+                Err(InvalidRecord(
+                    "a join secret, a removal, a CA rotation or the policy is never deleted or replaced by another kind"
+                        .into(),
+                ))
+            }
             (_, Value::Deleted { .. }) => Ok(()),
+            (RecordKey::Member(_), Value::Member(spec)) => spec.validate(),
             (RecordKey::Network(_), Value::Network(spec)) => spec.validate(),
             (RecordKey::Endpoint { name, network, .. }, Value::Endpoint(spec)) => {
                 check_name("endpoint", name)?;
@@ -427,6 +491,7 @@ impl NetworkSpec {
             name: name.to_owned(),
             driver: Driver::Overlay,
             internal: false,
+            encrypted: false,
             vni,
             subnet: Some(subnet),
             gateway: subnet.hosts().next(),
@@ -435,9 +500,15 @@ impl NetworkSpec {
         }
     }
 
-    /// Checks the name, VNI, subnet, gateway and MTU.
+    /// Checks the name, VNI, subnet, gateway, MTU and options.
     pub fn validate(&self) -> Result<(), InvalidRecord> {
         check_name("network", &self.name)?;
+        if self.encrypted && self.driver != Driver::Overlay {
+            return Err(InvalidRecord(format!(
+                "a {} network cannot be encrypted: only overlay ones",
+                self.driver.as_str()
+            )));
+        }
         match self.driver {
             Driver::Overlay | Driver::Bridge if !(1..=MAX_VNI).contains(&self.vni) => {
                 return Err(InvalidRecord(format!("VNI {} is out of range (1-{MAX_VNI})", self.vni)));
@@ -605,6 +676,27 @@ pub(crate) mod testing {
     pub(crate) fn tombstone(record: &Record, version: u64, at_ms: u64, writer: u8) -> Record {
         Record::signed(record.key.clone(), version, Value::Deleted { at_ms }, &key(writer))
     }
+
+    /// A member spec with WireGuard key `[byte; 32]` on port 51820.
+    pub(crate) fn member(byte: u8) -> MemberSpec {
+        MemberSpec { wireguard_key: [byte; 32], wireguard_port: 51820, path: EncryptionPath::Kernel }
+    }
+
+    /// Test node `node`'s member record, signed by test node `writer`.
+    pub(crate) fn member_record(node_byte: u8, version: u64, spec: MemberSpec, writer: u8) -> Record {
+        Record::signed(RecordKey::Member(node(node_byte)), version, Value::Member(spec), &key(writer))
+    }
+
+    /// An encrypted overlay network created by test node `creator`.
+    pub(crate) fn encrypted_network(creator: u8, serial: u64, name: &str, vni: u32, subnet: &str) -> Record {
+        let spec = NetworkSpec { encrypted: true, ..network(name, vni, subnet, 1) };
+        Record::signed(
+            RecordKey::Network(NetworkId { creator: node(creator), serial }),
+            1,
+            Value::Network(spec),
+            &key(creator),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -693,10 +785,126 @@ mod tests {
     }
 
     #[test]
+    fn only_a_member_writes_its_member_record_and_any_member_the_policy() {
+        let own = member_record(1, 4, member(9), 1);
+        assert_eq!((own.check_seal(), own.validate()), (Ok(()), Ok(())));
+        let forged = member_record(1, 5, member(8), 2);
+        assert_eq!(forged.check_seal(), Err(Forged::NotEntitled { signer: node(2), entitled: node(1) }));
+        assert!(tombstone(&own, 5, 9, 2).check_seal().is_err(), "nor deletes it");
+        for writer in [1, 2] {
+            let policy = Record::signed(
+                RecordKey::Policy,
+                1,
+                Value::Policy(PolicySpec { encrypt_networks: true }),
+                &key(writer),
+            );
+            assert_eq!((policy.check_seal(), policy.validate()), (Ok(()), Ok(())));
+        }
+    }
+
+    #[test]
+    fn member_and_policy_records_are_checked() {
+        assert!(member_record(1, 1, MemberSpec { wireguard_key: [0; 32], ..member(9) }, 1).validate().is_err());
+        assert!(member_record(1, 1, MemberSpec { wireguard_port: 0, ..member(9) }, 1).validate().is_err());
+        let policy = Record::signed(RecordKey::Policy, 1, Value::Policy(PolicySpec::default()), &key(1));
+        assert!(tombstone(&policy, 2, 9, 1).validate().is_err(), "the policy is never deleted");
+        let mismatched = [
+            Record::signed(RecordKey::Policy, 1, Value::Member(member(9)), &key(1)),
+            Record::signed(RecordKey::Member(node(1)), 1, Value::Policy(PolicySpec::default()), &key(1)),
+            Record::signed(RecordKey::JoinSecret, 1, Value::Policy(PolicySpec::default()), &key(1)),
+        ];
+        assert!(mismatched.iter().all(|r| r.validate().is_err()));
+        let mut bridge = network("br", 10, "10.0.0.0/24", 1);
+        bridge.driver = Driver::Bridge;
+        bridge.encrypted = true;
+        assert!(bridge.validate().is_err(), "only overlay networks are encrypted");
+        assert!(encrypted_network(1, 1, "sec", 10, "10.0.0.0/24").validate().is_ok());
+    }
+
+    #[test]
+    fn member_records_the_policy_and_live_encrypted_networks_need_protocol_2() {
+        let live = encrypted_network(1, 1, "sec", 10, "10.0.0.0/24");
+        let policy = Record::signed(RecordKey::Policy, 1, Value::Policy(PolicySpec::default()), &key(1));
+        let member = member_record(1, 1, member(9), 1);
+        for record in [&live, &policy, &member, &tombstone(&member, 2, 9, 1)] {
+            assert!(record.needs_v2() && record.tier() == Tier::V2, "{record:?}");
+        }
+        let plain = Record::signed(live.key.clone(), 1, Value::Network(network("dev", 11, "10.1.0.0/24", 1)), &key(1));
+        for record in [&plain, &tombstone(&live, 2, 9, 2), &endpoint_record(1, "a", 1, endpoint("dev", "10.1.0.2", 1))]
+        {
+            assert!(!record.needs_v2() && record.tier() == Tier::V1, "{record:?}");
+        }
+    }
+
+    #[test]
     fn an_endpoint_keyed_under_another_network_is_refused() {
         let mut record = endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1));
         assert!(record.validate().is_ok());
         record.key = RecordKey::Endpoint { owner: node(1), name: "a".into(), network: "web".into() };
         assert!(record.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    //! Every kind of record mesh 0.2 writes, encoded and sealed byte for
+    //! byte as 0.2 does (the hashes were taken from 0.2's build): new
+    //! kinds and options must leave them alone, or a 0.2 agent could
+    //! neither check nor compare them.
+
+    use super::testing::*;
+    use super::*;
+
+    fn records_of_0_2() -> Vec<Record> {
+        let id = NetworkId { creator: node(1), serial: 3 };
+        let mut internal = network("dev", 42, "10.1.0.0/24", 7);
+        internal.internal = true;
+        internal.mtu = Some(1400);
+        let bridge = NetworkSpec { driver: Driver::Bridge, ..network("br", 43, "10.2.0.0/24", 8) };
+        let null = NetworkSpec {
+            driver: Driver::Null,
+            vni: 0,
+            subnet: None,
+            gateway: None,
+            ..network("nil", 0, "10.3.0.0/24", 9)
+        };
+        let mut endpoint = endpoint("dev", "10.1.0.5", 11);
+        endpoint.aliases = vec!["web".into()];
+        let rotation = CaRotation {
+            cert_der: vec![1, 2, 3],
+            previous_der: vec![4],
+            cross_der: vec![5, 6],
+            members: vec![node(1), node(2)],
+            rotated_ms: 12,
+            grace_ms: 13,
+        };
+        let live = endpoint_record(2, "svc", 5, endpoint);
+        vec![
+            Record::signed(RecordKey::Network(id), 1, Value::Network(internal), &key(1)),
+            Record::signed(RecordKey::Network(NetworkId { serial: 4, ..id }), 1, Value::Network(bridge), &key(1)),
+            Record::signed(RecordKey::Network(NetworkId { serial: 5, ..id }), 1, Value::Network(null), &key(1)),
+            tombstone(&live, 6, 14, 2),
+            live,
+            Record::signed(RecordKey::JoinSecret, 2, Value::JoinSecret { secret: [7; 32], rotated_ms: 15 }, &key(1)),
+            Record::signed(RecordKey::Removed(node(3)), 1, Value::Removed { at_ms: 16 }, &key(1)),
+            Record::signed(RecordKey::ClusterCa, 1, Value::ClusterCa(rotation), &key(2)),
+        ]
+    }
+
+    #[test]
+    fn records_of_every_earlier_kind_encode_and_seal_as_before() {
+        let hashes: Vec<u64> = records_of_0_2().iter().map(|r| stable_hash(&encode(r))).collect();
+        let of_0_2: [u64; 8] = [
+            0xcb28_0a39_b2e6_3d65,
+            0x7fa1_697e_f44f_42a0,
+            0xd3e1_fc8d_b927_78c4,
+            0x1686_fbca_a8bc_0448,
+            0x9efb_c4df_40ed_dce3,
+            0xd4bb_32f0_cc3d_2af4,
+            0x4cd0_4f47_6dcb_4d14,
+            0x49e9_ef82_1575_9b17,
+        ];
+        assert_eq!(hashes, of_0_2);
+        assert!(records_of_0_2().iter().all(|r| r.check_seal().is_ok() && !r.needs_v2()));
     }
 }

@@ -1,9 +1,11 @@
 //! Every record this node holds, merged by version, with tombstone reaping
-//! and the bucketed digest that anti-entropy compares.
+//! and the bucketed digests that anti-entropy compares: one of the records
+//! every member reads, which agents of 0.2 compare too, and one of those
+//! that need protocol 2 ([`Tier`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::{encode, stable_hash, Forged, Record, RecordKey, Refused, Value};
+use super::{encode, stable_hash, Forged, Record, RecordKey, Refused, Tier, Value};
 use crate::identity::NodeId;
 
 /// Number of digest buckets. A sync whose roots differ compares the
@@ -24,6 +26,9 @@ pub type Bucket = u16;
 struct Entry {
     record: Record,
     hash: u64,
+    /// The digest it counts in (a network's tombstone replaces a live
+    /// encrypted network in the other).
+    tier: Tier,
     /// Whether its seal was checked (see [`Store::apply_all`]).
     checked: bool,
 }
@@ -31,14 +36,22 @@ struct Entry {
 /// The record store of one node.
 pub struct Store {
     records: BTreeMap<RecordKey, Entry>,
+    /// The digest of the [`Tier::V1`] records.
     buckets: Vec<u64>,
+    /// The digest of the [`Tier::V2`] records.
+    buckets_v2: Vec<u64>,
     /// Records merged before their seal was checked, oldest first.
     deferred: VecDeque<RecordKey>,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        Self { records: BTreeMap::new(), buckets: vec![0; BUCKETS], deferred: VecDeque::new() }
+        Self {
+            records: BTreeMap::new(),
+            buckets: vec![0; BUCKETS],
+            buckets_v2: vec![0; BUCKETS],
+            deferred: VecDeque::new(),
+        }
     }
 }
 
@@ -128,9 +141,7 @@ impl Store {
             match verdict {
                 Ok(()) => entry.checked = true,
                 Err(error) => {
-                    if let Some(entry) = self.records.remove(&record.key) {
-                        self.buckets[usize::from(bucket_of(&record.key))] ^= entry.hash;
-                    }
+                    self.remove(&record.key);
                     refused.push(error);
                 }
             }
@@ -166,9 +177,24 @@ impl Store {
     fn insert(&mut self, record: Record, checked: bool) {
         let bucket = usize::from(bucket_of(&record.key));
         let hash = stable_hash(&encode(&record));
-        self.buckets[bucket] ^= hash;
-        if let Some(old) = self.records.insert(record.key.clone(), Entry { record, hash, checked }) {
-            self.buckets[bucket] ^= old.hash;
+        let tier = record.tier();
+        self.buckets_mut(tier)[bucket] ^= hash;
+        if let Some(old) = self.records.insert(record.key.clone(), Entry { record, hash, checked, tier }) {
+            self.buckets_mut(old.tier)[bucket] ^= old.hash;
+        }
+    }
+
+    /// Takes the record of `key` out.
+    fn remove(&mut self, key: &RecordKey) {
+        if let Some(entry) = self.records.remove(key) {
+            self.buckets_mut(entry.tier)[usize::from(bucket_of(key))] ^= entry.hash;
+        }
+    }
+
+    fn buckets_mut(&mut self, tier: Tier) -> &mut Vec<u64> {
+        match tier {
+            Tier::V1 => &mut self.buckets,
+            Tier::V2 => &mut self.buckets_v2,
         }
     }
 
@@ -197,36 +223,56 @@ impl Store {
         let expired: Vec<RecordKey> =
             self.records.values().filter(|e| expired(&e.record, now_ms)).map(|e| e.record.key.clone()).collect();
         for key in &expired {
-            if let Some(entry) = self.records.remove(key) {
-                self.buckets[usize::from(bucket_of(key))] ^= entry.hash;
-            }
+            self.remove(key);
         }
         expired.len()
     }
 
-    /// One number that is equal on two stores holding the same records.
-    pub fn root(&self) -> u64 {
-        let bytes: Vec<u8> = self.buckets.iter().flat_map(|b| b.to_le_bytes()).collect();
+    /// One number that is equal on two stores holding the same records of
+    /// `tier`. The [`Tier::V1`] root is what agents of 0.2 compare.
+    pub fn root(&self, tier: Tier) -> u64 {
+        let bytes: Vec<u8> = self.buckets(tier).iter().flat_map(|b| b.to_le_bytes()).collect();
         stable_hash(&bytes)
     }
 
-    /// The per-bucket hashes ([`BUCKETS`] of them).
-    pub fn buckets(&self) -> &[u64] {
-        &self.buckets
+    /// One number that is equal on two stores holding the same records of
+    /// both tiers: the [`Tier::V1`] root alone while there is no
+    /// [`Tier::V2`] record (so it is also equal on an agent of 0.2 holding
+    /// the same records), else a hash of both roots.
+    pub fn digest(&self) -> u64 {
+        let v1 = self.root(Tier::V1);
+        if self.buckets_v2.iter().all(|&b| b == 0) {
+            return v1;
+        }
+        let bytes: Vec<u8> = [v1, self.root(Tier::V2)].iter().flat_map(|r| r.to_le_bytes()).collect();
+        stable_hash(&bytes)
     }
 
-    /// The buckets whose hash differs from `theirs` (a peer's [`Store::buckets`]).
-    /// A malformed list (wrong length) differs everywhere.
-    pub fn differing(&self, theirs: &[u64]) -> BTreeSet<Bucket> {
+    /// The per-bucket hashes of `tier`'s records ([`BUCKETS`] of them).
+    pub fn buckets(&self, tier: Tier) -> &[u64] {
+        match tier {
+            Tier::V1 => &self.buckets,
+            Tier::V2 => &self.buckets_v2,
+        }
+    }
+
+    /// The buckets of `tier` whose hash differs from `theirs` (a peer's
+    /// [`Store::buckets`]). A malformed list (wrong length) differs everywhere.
+    pub fn differing(&self, tier: Tier, theirs: &[u64]) -> BTreeSet<Bucket> {
+        let ours = self.buckets(tier);
         (0..BUCKETS)
-            .filter(|&i| theirs.len() != BUCKETS || theirs[i] != self.buckets[i])
+            .filter(|&i| theirs.len() != BUCKETS || theirs[i] != ours[i])
             .filter_map(|i| Bucket::try_from(i).ok())
             .collect()
     }
 
-    /// The records (tombstones included) of the given buckets.
-    pub fn in_buckets(&self, buckets: &BTreeSet<Bucket>) -> Vec<Record> {
-        self.iter().filter(|r| buckets.contains(&bucket_of(&r.key))).cloned().collect()
+    /// The records of `tier` (tombstones included) in the given buckets.
+    pub fn in_buckets(&self, tier: Tier, buckets: &BTreeSet<Bucket>) -> Vec<Record> {
+        self.records
+            .values()
+            .filter(|e| e.tier == tier && buckets.contains(&bucket_of(&e.record.key)))
+            .map(|e| e.record.clone())
+            .collect()
     }
 }
 
@@ -269,9 +315,12 @@ fn expired(record: &Record, now_ms: u64) -> bool {
     let Value::Deleted { at_ms } = record.value else { return false };
     let ttl = match record.key {
         RecordKey::Endpoint { .. } => ENDPOINT_TOMBSTONE_TTL_MS,
-        RecordKey::Network(_) | RecordKey::JoinSecret | RecordKey::Removed(_) | RecordKey::ClusterCa => {
-            NETWORK_TOMBSTONE_TTL_MS
-        }
+        RecordKey::Network(_)
+        | RecordKey::JoinSecret
+        | RecordKey::Removed(_)
+        | RecordKey::ClusterCa
+        | RecordKey::Member(_)
+        | RecordKey::Policy => NETWORK_TOMBSTONE_TTL_MS,
     };
     now_ms.saturating_sub(at_ms) >= ttl
 }
@@ -297,7 +346,7 @@ mod tests {
         for record in records.iter().chain([&delete]).rev() {
             backward.apply(record.clone(), 10).expect("valid");
         }
-        assert_eq!(forward.root(), backward.root());
+        assert_eq!(forward.root(Tier::V1), backward.root(Tier::V1));
         assert_eq!(forward.get(&records[0].key), Some(&records[1]));
     }
 
@@ -306,13 +355,13 @@ mod tests {
         let mut store = Store::default();
         let own = endpoint_record(1, "a", 3, endpoint("dev", "10.0.0.4", 1));
         store.apply(own.clone(), 0).expect("valid");
-        let root = store.root();
+        let root = store.root(Tier::V1);
         let forged_delete = tombstone(&own, 4, 0, 2);
         assert!(matches!(store.apply(forged_delete, 0), Err(Refused::Forged { .. })));
         let mut hijacked = own.clone();
         hijacked.version = 9;
         assert!(matches!(store.apply(hijacked, 0), Err(Refused::Forged { .. })));
-        assert_eq!((store.root(), store.get(&own.key)), (root, Some(&own)));
+        assert_eq!((store.root(Tier::V1), store.get(&own.key)), (root, Some(&own)));
     }
 
     #[test]
@@ -327,7 +376,7 @@ mod tests {
         let outcomes: Vec<_> = batch.apply_all(records, 10, None).into_iter().map(|(_, outcome)| outcome).collect();
         assert_eq!(outcomes, expected);
         assert!(matches!(outcomes[7], Err(Refused::Forged { .. })));
-        assert_eq!(batch.root(), one_by_one.root());
+        assert_eq!(batch.root(Tier::V1), one_by_one.root(Tier::V1));
     }
 
     #[test]
@@ -349,7 +398,7 @@ mod tests {
         for record in store.iter().cloned().collect::<Vec<_>>() {
             expected.apply(record, 0).expect("valid");
         }
-        assert_eq!(store.root(), expected.root(), "the digest drops what was taken out");
+        assert_eq!(store.root(Tier::V1), expected.root(Tier::V1), "the digest drops what was taken out");
     }
 
     #[test]
@@ -357,10 +406,10 @@ mod tests {
         let mut store = Store::default();
         let newer = endpoint_record(1, "a", 3, endpoint("dev", "10.0.0.4", 1));
         assert_eq!(store.apply(newer.clone(), 0), Ok(true));
-        let root = store.root();
+        let root = store.root(Tier::V1);
         assert_eq!(store.apply(endpoint_record(1, "a", 2, endpoint("dev", "10.0.0.2", 1)), 0), Ok(false));
         assert_eq!(store.apply(newer, 0), Ok(false));
-        assert_eq!(store.root(), root);
+        assert_eq!(store.root(Tier::V1), root);
     }
 
     #[test]
@@ -373,7 +422,7 @@ mod tests {
         assert_eq!(store.reap(1_000 + ENDPOINT_TOMBSTONE_TTL_MS - 1), 0);
         assert_eq!(store.reap(1_000 + ENDPOINT_TOMBSTONE_TTL_MS), 1);
         assert!(store.is_empty());
-        assert_eq!(store.root(), Store::default().root());
+        assert_eq!(store.root(Tier::V1), Store::default().root(Tier::V1));
         // A peer that still holds the expired tombstone cannot hand it back.
         assert_eq!(store.apply(dead, 1_000 + ENDPOINT_TOMBSTONE_TTL_MS), Ok(false));
     }
@@ -388,10 +437,54 @@ mod tests {
             store.apply(shared.clone(), 0).expect("valid");
         }
         ours.apply(only_ours.clone(), 0).expect("valid");
-        let differing = ours.differing(theirs.buckets());
+        let differing = ours.differing(Tier::V1, theirs.buckets(Tier::V1));
         assert_eq!(differing.len(), 1);
-        assert_eq!(ours.in_buckets(&differing), vec![only_ours]);
-        assert_eq!(ours.differing(&[1, 2, 3]).len(), BUCKETS);
+        assert_eq!(ours.in_buckets(Tier::V1, &differing), vec![only_ours]);
+        assert_eq!(ours.differing(Tier::V1, &[1, 2, 3]).len(), BUCKETS);
+    }
+
+    #[test]
+    fn records_that_need_protocol_2_keep_out_of_the_first_digest() {
+        let mut ours = Store::default();
+        let mut theirs = Store::default();
+        let shared = endpoint_record(1, "a", 1, endpoint("dev", "10.0.0.2", 1));
+        for store in [&mut ours, &mut theirs] {
+            store.apply(shared.clone(), 0).expect("valid");
+        }
+        assert_eq!(ours.digest(), ours.root(Tier::V1), "without V2 records, the digest of a 0.2 agent");
+        let announced = member_record(1, 2, member(9), 1);
+        let secret = encrypted_network(1, 3, "sec", 10, "10.9.0.0/24");
+        ours.apply(announced.clone(), 0).expect("valid");
+        ours.apply(secret.clone(), 0).expect("valid");
+        assert_eq!(ours.root(Tier::V1), theirs.root(Tier::V1), "comparable with an agent without them");
+        assert_eq!(ours.buckets(Tier::V1), theirs.buckets(Tier::V1));
+        assert_ne!(ours.digest(), theirs.digest(), "the digest shows them");
+        let differing = ours.differing(Tier::V2, theirs.buckets(Tier::V2));
+        let mut v2 = ours.in_buckets(Tier::V2, &differing);
+        v2.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(v2, vec![secret.clone(), announced]);
+        assert!(ours.in_buckets(Tier::V1, &differing).iter().all(|r| !r.needs_v2()));
+        // The network's tombstone is for everyone: it moves to the first digest.
+        let deleted = tombstone(&secret, 2, 5, 2);
+        ours.apply(deleted.clone(), 0).expect("valid");
+        theirs.apply(deleted, 0).expect("valid");
+        assert_eq!(ours.root(Tier::V1), theirs.root(Tier::V1));
+        ours.apply(tombstone(&member_record(1, 2, member(9), 1), 4, 5, 1), 0).expect("valid");
+        ours.reap(5 + NETWORK_TOMBSTONE_TTL_MS);
+        theirs.reap(5 + NETWORK_TOMBSTONE_TTL_MS);
+        assert_eq!((ours.digest(), ours.root(Tier::V2)), (theirs.digest(), Store::default().root(Tier::V2)));
+    }
+
+    #[test]
+    fn nothing_a_removed_member_signs_is_taken_member_records_included() {
+        let mut store = Store::default();
+        store
+            .apply(Record::signed(RecordKey::Removed(node(2)), 1, Value::Removed { at_ms: 1 }, &key(1)), 0)
+            .expect("valid");
+        let policy = Record::signed(RecordKey::Policy, 1, Value::Policy(super::super::PolicySpec::default()), &key(2));
+        for record in [member_record(2, 1, member(9), 2), policy] {
+            assert!(matches!(store.apply(record, 0), Err(Refused::Forged { why: Forged::Removed(_), .. })));
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the records mean once merged: for each network name the one network
 //! that won, its endpoints, and every conflict with the rule that settled
-//! it. The view is a pure function of the records and of the owners'
+//! it; the members' ends of the encrypted data plane and the cluster's
+//! encryption policy. The view is a pure function of the records and of the owners'
 //! liveness, so every host that holds the same records and sees the same
 //! members derives the same view.
 
@@ -11,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::store::Store;
-use super::{usable, EndpointSpec, NetworkId, NetworkSpec, RecordKey, Value};
+use super::{usable, EndpointSpec, MemberSpec, NetworkId, NetworkSpec, PolicySpec, RecordKey, Value};
 use crate::identity::{NodeId, Status};
 
 /// A network that won its name, VNI and subnet, with its endpoints.
@@ -77,6 +78,12 @@ pub struct View {
     /// Endpoints whose network does not exist (deleted while its owner was
     /// cut off), with their owner's liveness.
     pub orphans: Vec<EndpointView>,
+    /// The member records of members not removed.
+    #[serde(default)]
+    members: BTreeMap<NodeId, MemberSpec>,
+    /// The encryption policy, if a member ever set one.
+    #[serde(default)]
+    policy: Option<PolicySpec>,
 }
 
 impl View {
@@ -86,9 +93,14 @@ impl View {
     pub fn derive(store: &Store, status: &HashMap<NodeId, Status>) -> Self {
         let mut networks: Vec<(NetworkId, &NetworkSpec)> = Vec::new();
         let mut endpoints: BTreeMap<&str, Vec<EndpointView>> = BTreeMap::new();
+        let mut view = Self::default();
         for record in store.iter() {
             match (&record.key, &record.value) {
                 (RecordKey::Network(id), Value::Network(spec)) => networks.push((*id, spec)),
+                (RecordKey::Member(id), Value::Member(spec)) if !store.is_removed(*id) => {
+                    view.members.insert(*id, *spec);
+                }
+                (RecordKey::Policy, Value::Policy(spec)) => view.policy = Some(*spec),
                 // A removed member's endpoints are withdrawn at once.
                 (RecordKey::Endpoint { owner, .. }, _) if store.is_removed(*owner) => {}
                 (RecordKey::Endpoint { owner, name, .. }, Value::Endpoint(spec)) => {
@@ -109,7 +121,6 @@ impl View {
                 _ => {}
             }
         }
-        let mut view = Self::default();
         view.settle_networks(networks);
         for (network, mut members) in endpoints {
             match view.networks.get_mut(network) {
@@ -121,6 +132,18 @@ impl View {
             }
         }
         view
+    }
+
+    /// The member records (what each member announces for the encrypted
+    /// data plane) of the members not removed, whatever their liveness.
+    pub fn members(&self) -> &BTreeMap<NodeId, MemberSpec> {
+        &self.members
+    }
+
+    /// The encryption policy, if a member ever set one (none: networks are
+    /// plaintext unless created encrypted).
+    pub fn policy(&self) -> Option<&PolicySpec> {
+        self.policy.as_ref()
     }
 
     /// The winning network called `name`.
@@ -313,6 +336,31 @@ mod tests {
         let states: Vec<EndpointState> =
             view.network("dev").expect("dev").endpoints.iter().map(|e| e.state.clone()).collect();
         assert_eq!(states, vec![EndpointState::OwnerLeft, EndpointState::Active, EndpointState::OwnerDown]);
+    }
+
+    #[test]
+    fn member_records_of_members_not_removed_and_the_latest_policy_are_seen() {
+        let mut store = store_of(vec![
+            member_record(1, 1, member(1), 1),
+            member_record(2, 1, member(2), 2),
+            member_record(2, 3, member(3), 2),
+            member_record(3, 1, member(4), 3),
+        ]);
+        assert_eq!(View::derive(&store, &all_alive(&[1])).policy(), None);
+        for (version, encrypt_networks) in [(1, true), (2, false)] {
+            let policy = Value::Policy(PolicySpec { encrypt_networks });
+            store.apply(Record::signed(RecordKey::Policy, version, policy, &key(3)), 0).expect("valid");
+        }
+        // Node 3 is removed after it wrote: its member record goes, its policy stays.
+        store
+            .apply(Record::signed(RecordKey::Removed(node(3)), 1, Value::Removed { at_ms: 1 }, &key(1)), 0)
+            .expect("valid");
+        let view = View::derive(&store, &all_alive(&[1]));
+        let members: Vec<(NodeId, MemberSpec)> = view.members().iter().map(|(id, spec)| (*id, *spec)).collect();
+        let mut expected = vec![(node(1), member(1)), (node(2), member(3))];
+        expected.sort_by_key(|(id, _)| *id);
+        assert_eq!(members, expected, "down members' too: liveness is the data plane's to weigh");
+        assert_eq!(view.policy(), Some(&PolicySpec { encrypt_networks: false }));
     }
 
     #[test]
