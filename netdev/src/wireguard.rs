@@ -74,15 +74,15 @@ mod tests {
     fn tunnel_address_is_the_prefix_and_the_first_half_of_the_id() {
         let id = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8];
         let address = tunnel_address(&id);
-        assert_eq!(address, "fd6d:6573:6800:1:1234:5678:9abc:def0".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(address, "fd6d:6573:6800:1:1234:5678:9abc:def0".parse::<Ipv6Addr>().expect("an address"));
         assert!(in_tunnel_network(address.into()));
-        assert!(!in_tunnel_network("fd6d:6573:6800:2::1".parse().unwrap()));
+        assert!(!in_tunnel_network("fd6d:6573:6800:2::1".parse().expect("an address")));
     }
 
     #[test]
     fn interface_mtu_takes_the_underlay_family_into_account() {
-        assert_eq!(interface_mtu(1500, "198.18.0.1".parse().unwrap()), 1440);
-        assert_eq!(interface_mtu(1500, "fd00::1".parse().unwrap()), 1420);
-        assert_eq!(interface_mtu(9000, "198.18.0.1".parse().unwrap()), 8940);
+        assert_eq!(interface_mtu(1500, "198.18.0.1".parse().expect("an address")), 1440);
+        assert_eq!(interface_mtu(1500, "fd00::1".parse().expect("an address")), 1420);
+        assert_eq!(interface_mtu(9000, "198.18.0.1".parse().expect("an address")), 8940);
     }
 }
