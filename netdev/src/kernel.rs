@@ -4,12 +4,12 @@
 //! "not found" are success where that is the intent.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -172,6 +172,16 @@ pub async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, 
 /// Adds `ip/prefix` to the interface `index`.
 pub async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), NetdevError> {
     handle.address().add(index, IpAddr::V4(ip), prefix).execute().await.map_err(netlink("address add"))
+}
+
+/// Gives the interface `index` the IPv6 address `ip/prefix` without
+/// duplicate address detection (`nodad`: a tunnel address is derived from
+/// a node id, never shared, and must work at once); an address it has
+/// already is set again, not an error.
+pub async fn ensure_address6(handle: &Handle, index: u32, ip: Ipv6Addr, prefix: u8) -> Result<(), NetdevError> {
+    let mut request = handle.address().add(index, IpAddr::V6(ip), prefix).replace();
+    request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request.execute().await.map_err(netlink("address add"))
 }
 
 /// Creates the bridge `name`, up, with `mtu`.
