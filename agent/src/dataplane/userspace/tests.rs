@@ -300,6 +300,20 @@ fn a_missing_tun_device_is_refused_with_the_reason() {
     assert!(message.contains("/dev/net/tun"), "{message}");
 }
 
+#[test]
+fn a_port_in_use_is_refused_with_the_reason() {
+    let pair = Pair::new("port", 4);
+    let _a = pair.a.start().expect("device a starts");
+    let second =
+        Side { netns: pair.a.netns.clone(), underlay: pair.a.underlay.clone(), tunnel: pair.b.tunnel, key: [7; 32] };
+    let config = UserspaceConfig { name: "mwg1".into(), ..second.config() };
+    let error = netns::run_in(&second.path(), move || Ok(UserspaceWireguard::start(config)))
+        .expect("cannot enter the namespace")
+        .err()
+        .expect("a second device on the port");
+    assert!(matches!(error, UserspaceError::PortInUse { port: DEFAULT_PORT }), "{error}");
+}
+
 /// iperf3 over the tunnel, one stream, 5 s: a figure, not an assertion
 /// (`cargo test -p mesh-agent --lib userspace -- --ignored --nocapture`).
 #[test]
