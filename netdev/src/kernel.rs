@@ -183,6 +183,16 @@ pub async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) 
     handle.address().add(index, IpAddr::V4(ip), prefix).execute().await.map_err(netlink("address add"))
 }
 
+/// Gives the interface `index` the IPv6 address `ip/prefix` without
+/// duplicate address detection (`nodad`: a tunnel address is derived from
+/// a node id, never shared, and must work at once); an address it has
+/// already is set again, not an error.
+pub async fn ensure_address6(handle: &Handle, index: u32, ip: Ipv6Addr, prefix: u8) -> Result<(), NetdevError> {
+    let mut request = handle.address().add(index, IpAddr::V6(ip), prefix).replace();
+    request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request.execute().await.map_err(netlink("address add"))
+}
+
 /// Creates the bridge `name`, up, with `mtu`.
 pub async fn add_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<(), NetdevError> {
     let message = LinkBridge::new(name).mtu(mtu).up().build();
@@ -231,14 +241,6 @@ pub async fn addresses6_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv6Addr,
         }
     }
     Ok(found)
-}
-
-/// Adds `ip/prefix` to the interface `index` with no duplicate address
-/// detection (`nodad`: usable at once).
-pub async fn add_address6_nodad(handle: &Handle, index: u32, ip: Ipv6Addr, prefix: u8) -> Result<(), NetdevError> {
-    let mut request = handle.address().add(index, IpAddr::V6(ip), prefix);
-    request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-    request.execute().await.map_err(netlink("address add"))
 }
 
 /// What the link `index` dropped on receipt: its `rx_errors` and

@@ -242,7 +242,7 @@ impl KernelWireguard {
         }
         let held = kernel::addresses6_of(&self.handle, link.index).await?;
         if !held.contains(&(desired.address, TUNNEL_PREFIX_LEN)) {
-            kernel::add_address6_nodad(&self.handle, link.index, desired.address, TUNNEL_PREFIX_LEN).await?;
+            kernel::ensure_address6(&self.handle, link.index, desired.address, TUNNEL_PREFIX_LEN).await?;
             set += 1;
         }
         Ok(set)

@@ -19,6 +19,10 @@
 //! Published ports are held by sockets ([`holds`]).
 
 mod holds;
+// The userspace WireGuard device; the daemon's start-up choice of path
+// (DESIGN.md, "Chosen at start-up") wires it next.
+#[allow(dead_code)]
+pub(crate) mod userspace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
