@@ -23,6 +23,10 @@ use crate::lab::{host_ip, Lab, AGENT_PORT};
 
 /// How long a connection must stay open to count as kept.
 const KEPT_FOR: Duration = Duration::from_secs(2);
+/// How long a connection stays open after the agent acknowledged what was
+/// sent on it: QUIC acknowledges a stream's data before the agent reads
+/// it, and closing the connection at once drops what is still unread.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Host `i`'s identity key, read from its data dir.
 pub fn node_key(lab: &Lab, i: usize) -> anyhow::Result<NodeKey> {
@@ -119,6 +123,7 @@ fn deliver(local: SocketAddr, peer: SocketAddr, creds: RogueCredentials, payload
                 delivery.await?;
             }
         }
+        tokio::time::sleep(LINGER).await;
         transport.close().await;
         shutdown.cancel();
         Ok(())
