@@ -31,6 +31,14 @@ pub(crate) struct ErrorBody {
     pub(crate) error: String,
 }
 
+/// `mesh init`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct InitBody {
+    /// Every network of the new cluster encrypted (its policy).
+    #[serde(default)]
+    pub(crate) encrypt_networks: bool,
+}
+
 /// A join token.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TokenBody {
@@ -85,6 +93,32 @@ pub(crate) struct StatusBody {
     /// subnet, endpoints whose address another won.
     #[serde(default)]
     pub(crate) conflicts: Vec<String>,
+    /// The encrypted path between hosts.
+    #[serde(default)]
+    pub(crate) encryption: EncryptionBody,
+}
+
+/// This host's encrypted path, as `mesh status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct EncryptionBody {
+    /// `kernel`, `userspace` or `none`.
+    pub(crate) path: String,
+    /// Why there is none.
+    pub(crate) reason: Option<String>,
+    /// WireGuard's UDP port.
+    pub(crate) port: u16,
+    /// This host's tunnel address.
+    pub(crate) tunnel: String,
+    /// This host's public key (base64, as `wg pubkey` prints it).
+    pub(crate) public_key: String,
+    /// How many peers its WireGuard has.
+    pub(crate) peers: usize,
+    /// Packets it dropped, by reason.
+    pub(crate) dropped: std::collections::BTreeMap<String, u64>,
+    /// Packets the tunnel guard (nftables `ip6 mesh`) dropped, by rule:
+    /// tunnel traffic forged on the underlay.
+    #[serde(default)]
+    pub(crate) guard_dropped: std::collections::BTreeMap<String, u64>,
 }
 
 /// An anti-entropy round, as `mesh status` shows it.
@@ -156,6 +190,10 @@ pub(crate) struct NetworkCreateBody {
     /// No way out (Docker's `--internal`).
     #[serde(default)]
     pub(crate) internal: bool,
+    /// Inside WireGuard between hosts; absent: the cluster's policy
+    /// (plaintext unless `mesh init --encrypt-networks`).
+    #[serde(default)]
+    pub(crate) encrypted: Option<bool>,
 }
 
 /// A network, as `mesh network inspect` shows it.
@@ -171,6 +209,16 @@ pub(crate) struct NetworkBody {
     /// Whether it has no way out.
     #[serde(default)]
     pub(crate) internal: bool,
+    /// Whether its packets travel inside WireGuard between hosts.
+    #[serde(default)]
+    pub(crate) encrypted: bool,
+    /// The MTU its interfaces get on the answering host (the given one,
+    /// or the underlay's minus the overheads), if it has interfaces.
+    #[serde(default)]
+    pub(crate) mtu_effective: Option<u32>,
+    /// How [`NetworkBody::mtu_effective`] was computed.
+    #[serde(default)]
+    pub(crate) mtu_from: Option<String>,
     /// The node that created it.
     pub(crate) created_by: String,
     /// Milliseconds since the Unix epoch, creator's clock.

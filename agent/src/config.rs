@@ -18,12 +18,29 @@ pub(crate) const DEFAULT_SOCKET: &str = "/run/mesh/mesh.sock";
 pub(crate) const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Where Docker looks for plugin sockets.
 pub(crate) const DEFAULT_DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
+/// The kernel's TUN device.
+pub(crate) const DEFAULT_TUN_DEVICE: &str = "/dev/net/tun";
 /// The Docker engine's API socket.
 pub(crate) const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
 /// The address this host's resolver answers on for everyone on the host
 /// (Docker's resolver forwards there, through the bridge of each network
 /// that holds it): link-local, so it is never routed off the host.
 pub(crate) const HOST_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
+
+/// Which WireGuard carries encrypted networks (`wireguard` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WireguardMode {
+    /// The kernel's if it has one, else the agent's over a TUN device.
+    #[default]
+    Auto,
+    /// The kernel's only.
+    Kernel,
+    /// The agent's only (over a TUN device).
+    Userspace,
+    /// None: this host carries no encrypted network.
+    Off,
+}
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -62,6 +79,10 @@ pub(crate) struct Config {
     pub(crate) cert_lifetime_secs: Option<u64>,
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) bootstrap: Option<PathBuf>,
+    pub(crate) wireguard: Option<WireguardMode>,
+    pub(crate) wireguard_port: Option<u16>,
+    pub(crate) tun_device: Option<PathBuf>,
+    pub(crate) encrypt_networks: Option<bool>,
 }
 
 impl Config {
@@ -98,6 +119,10 @@ impl Config {
             cert_lifetime_secs: flags.cert_lifetime_secs.or(self.cert_lifetime_secs),
             metrics_addr: flags.metrics_addr.or(self.metrics_addr),
             bootstrap: flags.bootstrap.or(self.bootstrap),
+            wireguard: flags.wireguard.or(self.wireguard),
+            wireguard_port: flags.wireguard_port.or(self.wireguard_port),
+            tun_device: flags.tun_device.or(self.tun_device),
+            encrypt_networks: flags.encrypt_networks.or(self.encrypt_networks),
         }
     }
 
@@ -173,6 +198,16 @@ impl Config {
             cert_lifetime,
             metrics_addr: self.metrics_addr,
             bootstrap: self.bootstrap,
+            encrypt_networks: self.encrypt_networks.unwrap_or(false),
+            encryption: EncryptionSettings {
+                mode: self.wireguard.unwrap_or_default(),
+                port: match self.wireguard_port {
+                    Some(0) => bail!("wireguard_port 0 is no port"),
+                    Some(port) => port,
+                    None => mesh_netdev::wireguard::DEFAULT_PORT,
+                },
+                tun_device: self.tun_device.unwrap_or_else(|| DEFAULT_TUN_DEVICE.into()),
+            },
         })
     }
 }
@@ -208,6 +243,22 @@ pub(crate) struct Settings {
     pub(crate) metrics_addr: Option<SocketAddr>,
     /// A cluster bundle to become a member with, if in no cluster yet.
     pub(crate) bootstrap: Option<PathBuf>,
+    /// Whether a cluster this node founds (`mesh init`) encrypts every
+    /// network.
+    pub(crate) encrypt_networks: bool,
+    /// How this host carries encrypted networks.
+    pub(crate) encryption: EncryptionSettings,
+}
+
+/// How this host carries encrypted networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EncryptionSettings {
+    /// Which WireGuard.
+    pub(crate) mode: WireguardMode,
+    /// WireGuard's UDP port (announced in the member record).
+    pub(crate) port: u16,
+    /// The TUN device the agent's WireGuard opens.
+    pub(crate) tun_device: PathBuf,
 }
 
 /// The shortest certificate lifetime accepted: renewal happens when a third
@@ -329,6 +380,10 @@ mod tests {
             cert_lifetime_secs,
             metrics_addr,
             bootstrap,
+            wireguard,
+            wireguard_port,
+            tun_device,
+            encrypt_networks,
         } = Config::parse(&uncommented)?;
         let set = [
             name.is_some(),
@@ -349,6 +404,10 @@ mod tests {
             cert_lifetime_secs.is_some(),
             metrics_addr.is_some(),
             bootstrap.is_some(),
+            wireguard.is_some(),
+            wireguard_port.is_some(),
+            tun_device.is_some(),
+            encrypt_networks.is_some(),
         ];
         assert!(set.iter().all(|s| *s), "a key is missing from dist/mesh.toml: {set:?}");
         let mut resolved = Config::parse(&uncommented)?;

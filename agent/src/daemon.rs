@@ -20,10 +20,10 @@ use crate::bootstrap::ClusterSeed;
 use crate::config::Settings;
 use crate::control::server;
 use crate::datadir::DataDir;
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, Encryption};
 use crate::metrics::Metrics;
 use crate::names::SandboxDns;
-use mesh_netdev::reconcile::Underlay;
+use mesh_netdev::reconcile::{Reconciler, Underlay};
 
 /// Runs the agent until a termination signal.
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -51,17 +51,28 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(_) => anyhow::bail!("the advertise address must be IPv4: it is also the VXLAN tunnel endpoint"),
     };
-    let underlay = Underlay { local: IpAddr::V4(local), port: settings.vxlan_port };
+    let underlay = Underlay { local: IpAddr::V4(local), port: settings.vxlan_port, tunnel: None };
+    let encryption = start_encryption(&settings, &datadir, underlay.local).await?;
     let metrics = Arc::new(Metrics::default());
-    let dataplane =
-        Arc::new(Dataplane::open(datadir.clone(), settings.netns_prefix.clone(), underlay, Arc::clone(&metrics))?);
+    let dataplane = Arc::new(Dataplane::open(
+        datadir.clone(),
+        settings.netns_prefix.clone(),
+        underlay,
+        encryption,
+        Arc::clone(&metrics),
+    )?);
     let dns = Arc::new(SandboxDns::new(&settings.upstream_dns, Arc::clone(&metrics), shutdown.clone()));
     if settings.docker_plugin_dir.is_some() {
         if let Err(error) = dns.serve_host() {
             tracing::warn!(%error, "no DNS for Docker's containers");
         }
     }
-    let node = NodeSettings { name: settings.name.clone(), advertise, cert_lifetime: settings.cert_lifetime };
+    let node = NodeSettings {
+        name: settings.name.clone(),
+        advertise,
+        cert_lifetime: settings.cert_lifetime,
+        encrypt_networks: settings.encrypt_networks,
+    };
     let agent = Agent::start(node, datadir.clone(), endpoint, Arc::clone(&dataplane), dns, shutdown.clone())?;
     let _plugin_file = match &settings.docker_plugin_dir {
         Some(dir) => {
@@ -106,6 +117,24 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = api.await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Finds this host's encrypted path, over the underlay interface holding
+/// `local`, with its WireGuard key (made on first use).
+async fn start_encryption(settings: &Settings, datadir: &DataDir, local: IpAddr) -> anyhow::Result<Encryption> {
+    if mesh_netdev::wireguard::in_tunnel_network(local) {
+        anyhow::bail!("the advertise address {local} lies in the tunnel network, which only WireGuard may carry");
+    }
+    let key = datadir.wireguard_key()?;
+    let id = datadir.node_key()?.id();
+    let underlay_mtu = match Reconciler::open()?.underlay_mtu(local).await {
+        Ok(mtu) => mtu,
+        Err(error) => {
+            tracing::warn!(%error, "the underlay's MTU is unknown: WireGuard's interface assumes 1500");
+            1500
+        }
+    };
+    Ok(Encryption::start(&settings.encryption, key, id, local, underlay_mtu).await)
 }
 
 /// Socket buffers asked of the kernel (it caps them at `net.core.rmem_max`

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
-use crate::metrics::{render, Metrics, CONTENT_TYPE};
+use crate::metrics::{render, EncryptionFigures, Metrics, CONTENT_TYPE};
 
 /// Binds the metrics listener (at start-up, so a busy port fails the start).
 pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -41,6 +41,13 @@ pub(crate) async fn serve(
 }
 
 async fn scrape(State((agent, metrics)): State<(Arc<Agent>, Arc<Metrics>)>) -> impl IntoResponse {
-    let text = render(&metrics, agent.membership()).await;
+    let encryption = agent.encryption().await;
+    let figures = EncryptionFigures {
+        path: encryption.path,
+        peers: encryption.peers,
+        dropped: encryption.dropped,
+        guard_dropped: encryption.guard_dropped.into_iter().collect(),
+    };
+    let text = render(&metrics, agent.membership(), &figures).await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text)
 }

@@ -38,6 +38,10 @@ pub enum NetdevError {
     /// A device in the way has other settings than mesh's; nothing was changed.
     #[error("{0}")]
     Conflict(String),
+    /// An encrypted network was to be built on a host with no encrypted
+    /// path (no kernel WireGuard, no TUN device).
+    #[error("this host cannot carry encrypted networks: load the wireguard module (modprobe wireguard) or give the agent /dev/net/tun")]
+    NoEncryptedPath,
     /// No interface holds the advertise address.
     #[error("no interface of this host holds the advertise address {0}: advertise an address of the underlay")]
     NoUnderlay(IpAddr),

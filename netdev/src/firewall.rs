@@ -1,16 +1,20 @@
 //! The way in and out of mesh's networks: masquerade for what leaves
 //! through the host's default route, published ports, the closing of
 //! internal networks and the isolation of networks from each other, all in
-//! one nftables table, `ip mesh`, that mesh owns.
+//! one nftables table, `ip mesh`, that mesh owns; and, on a host with an
+//! encrypted path, the guard of the tunnel network in `ip6 mesh`: no packet
+//! from a tunnel address, and no VXLAN packet to one, is taken unless it
+//! came out of WireGuard (`mwg0`), so nothing forged on the underlay
+//! reaches an encrypted network.
 //!
-//! The table is made and replaced as a whole, in one `nft` transaction, and
-//! deleted as a whole when no rule is wanted: rules of other tables are
-//! never touched. Like the devices, it is reconciled, not just set: each
-//! pass lists the table and compares it with the listing the last apply
+//! Each table is made and replaced as a whole, in one `nft` transaction,
+//! and deleted as a whole when no rule is wanted: rules of other tables are
+//! never touched. Like the devices, they are reconciled, not just set: each
+//! pass lists a table and compares it with the listing the last apply
 //! left, so a table deleted or edited by hand is restored.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
@@ -24,7 +28,7 @@ pub const TABLE: &str = "mesh";
 /// Where the kernel's IPv4 forwarding switch is (per network namespace).
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
-/// What the table must hold for this host.
+/// What the tables must hold for this host.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FirewallPlan {
     /// The networks programmed on this host.
@@ -34,6 +38,33 @@ pub struct FirewallPlan {
     /// The interface of the host's default route: what leaves through it
     /// from a network that is not internal is masqueraded.
     pub uplink: Option<String>,
+    /// The tunnel network to guard, on a host with an encrypted path.
+    pub tunnel: Option<TunnelGuard>,
+}
+
+/// The tunnel network as the guard sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelGuard {
+    /// The tunnel network: prefix and length.
+    pub network: (Ipv6Addr, u8),
+    /// The WireGuard interface, the only way in for its packets.
+    pub interface: String,
+    /// VXLAN's UDP port.
+    pub vxlan_port: u16,
+}
+
+impl TunnelGuard {
+    /// The `ip6 mesh` table as an `nft` script. At raw priority, before
+    /// conntrack; loopback is the host talking to itself.
+    fn ruleset(&self) -> String {
+        let ((prefix, length), interface, port) = (self.network, &self.interface, self.vxlan_port);
+        format!(
+            "table ip6 {TABLE} {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
+             \t\tiifname {{ \"lo\", \"{interface}\" }} accept\n\
+             \t\tip6 saddr {prefix}/{length} counter drop\n\
+             \t\tip6 daddr {prefix}/{length} udp dport {port} counter drop\n\t}}\n}}\n"
+        )
+    }
 }
 
 /// A network as the firewall sees it.
@@ -138,9 +169,48 @@ pub enum Change {
     Removed,
 }
 
-/// Keeps the table in step with a plan, in the namespace of the process.
-#[derive(Debug, Default)]
+/// Keeps mesh's tables in step with a plan, in the namespace of the process.
+#[derive(Debug)]
 pub struct Firewall {
+    /// `ip mesh`: networks and ports.
+    ip: Table,
+    /// `ip6 mesh`: the tunnel guard.
+    ip6: Table,
+}
+
+impl Default for Firewall {
+    fn default() -> Self {
+        Self { ip: Table::new("ip"), ip6: Table::new("ip6") }
+    }
+}
+
+impl Firewall {
+    /// Makes the tables match `plan`: replaces each if the plan changed or
+    /// the table is not as the last apply left it, deletes it if no rule is
+    /// wanted, and turns the host's IPv4 forwarding on if a network needs
+    /// it (never off: other software may rely on it). Answers what
+    /// happened to `ip mesh`, then to `ip6 mesh`.
+    pub async fn reconcile(&mut self, plan: &FirewallPlan) -> Result<(Change, Change), NetdevError> {
+        if plan.needs_forwarding() {
+            enable_forwarding()?;
+        }
+        let ip = self.ip.reconcile(plan.ruleset()).await?;
+        let ip6 = self.ip6.reconcile(plan.tunnel.as_ref().map(TunnelGuard::ruleset)).await?;
+        Ok((ip, ip6))
+    }
+}
+
+/// How many packets each counting rule of the tunnel guard (`ip6 mesh`)
+/// has dropped, by the rule's match (none when there is no such table).
+pub async fn guard_drops() -> Result<Vec<(String, u64)>, NetdevError> {
+    Ok(Table::new("ip6").list().await?.map(|listing| counters(&listing)).unwrap_or_default())
+}
+
+/// One of mesh's tables, in one family.
+#[derive(Debug)]
+struct Table {
+    /// `ip` or `ip6`.
+    family: &'static str,
     /// The last script applied, and the table's listing right after.
     applied: Option<(String, String)>,
     /// Whether the table was found absent with none wanted since: an idle
@@ -148,45 +218,71 @@ pub struct Firewall {
     absent: bool,
 }
 
-impl Firewall {
-    /// Makes the table match `plan`: replaces it if the plan changed or the
-    /// table is not as the last apply left it, deletes it if no rule is
-    /// wanted, and turns the host's IPv4 forwarding on if a network needs
-    /// it (never off: other software may rely on it).
-    pub async fn reconcile(&mut self, plan: &FirewallPlan) -> Result<Change, NetdevError> {
-        if plan.needs_forwarding() {
-            enable_forwarding()?;
-        }
-        let ruleset = plan.ruleset();
+impl Table {
+    fn new(family: &'static str) -> Self {
+        Self { family, applied: None, absent: false }
+    }
+
+    /// Makes the table hold `ruleset` (a whole `table FAMILY mesh`
+    /// script), or not exist when `None`.
+    async fn reconcile(&mut self, ruleset: Option<String>) -> Result<Change, NetdevError> {
         if ruleset.is_none() && self.absent {
             return Ok(Change::None);
         }
         self.absent = false;
-        let present = list_table().await?;
+        let family = self.family;
+        let present = self.list().await?;
         let Some(ruleset) = ruleset else {
             self.applied = None;
             if present.is_some() {
-                nft(&["delete", "table", "ip", TABLE], None).await?;
+                nft(&["delete", "table", family, TABLE], None).await?;
             }
             self.absent = true;
             return Ok(if present.is_some() { Change::Removed } else { Change::None });
         };
         if let (Some((script, listing)), Some(present)) = (&self.applied, &present) {
-            if *script == ruleset && listing == present {
+            if *script == ruleset && strip_counters(listing) == strip_counters(present) {
                 return Ok(Change::None);
             }
         }
         // One transaction: the old table (made empty first, so that the
         // delete cannot fail) goes and the new one comes at once.
-        let transaction = format!("table ip {TABLE}\ndelete table ip {TABLE}\n{ruleset}");
+        let transaction = format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n{ruleset}");
         nft(&["-f", "-"], Some(&transaction)).await?;
-        let listing = list_table().await?.ok_or(NetdevError::Missing("the nftables table just made"))?;
+        let listing = self.list().await?.ok_or(NetdevError::Missing("the nftables table just made"))?;
         // A rule someone added between the apply and the listing would be
         // taken for ours: such a listing is not kept, and the next pass
         // sets the table again.
         self.applied = (rule_count(&listing) == rule_count(&ruleset)).then_some((ruleset, listing));
         Ok(Change::Set)
     }
+
+    /// The table's listing, or `None` if there is no such table.
+    async fn list(&self) -> Result<Option<String>, NetdevError> {
+        match nft(&["list", "table", self.family, TABLE], None).await {
+            Ok(listing) => Ok(Some(listing)),
+            Err(NetdevError::Firewall(message)) if message.contains("No such file or directory") => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// A listing with its counters' values blanked, so that traffic does not
+/// read as a hand edit.
+fn strip_counters(listing: &str) -> String {
+    listing.lines().map(|line| line.split(" counter packets ").next().unwrap_or(line)).collect::<Vec<_>>().join("\n")
+}
+
+/// Each counting rule of a listing, as its match and its packet count.
+fn counters(listing: &str) -> Vec<(String, u64)> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let (rule, rest) = line.trim().split_once(" counter packets ")?;
+            let packets = rest.split_whitespace().next()?.parse().ok()?;
+            Some((rule.to_owned(), packets))
+        })
+        .collect()
 }
 
 /// How many rules a table's text (a script of [`FirewallPlan::ruleset`]
@@ -197,15 +293,6 @@ fn rule_count(text: &str) -> usize {
         line.is_empty() || line == "}" || ["table ", "chain ", "type "].iter().any(|p| line.starts_with(p))
     };
     text.lines().map(str::trim).filter(|line| !structure(line)).count()
-}
-
-/// The table's listing, or `None` if there is no such table.
-async fn list_table() -> Result<Option<String>, NetdevError> {
-    match nft(&["list", "table", "ip", TABLE], None).await {
-        Ok(listing) => Ok(Some(listing)),
-        Err(NetdevError::Firewall(message)) if message.contains("No such file or directory") => Ok(None),
-        Err(error) => Err(error),
-    }
 }
 
 /// Runs `nft ARGS` with `input` on its standard input; answers its output.
@@ -267,6 +354,7 @@ mod tests {
                 port: 53,
             }],
             uplink: Some("eth1".into()),
+            tunnel: None,
         };
         let ruleset = plan.ruleset().expect("rules");
         let lines: Vec<&str> = ruleset.lines().map(str::trim).collect();
@@ -297,10 +385,36 @@ mod tests {
             }],
             ports: Vec::new(),
             uplink: Some("eth1".into()),
+            tunnel: None,
         };
         // As nft 1.0.6 lists that table.
         let listing = "table ip mesh {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n\n\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t}\n\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.0.1.0/24 oifname \"eth1\" masquerade\n\t}\n\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"mbr1\" oifname != \"mbr1\" oifname \"mbr*\" drop\n\t}\n}\n";
         assert_eq!(rule_count(&plan.ruleset().expect("rules")), 2);
         assert_eq!(rule_count(listing), 2);
+    }
+
+    #[test]
+    fn the_guard_drops_tunnel_sources_and_vxlan_to_tunnel_addresses_not_from_wireguard() {
+        let guard = TunnelGuard {
+            network: ("fd6d:6573:6800:1::".parse().expect("prefix"), 64),
+            interface: "mwg0".into(),
+            vxlan_port: 4789,
+        };
+        let ruleset = guard.ruleset();
+        let lines: Vec<&str> = ruleset.lines().map(str::trim).collect();
+        assert!(ruleset.starts_with("table ip6 mesh {"), "{ruleset}");
+        let accept = lines.iter().position(|l| *l == "iifname { \"lo\", \"mwg0\" } accept");
+        let drop = lines.iter().position(|l| *l == "ip6 saddr fd6d:6573:6800:1::/64 counter drop");
+        assert!(matches!((accept, drop), (Some(a), Some(d)) if a < d), "{ruleset}");
+        assert!(lines.contains(&"ip6 daddr fd6d:6573:6800:1::/64 udp dport 4789 counter drop"), "{ruleset}");
+        assert_eq!(rule_count(&ruleset), 3);
+    }
+
+    #[test]
+    fn counters_are_read_and_blanked_from_a_listing() {
+        let listing = "table ip6 mesh {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tiifname { \"lo\", \"mwg0\" } accept\n\t\tip6 saddr fd6d:6573:6800:1::/64 counter packets 3 bytes 300 drop\n\t}\n}\n";
+        assert_eq!(counters(listing), vec![("ip6 saddr fd6d:6573:6800:1::/64".to_owned(), 3)]);
+        let zero = listing.replace("packets 3 bytes 300", "packets 0 bytes 0");
+        assert_eq!(strip_counters(listing), strip_counters(&zero));
     }
 }

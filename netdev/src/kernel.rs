@@ -50,9 +50,11 @@ pub struct VxlanSpec {
     /// `udp6zerocsumrx`). Its FDB entries point at VTEPs of this family.
     pub local: IpAddr,
     /// The underlay interface (the one holding `local`), the device's
-    /// `dev` for either family. (An encrypted network's device, whose
-    /// `local` sits on `mwg0`, is to have no `dev`: DESIGN.md.)
-    pub underlay: u32,
+    /// `dev`; `None` for an encrypted network's device, whose `local` is
+    /// the tunnel address on `mwg0` (the kernel deletes a VXLAN device
+    /// whose `dev` goes, and the userspace `mwg0` is a TUN that may be
+    /// replaced).
+    pub underlay: Option<u32>,
     /// UDP port.
     pub port: u16,
     /// MTU.
@@ -202,7 +204,11 @@ pub async fn add_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<(), Net
 /// Creates a VXLAN device: learning off, ARP proxy on, enslaved and up;
 /// with an IPv6 `local`, zero UDP checksums sent and accepted.
 pub async fn add_vxlan(handle: &Handle, name: &str, spec: VxlanSpec) -> Result<(), NetdevError> {
-    let device = LinkVxlan::new(name, spec.vni).dev(spec.underlay);
+    let device = LinkVxlan::new(name, spec.vni);
+    let device = match spec.underlay {
+        Some(index) => device.dev(index),
+        None => device,
+    };
     let device = match spec.local {
         IpAddr::V4(local) => device.local(local),
         IpAddr::V6(local) => device.local6(local).udp_zero_csum6_tx(true).udp_zero_csum6_rx(true),

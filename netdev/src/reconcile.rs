@@ -5,7 +5,7 @@
 //! restored, and what is no longer wanted is removed, entry by entry.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
@@ -15,6 +15,7 @@ use rtnetlink::{Handle, LinkUnspec};
 use crate::error::NetdevError;
 use crate::kernel::{self, Link, VxlanSpec};
 use crate::netns;
+use crate::wireguard;
 
 /// Most netlink requests a pass keeps in flight.
 const IN_FLIGHT: usize = 256;
@@ -35,6 +36,23 @@ pub struct Underlay {
     pub local: IpAddr,
     /// VXLAN's UDP port.
     pub port: u16,
+    /// This host's tunnel address on `mwg0`, if it has an encrypted path
+    /// (the local VTEP of its encrypted networks).
+    pub tunnel: Option<Ipv6Addr>,
+}
+
+impl Underlay {
+    /// The local VTEP and `dev` of a network's VXLAN device on an
+    /// underlay interface of `index`: the advertise address over that
+    /// interface, or, for an encrypted network, the tunnel address with
+    /// no `dev`.
+    fn vtep_of(&self, encrypted: bool, index: u32) -> Result<(IpAddr, Option<u32>), NetdevError> {
+        match (encrypted, self.tunnel) {
+            (true, Some(tunnel)) => Ok((IpAddr::V6(tunnel), None)),
+            (true, None) => Err(NetdevError::NoEncryptedPath),
+            (false, _) => Ok((self.local, Some(index))),
+        }
+    }
 }
 
 /// What one network must look like on this host.
@@ -45,8 +63,10 @@ pub struct NetworkPlan {
     /// Whether it spans hosts through a VXLAN device (an overlay network)
     /// or stays on this host's bridge (a bridge network, with no remotes).
     pub vxlan: bool,
-    /// Its MTU; when `None`, the underlay's, minus [`VXLAN_OVERHEAD`] (or
-    /// [`VXLAN6_OVERHEAD`] on an IPv6 underlay) with VXLAN.
+    /// Whether its VXLAN runs inside WireGuard: between tunnel addresses
+    /// ([`Underlay::tunnel`] here, the remotes' VTEPs there).
+    pub encrypted: bool,
+    /// Its MTU; when `None`, [`default_mtu`].
     pub mtu: Option<u32>,
     /// Addresses the host holds on the network's bridge (the same on every
     /// host: each answers for them locally, the VXLAN device's ARP proxy
@@ -97,7 +117,8 @@ pub struct Remote {
     pub mac: [u8; 6],
     /// Its address.
     pub ip: Ipv4Addr,
-    /// Its host's VTEP address, of the family of [`Underlay::local`].
+    /// Its host's VTEP address, of the family of the plan's local VTEP
+    /// (its tunnel address on an encrypted network).
     pub vtep: IpAddr,
 }
 
@@ -114,6 +135,26 @@ pub struct Report {
     pub wired: Vec<(PathBuf, u32)>,
     /// The hand-offs whose pair exists after the pass, by id.
     pub handed: Vec<String>,
+    /// The MTU of the underlay interface (the one holding the advertise
+    /// address).
+    pub underlay_mtu: u32,
+}
+
+/// The MTU a network's interfaces get when none is given, over an
+/// underlay interface of `underlay_mtu` holding `local`, and the sum that
+/// makes it (as `mesh network inspect` shows it).
+pub fn default_mtu(underlay_mtu: u32, local: IpAddr, vxlan: bool, encrypted: bool) -> (u32, String) {
+    let vxlan_overhead = if local.is_ipv4() { VXLAN_OVERHEAD } else { VXLAN6_OVERHEAD };
+    let wireguard = wireguard::overhead(local);
+    let (overhead, sum) = match (vxlan, encrypted) {
+        (false, _) => (0, format!("underlay {underlay_mtu}")),
+        (true, false) => (vxlan_overhead, format!("underlay {underlay_mtu} - VXLAN {vxlan_overhead}")),
+        (true, true) => (
+            wireguard + VXLAN6_OVERHEAD,
+            format!("underlay {underlay_mtu} - WireGuard {wireguard} - VXLAN/IPv6 {VXLAN6_OVERHEAD}"),
+        ),
+    };
+    (underlay_mtu.saturating_sub(overhead), sum)
 }
 
 /// The bridge of network `vni`.
@@ -239,14 +280,22 @@ impl Reconciler {
         Ok(kernel::links(&self.handle).await?.into_values().find(|l| l.index == index).map(|l| l.name))
     }
 
-    /// Checks, before anything is built, that network `vni` can be built
-    /// here: an interface holds the advertise address, and no device in
-    /// the way has other settings.
-    pub async fn preflight(&self, underlay: Underlay, vni: u32) -> Result<(), NetdevError> {
+    /// The MTU of the interface holding the advertise address `local`.
+    pub async fn underlay_mtu(&self, local: IpAddr) -> Result<u32, NetdevError> {
+        let (_, mtu) = kernel::interface_with(&self.handle, local).await?.ok_or(NetdevError::NoUnderlay(local))?;
+        Ok(mtu)
+    }
+
+    /// Checks, before anything is built, that network `vni` (`encrypted`
+    /// or not) can be built here: an interface holds the advertise
+    /// address, the host has an encrypted path if it must, and no device
+    /// in the way has other settings.
+    pub async fn preflight(&self, underlay: Underlay, vni: u32, encrypted: bool) -> Result<(), NetdevError> {
         let (index, _) = kernel::interface_with(&self.handle, underlay.local)
             .await?
             .ok_or(NetdevError::NoUnderlay(underlay.local))?;
-        let wanted = VxlanSpec { vni, local: underlay.local, underlay: index, port: underlay.port, mtu: 0, bridge: 0 };
+        let (local, dev) = underlay.vtep_of(encrypted, index)?;
+        let wanted = VxlanSpec { vni, local, underlay: dev, port: underlay.port, mtu: 0, bridge: 0 };
         check_in_the_way(&kernel::links(&self.handle).await?, &wanted)
     }
 }
@@ -266,7 +315,7 @@ async fn reconcile(
 ) -> Result<Report, NetdevError> {
     let (underlay_index, underlay_mtu) =
         kernel::interface_with(handle, underlay.local).await?.ok_or(NetdevError::NoUnderlay(underlay.local))?;
-    let mut report = Report::default();
+    let mut report = Report { underlay_mtu, ..Report::default() };
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     for plan in plans {
         wanted.insert(bridge_name(plan.vni));
@@ -282,21 +331,17 @@ async fn reconcile(
         remove_unwanted(handle, underlay, &wanted, &mut report).await?;
     }
     for plan in plans {
-        let overhead = match (plan.vxlan, underlay.local) {
-            (false, _) => 0,
-            (true, IpAddr::V4(_)) => VXLAN_OVERHEAD,
-            (true, IpAddr::V6(_)) => VXLAN6_OVERHEAD,
+        let built = underlay.vtep_of(plan.encrypted, underlay_index).map(|(local, dev)| {
+            let mtu = plan.mtu.unwrap_or(default_mtu(underlay_mtu, underlay.local, plan.vxlan, plan.encrypted).0);
+            let spec =
+                move |bridge| VxlanSpec { vni: plan.vni, local, underlay: dev, port: underlay.port, mtu, bridge };
+            (mtu, spec)
+        });
+        let result = match built {
+            Ok((mtu, spec)) => reconcile_network(handle, plan, mtu, spec, mode, &mut report).await,
+            Err(error) => Err(error),
         };
-        let mtu = plan.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead));
-        let spec = |bridge| VxlanSpec {
-            vni: plan.vni,
-            local: underlay.local,
-            underlay: underlay_index,
-            port: underlay.port,
-            mtu,
-            bridge,
-        };
-        if let Err(error) = reconcile_network(handle, plan, mtu, spec, mode, &mut report).await {
+        if let Err(error) = result {
             report.errors.push(format!("network vni {}: {error}", plan.vni));
         }
     }
@@ -484,8 +529,8 @@ async fn apply_entries(handle: &Handle, index: u32, diff: EntryDiff, report: &mu
 }
 
 /// Removes mesh's devices that no plan wants: VXLAN devices first (only
-/// those with this host's VTEP address and port: a device someone else
-/// made is left alone), then host ends of veths (their sandbox ends go
+/// those with this host's VTEP address, or tunnel address, and port: a
+/// device someone else made is left alone), then host ends of veths (their sandbox ends go
 /// with them), then bridges.
 async fn remove_unwanted(
     handle: &Handle,
@@ -494,8 +539,11 @@ async fn remove_unwanted(
     report: &mut Report,
 ) -> Result<(), NetdevError> {
     let links = kernel::links(handle).await?;
+    let tunnel = underlay.tunnel.map(IpAddr::V6);
     let ours = |link: &Link| match link.vxlan {
-        Some((_, local, port)) => local == Some(underlay.local) && port == Some(underlay.port),
+        Some((_, local, port)) => {
+            (local == Some(underlay.local) || (local.is_some() && local == tunnel)) && port == Some(underlay.port)
+        }
         None => true,
     };
     for prefix in ["mvx", "mve", "mbr"] {
@@ -587,11 +635,22 @@ mod tests {
             controller: None,
             up: true,
         };
-        let wanted = |local| VxlanSpec { vni: 42, local, underlay: 2, port: 4789, mtu: 0, bridge: 0 };
+        let wanted = |local| VxlanSpec { vni: 42, local, underlay: Some(2), port: 4789, mtu: 0, bridge: 0 };
         assert!(check_vxlan(&link(vtep6(1)), &wanted(vtep6(1))).is_ok());
         assert!(check_vxlan(&link(vtep4(1)), &wanted(vtep4(1))).is_ok());
         assert!(matches!(check_vxlan(&link(vtep4(1)), &wanted(vtep6(1))), Err(NetdevError::Conflict(_))));
         assert!(matches!(check_vxlan(&link(vtep6(2)), &wanted(vtep6(1))), Err(NetdevError::Conflict(_))));
+    }
+
+    #[test]
+    fn the_default_mtu_takes_off_each_header_in_the_way() {
+        assert_eq!(default_mtu(1500, vtep4(1), false, false), (1500, "underlay 1500".into()));
+        assert_eq!(default_mtu(1500, vtep4(1), true, false), (1450, "underlay 1500 - VXLAN 50".into()));
+        assert_eq!(default_mtu(1500, vtep6(1), true, false).0, 1430);
+        let encrypted = default_mtu(1500, vtep4(1), true, true);
+        assert_eq!(encrypted, (1370, "underlay 1500 - WireGuard 60 - VXLAN/IPv6 70".into()));
+        assert_eq!(default_mtu(1500, vtep6(1), true, true).0, 1350);
+        assert_eq!(default_mtu(9000, vtep4(1), true, true).0, 8870);
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub fn tunnel_address(node_id: &[u8; 16]) -> Ipv6Addr {
     Ipv6Addr::from(octets)
 }
 
+/// The tunnel network: its first address and prefix length.
+pub fn tunnel_network() -> (Ipv6Addr, u8) {
+    let [a, b, c, d] = TUNNEL_PREFIX;
+    (Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0), TUNNEL_PREFIX_LEN)
+}
+
 /// Whether `ip` lies in the tunnel network (an advertise address there
 /// would route the underlay through the tunnel: refused at start-up).
 pub fn in_tunnel_network(ip: IpAddr) -> bool {
@@ -48,11 +54,20 @@ pub fn in_tunnel_network(ip: IpAddr) -> bool {
     }
 }
 
+/// WireGuard's overhead over an underlay whose addresses are of
+/// `underlay`'s family.
+pub fn overhead(underlay: IpAddr) -> u32 {
+    if underlay.is_ipv4() {
+        WIREGUARD_OVERHEAD
+    } else {
+        WIREGUARD6_OVERHEAD
+    }
+}
+
 /// The MTU of `mwg0` over an underlay of `underlay_mtu` whose addresses
 /// are of `underlay`'s family.
 pub fn interface_mtu(underlay_mtu: u32, underlay: IpAddr) -> u32 {
-    let overhead = if underlay.is_ipv4() { WIREGUARD_OVERHEAD } else { WIREGUARD6_OVERHEAD };
-    underlay_mtu.saturating_sub(overhead)
+    underlay_mtu.saturating_sub(overhead(underlay))
 }
 
 /// Whether a pass may remove what no plan wants (the VXLAN reconciler's

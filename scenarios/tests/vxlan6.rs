@@ -46,6 +46,7 @@ fn plan(lab: &Lab, i: u8, remotes: Vec<Remote>) -> NetworkPlan {
     NetworkPlan {
         vni: VNI,
         vxlan: true,
+        encrypted: false,
         mtu: None,
         bridge_addresses: Vec::new(),
         locals: vec![LocalPlan {
@@ -62,7 +63,7 @@ fn plan(lab: &Lab, i: u8, remotes: Vec<Remote>) -> NetworkPlan {
 
 /// One full pass of the reconciler inside host `i`, its VTEP [`vtep`]`(i)`.
 fn reconcile(lab: &Lab, i: u8, plans: Vec<NetworkPlan>) -> anyhow::Result<Report> {
-    let underlay = Underlay { local: IpAddr::V6(vtep(i)), port: 4789 };
+    let underlay = Underlay { local: IpAddr::V6(vtep(i)), port: 4789, tunnel: None };
     let report = netns::run_in(&netns::path_of(lab.netns(usize::from(i))), move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

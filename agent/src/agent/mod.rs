@@ -21,11 +21,12 @@ use std::time::Duration;
 use mesh_membership::enrol::Enroller;
 use mesh_membership::pki::{certificate_request, ClusterCa, ClusterSecret, JoinToken, NodeCredentials};
 use mesh_membership::records::view::{EndpointState, View};
+use mesh_membership::records::{MemberSpec, PolicySpec};
 use mesh_membership::transport::{enrol, Transport};
 use mesh_membership::{Core, Event, Membership, NodeId, NodeIdentity, NodeKey, RotateError, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{LastSyncBody, MemberBody, StatusBody};
+use crate::api::{EncryptionBody, LastSyncBody, MemberBody, StatusBody};
 use crate::bootstrap::ClusterSeed;
 use crate::clock::unix_ms;
 use crate::config::DEFAULT_PORT;
@@ -76,11 +77,15 @@ pub(crate) struct NodeSettings {
     pub(crate) advertise: SocketAddr,
     /// How long the certificates it issues are valid.
     pub(crate) cert_lifetime: Duration,
+    /// Whether a cluster it founds encrypts every network.
+    pub(crate) encrypt_networks: bool,
 }
 
 /// What the agent is and holds.
 pub(crate) struct Agent {
     name: String,
+    /// Whether a cluster this node founds encrypts every network (config).
+    encrypt_networks: bool,
     /// This node's identity key; its id is `key.id()`.
     key: NodeKey,
     /// How long the certificates this node issues are valid.
@@ -112,7 +117,7 @@ impl Agent {
         dns: Arc<SandboxDns>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let NodeSettings { name, advertise, cert_lifetime } = node;
+        let NodeSettings { name, advertise, cert_lifetime, encrypt_networks } = node;
         for (name, attachment) in dataplane.attachments() {
             if let Err(error) = dns.serve(&name, &attachment) {
                 tracing::warn!(%error, "no DNS in a sandbox");
@@ -120,6 +125,7 @@ impl Agent {
         }
         let agent = Arc::new(Self {
             name,
+            encrypt_networks,
             key: datadir.node_key()?,
             cert_lifetime,
             advertise,
@@ -140,10 +146,12 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Makes this node a new, one-member cluster and returns its join token.
-    pub(crate) async fn init(&self) -> Result<JoinToken, AgentError> {
-        let token = self.found(ClusterSeed::generate()?).await?;
-        tracing::info!("initialised a new cluster");
+    /// Makes this node a new, one-member cluster and returns its join
+    /// token; with `encrypt_networks` (or the config's), the cluster
+    /// encrypts every network.
+    pub(crate) async fn init(&self, encrypt_networks: bool) -> Result<JoinToken, AgentError> {
+        let token = self.found(ClusterSeed::generate()?, encrypt_networks).await?;
+        tracing::info!(encrypt_networks = encrypt_networks || self.encrypt_networks, "initialised a new cluster");
         Ok(token)
     }
 
@@ -159,14 +167,14 @@ impl Agent {
             tracing::info!("this node left its cluster: not bootstrapping (`mesh join` to come back)");
             return Ok(());
         }
-        self.found(seed).await?;
+        self.found(seed, false).await?;
         tracing::info!("joined the bundle's cluster by itself");
         Ok(())
     }
 
     /// Makes this node a member of `seed`'s cluster, issuing its
     /// certificate from the CA; returns the join token.
-    async fn found(&self, seed: ClusterSeed) -> Result<JoinToken, AgentError> {
+    async fn found(&self, seed: ClusterSeed, encrypt_networks: bool) -> Result<JoinToken, AgentError> {
         let _guard = self.joining.lock().await;
         if self.membership().is_some() {
             return Err(AgentError::Conflict(
@@ -180,7 +188,13 @@ impl Agent {
         let files = ClusterFiles { creds, ca, secret };
         self.datadir.save_cluster(&files)?;
         let token = files.token();
-        self.begin_session(files)?;
+        let membership = self.begin_session(files)?;
+        if encrypt_networks || self.encrypt_networks {
+            membership
+                .set_policy(PolicySpec { encrypt_networks: true })
+                .await
+                .map_err(|e| AgentError::Internal(anyhow::anyhow!("cannot set the cluster's policy: {e}")))?;
+        }
         Ok(token)
     }
 
@@ -422,7 +436,13 @@ impl Agent {
             digest,
             last_sync,
             conflicts,
+            encryption: self.encryption().await,
         })
+    }
+
+    /// This host's encrypted path, as `mesh status` shows it.
+    pub(crate) async fn encryption(&self) -> EncryptionBody {
+        self.dataplane.encryption_body().await
     }
 
     /// This node's membership, or the error that says how to get one.
@@ -501,6 +521,7 @@ impl Agent {
         tokio::spawn(remember_peers(membership.subscribe(), self.datadir.clone(), Arc::clone(&self.state)));
         tokio::spawn(crate::upkeep::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
         tokio::spawn(crate::credentials::run(membership.clone(), self.datadir.clone(), self.shutdown.child_token()));
+        tokio::spawn(announce_member(membership.clone(), self.dataplane.member_spec()));
         tokio::spawn(Arc::clone(&self.dataplane).run(membership.clone(), self.shutdown.child_token()));
         tokio::spawn(Arc::clone(&self.dns).follow(membership.clone()));
         *self.session.write().unwrap_or_else(PoisonError::into_inner) =
@@ -510,6 +531,14 @@ impl Agent {
 
     fn update_state(&self, change: impl FnOnce(&mut State)) -> Result<State, AgentError> {
         update_state(&self.datadir, &self.state, change).map_err(AgentError::Internal)
+    }
+}
+
+/// Announces this host's WireGuard key and path in its member record (a
+/// new version only if they changed since the last run).
+async fn announce_member(membership: Membership, spec: MemberSpec) {
+    if let Err(error) = membership.announce_member(spec).await {
+        tracing::error!(%error, "cannot announce this host's WireGuard key: no host will accept its encrypted packets");
     }
 }
 

@@ -4,7 +4,7 @@
 use ipnet::Ipv4Net;
 use mesh_membership::records::view::View;
 use mesh_membership::records::{check_name, Driver, NetworkSpec, MAX_VNI, MTU_RANGE};
-use mesh_membership::PublishError;
+use mesh_membership::{MemberInfo, PublishError, Status};
 
 use super::bodies::{self, Names};
 use super::{Agent, AgentError};
@@ -17,7 +17,11 @@ impl Agent {
     pub(crate) async fn network_create(&self, body: NetworkCreateBody) -> Result<NetworkBody, AgentError> {
         let name = self
             .change(move |core, now| {
-                let spec = network_spec(&core.view(), body)?;
+                let view = core.view();
+                let spec = network_spec(&view, body)?;
+                if spec.encrypted {
+                    check_every_member_encrypts(&view, &core.members())?;
+                }
                 let name = spec.name.clone();
                 core.create_network(now, spec).map_err(publish_error)?;
                 Ok(name)
@@ -29,22 +33,41 @@ impl Agent {
 
     /// Every network, by name.
     pub(crate) async fn networks(&self) -> Result<Vec<NetworkBody>, AgentError> {
-        self.read(|core| {
-            let (view, names) = (core.view(), Names::new(&core.members()));
-            view.networks.values().map(|n| bodies::network(&view, n, &names)).collect()
-        })
-        .await
+        let networks: Vec<NetworkBody> = self
+            .read(|core| {
+                let (view, names) = (core.view(), Names::new(&core.members()));
+                view.networks.values().map(|n| bodies::network(&view, n, &names)).collect()
+            })
+            .await?;
+        Ok(networks.into_iter().map(|n| self.with_mtu(n)).collect())
     }
 
     /// One network by name.
     pub(crate) async fn network(&self, name: &str) -> Result<NetworkBody, AgentError> {
         let name = name.to_owned();
-        self.read(move |core| {
-            let (view, names) = (core.view(), Names::new(&core.members()));
-            let network = view.network(&name).ok_or_else(|| no_such_network(&name))?;
-            Ok(bodies::network(&view, network, &names))
-        })
-        .await?
+        let network = self
+            .read(move |core| {
+                let (view, names) = (core.view(), Names::new(&core.members()));
+                let network = view.network(&name).ok_or_else(|| no_such_network(&name))?;
+                Ok::<_, AgentError>(bodies::network(&view, network, &names))
+            })
+            .await??;
+        Ok(self.with_mtu(network))
+    }
+
+    /// `network` with the MTU its interfaces get on this host, and why.
+    fn with_mtu(&self, mut network: NetworkBody) -> NetworkBody {
+        match network.mtu {
+            Some(mtu) => network.mtu_effective = Some(u32::from(mtu)),
+            None if network.driver == Driver::Null.as_str() => {}
+            None => {
+                let vxlan = network.driver == Driver::Overlay.as_str();
+                if let Some((mtu, from)) = self.dataplane.default_mtu(vxlan, network.encrypted) {
+                    (network.mtu_effective, network.mtu_from) = (Some(mtu), Some(from));
+                }
+            }
+        }
+        network
     }
 
     /// Removes a network, refused while it has endpoints. Networks that lost
@@ -107,6 +130,7 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
     if let Some(mtu) = body.mtu.filter(|mtu| !MTU_RANGE.contains(mtu)) {
         return Err(bad(format!("MTU {mtu} is out of range ({}-{})", MTU_RANGE.start(), MTU_RANGE.end())));
     }
+    let encrypted = encrypted_for(view, driver, body.encrypted)?;
     let (subnet, vni) = match driver {
         Driver::Null if body.subnet.is_some() || body.vni.is_some() => {
             return Err(bad("a null network has no subnet or VNI".into()));
@@ -119,6 +143,7 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
         Some(subnet) => NetworkSpec {
             driver,
             internal: body.internal,
+            encrypted,
             mtu: body.mtu,
             ..NetworkSpec::overlay(&body.name, vni, subnet, unix_ms())
         },
@@ -136,6 +161,40 @@ fn network_spec(view: &View, body: NetworkCreateBody) -> Result<NetworkSpec, Age
     };
     spec.validate().map_err(|e| bad(e.to_string()))?;
     Ok(spec)
+}
+
+/// Whether a new network of `driver` is encrypted, as asked
+/// (`requested`) or, if not asked, as the cluster's policy says.
+fn encrypted_for(view: &View, driver: Driver, requested: Option<bool>) -> Result<bool, AgentError> {
+    let policy = view.policy().is_some_and(|p| p.encrypt_networks);
+    match (requested, driver) {
+        (Some(false), _) if policy => Err(AgentError::BadRequest(
+            "this cluster encrypts every network (mesh init --encrypt-networks): --encrypted=false is refused".into(),
+        )),
+        (Some(true), Driver::Overlay) => Ok(true),
+        (Some(true), other) => Err(AgentError::BadRequest(format!(
+            "only an overlay network crosses hosts: a {} network cannot be encrypted",
+            other.as_str()
+        ))),
+        (None, Driver::Overlay) => Ok(policy),
+        (_, _) => Ok(false),
+    }
+}
+
+/// Refuses an encrypted network while a member that has not left
+/// announces no WireGuard key: it runs a mesh from before encryption, and
+/// would never receive the network. (A member that announces a key but
+/// has no way to carry encrypted networks refuses sandboxes on them
+/// itself, saying why.)
+fn check_every_member_encrypts(view: &View, members: &[MemberInfo]) -> Result<(), AgentError> {
+    let old = members.iter().find(|m| m.status != Status::Left && !view.members().contains_key(&m.identity.id));
+    match old {
+        Some(member) => Err(AgentError::Conflict(format!(
+            "{} announces no WireGuard key: it runs a mesh from before encryption; upgrade it first",
+            member.identity.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn subnet_for(view: &View, body: &NetworkCreateBody) -> Result<Ipv4Net, AgentError> {

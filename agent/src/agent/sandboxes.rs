@@ -35,9 +35,10 @@ impl Agent {
         check_networks(&body.networks)?;
         check_interface(&body)?;
         let current = self.current_view()?;
-        let vnis = bridged_vnis(&current.view, &body.networks)?;
+        let bridged = bridged_networks(&current.view, &body.networks)?;
+        let vnis: Vec<u32> = bridged.iter().map(|(vni, _)| *vni).collect();
         let ports = published_ports(&current.view, &body)?;
-        self.dataplane.preflight(&vnis).await.map_err(AgentError::Conflict)?;
+        self.dataplane.preflight(&bridged).await.map_err(AgentError::Conflict)?;
         let netns = body.netns.clone().map(PathBuf::from);
         self.dataplane.check_sandbox(&name, netns.as_deref(), &ports).map_err(AgentError::Conflict)?;
         // Published first: other hosts program it while this one builds
@@ -179,14 +180,14 @@ fn check_interface(body: &SandboxCreateBody) -> Result<(), AgentError> {
 }
 
 /// The VNIs of `networks` (overlay and bridge ones; a null network has
-/// none). Refuses a network that does not exist, and a null network beside
+/// none), each with whether it is encrypted. Refuses a network that does not exist, and a null network beside
 /// others (it means loopback only).
-fn bridged_vnis(view: &View, networks: &[String]) -> Result<Vec<u32>, AgentError> {
+fn bridged_networks(view: &View, networks: &[String]) -> Result<Vec<(u32, bool)>, AgentError> {
     let mut vnis = Vec::new();
     for name in networks {
         let network = view.network(name).ok_or_else(|| no_such_network(name))?;
         match network.spec.driver {
-            Driver::Overlay | Driver::Bridge => vnis.push(network.spec.vni),
+            Driver::Overlay | Driver::Bridge => vnis.push((network.spec.vni, network.spec.encrypted)),
             Driver::Null if networks.len() > 1 => {
                 return Err(AgentError::BadRequest(format!(
                     "network {name} is a null network (loopback only) and cannot be joined with others"

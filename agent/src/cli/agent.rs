@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::Args;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, WireguardMode};
 
 /// Flags of `mesh agent`; each has a config-file key of the same name.
 #[derive(Debug, Args)]
@@ -78,6 +78,17 @@ pub(crate) struct AgentArgs {
     /// becomes a member of the bundle's by itself, then joins --join peers.
     #[arg(long, value_name = "FILE")]
     bootstrap: Option<PathBuf>,
+    /// Which WireGuard carries encrypted networks: the kernel's, else the
+    /// agent's over a TUN device (`auto`), only one of them, or none (`off`)
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    wireguard: Option<WireguardMode>,
+    /// WireGuard's UDP port [default: 51820].
+    #[arg(long, value_name = "PORT")]
+    wireguard_port: Option<u16>,
+    /// The TUN device the agent's WireGuard opens [default: /dev/net/tun].
+    #[arg(long, value_name = "PATH")]
+    tun_device: Option<PathBuf>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -105,6 +116,10 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<()> {
         cert_lifetime_secs: args.cert_lifetime_secs,
         metrics_addr: args.metrics_addr,
         bootstrap: args.bootstrap,
+        wireguard: args.wireguard,
+        wireguard_port: args.wireguard_port,
+        tun_device: args.tun_device,
+        encrypt_networks: None,
     };
     let settings = file.overlay(flags).resolve()?;
     super::logging::init(settings.log_format, &settings.log_level)?;

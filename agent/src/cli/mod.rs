@@ -39,7 +39,7 @@ enum Command {
     /// Run the agent (one per host, as root).
     Agent(Box<agent::AgentArgs>),
     /// Make this agent a new cluster; prints the join token (one line).
-    Init(ClientOpts),
+    Init(init::InitArgs),
     /// Make a new cluster offline, for unattended first boots: prints a
     /// bundle (the cluster CA and join secret; keep it secret) that agents
     /// given `--bootstrap FILE` become members with by themselves.
@@ -132,7 +132,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
             Command::Agent(_) | Command::Completions(_) | Command::Manpage | Command::Bootstrap => {
                 unreachable!("handled above")
             }
-            Command::Init(opts) => init::run(&opts).await,
+            Command::Init(args) => init::run(&args).await,
             Command::Join(args) => join::run(&args).await,
             Command::Token(args) => token::run(&args).await,
             Command::Leave(opts) => leave::run(&opts).await,

@@ -47,6 +47,11 @@ struct CreateArgs {
     /// nothing from or to the network, and no port is published on it.
     #[arg(long)]
     internal: bool,
+    /// Carry its packets between hosts inside WireGuard (`--encrypted`,
+    /// or `--encrypted=false` for plaintext) [default: the cluster's
+    /// policy: plaintext unless `mesh init --encrypt-networks`].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    encrypted: Option<bool>,
     #[command(flatten)]
     output: OutputOpts,
 }
@@ -78,13 +83,15 @@ pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
                 vni: create.vni,
                 mtu: create.mtu,
                 internal: create.internal,
+                encrypted: create.encrypted,
             };
             let network: NetworkBody = create.output.client.client().post(api::NETWORKS, &body).await?;
             match create.output.format {
                 Format::Json => print_json(&network),
                 Format::Table => {
                     let subnet = network.subnet.as_deref().unwrap_or("no subnet");
-                    println!("created network {} (vni {}, {subnet})", network.name, network.vni);
+                    let encrypted = if network.encrypted { ", encrypted" } else { "" };
+                    println!("created network {} (vni {}, {subnet}{encrypted})", network.name, network.vni);
                     Ok(())
                 }
             }
@@ -128,11 +135,17 @@ pub(crate) async fn run(args: &NetworkArgs) -> anyhow::Result<()> {
     }
 }
 
-/// What a network's MTU is when none was given.
-fn default_mtu(driver: &str) -> &'static str {
-    match driver {
-        "overlay" => "underlay - 50",
-        _ => "underlay",
+/// What a network's MTU is on the answering host, and how it was found.
+fn mtu_text(network: &NetworkBody) -> String {
+    match (network.mtu_effective, &network.mtu_from) {
+        (Some(mtu), Some(from)) => format!("{mtu} ({from})"),
+        (Some(mtu), None) => mtu.to_string(),
+        _ => match (network.mtu, network.driver.as_str(), network.encrypted) {
+            (Some(mtu), _, _) => mtu.to_string(),
+            (None, "overlay", true) => "underlay - WireGuard 60 - VXLAN/IPv6 70".into(),
+            (None, "overlay", false) => "underlay - VXLAN 50".into(),
+            (None, _, _) => "underlay".into(),
+        },
     }
 }
 
@@ -144,10 +157,11 @@ fn describe(network: &NetworkBody) -> String {
         ("id", network.id.clone()),
         ("driver", network.driver.clone()),
         ("way out", if network.internal { "none (internal)".into() } else { "through each host (masquerade)".into() }),
+        ("encrypted", if network.encrypted { "yes (WireGuard between hosts)".into() } else { "no".into() }),
         ("vni", network.vni.to_string()),
         ("subnet", network.subnet.clone().unwrap_or_else(none)),
         ("gateway", network.gateway.clone().unwrap_or_else(none)),
-        ("mtu", network.mtu.map_or_else(|| default_mtu(&network.driver).into(), |m| m.to_string())),
+        ("mtu", mtu_text(network)),
         ("created by", network.created_by.clone()),
     ];
     let mut out: String = fields.iter().map(|(k, v)| format!("{:<11} {v}\n", format!("{k}:"))).collect();

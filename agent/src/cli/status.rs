@@ -21,6 +21,18 @@ pub(crate) async fn run(opts: &OutputOpts) -> anyhow::Result<()> {
     println!("address    {}", status.addr);
     println!("state      {}", status.state);
     println!("cluster    {} active; {}", status.cluster_size, counts.join(", "));
+    let encryption = &status.encryption;
+    match &encryption.reason {
+        Some(reason) if encryption.path == "none" => println!("encryption none: {reason}"),
+        _ => println!(
+            "encryption {} WireGuard, port {}, tunnel {}, {} peer(s), {} packet(s) dropped",
+            encryption.path,
+            encryption.port,
+            encryption.tunnel,
+            encryption.peers,
+            encryption.dropped.values().sum::<u64>()
+        ),
+    }
     if let Some(digest) = &status.digest {
         println!("digest     {digest}  (records-members; equal on every converged host)");
     }

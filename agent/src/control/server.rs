@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError};
 use crate::api::{
-    self, CaRotateBody, ChangesBody, ChangesQuery, Done, ErrorBody, JoinBody, MemberBody, NetworkBody,
+    self, CaRotateBody, ChangesBody, ChangesQuery, Done, ErrorBody, InitBody, JoinBody, MemberBody, NetworkBody,
     NetworkCreateBody, SandboxBody, SandboxCreateBody, StatusBody, TokenBody,
 };
 
@@ -34,8 +34,9 @@ impl IntoResponse for AgentError {
 
 type Reply<T> = Result<Json<T>, AgentError>;
 
-async fn init(State(agent): State<Arc<Agent>>) -> Reply<TokenBody> {
-    let token = agent.init().await?;
+async fn init(State(agent): State<Arc<Agent>>, body: Result<Json<InitBody>, JsonRejection>) -> Reply<TokenBody> {
+    let Json(body) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    let token = agent.init(body.encrypt_networks).await?;
     Ok(Json(TokenBody { token: token.to_string() }))
 }
 

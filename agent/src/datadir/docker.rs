@@ -26,6 +26,9 @@ pub(crate) struct BoundNetwork {
     /// The mesh network it is, once known (Docker does not tell drivers a
     /// network's name: the agent asks the engine after `CreateNetwork`).
     pub(crate) mesh: Option<String>,
+    /// What `--opt encrypted` asked (`None`: the cluster's policy).
+    #[serde(default)]
+    pub(crate) encrypted: Option<bool>,
 }
 
 /// A Docker endpoint on a mesh network.

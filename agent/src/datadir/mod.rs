@@ -9,9 +9,11 @@
 
 mod docker;
 mod published;
+mod wireguard_key;
 
 pub(crate) use docker::{Bindings, BoundEndpoint, BoundNetwork};
 pub(crate) use published::PublishedPort;
+pub(crate) use wireguard_key::WireguardKey;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -116,6 +118,21 @@ impl DataDir {
             None => {
                 let key = NodeKey::generate();
                 self.write("node-key.pem", to_pem("PRIVATE KEY", &key.pkcs8()).as_bytes(), 0o600)?;
+                Ok(key)
+            }
+        }
+    }
+
+    /// This node's WireGuard key, made and saved on first use (at
+    /// enrolment, or at the first start of a data dir from before
+    /// encryption).
+    pub(crate) fn wireguard_key(&self) -> anyhow::Result<WireguardKey> {
+        let path = self.path.join("wireguard.key");
+        match self.read_optional("wireguard.key")? {
+            Some(text) => WireguardKey::parse(&text).with_context(|| format!("{} is damaged", path.display())),
+            None => {
+                let key = WireguardKey::generate();
+                self.write("wireguard.key", key.to_file().as_bytes(), 0o600)?;
                 Ok(key)
             }
         }
@@ -291,6 +308,20 @@ mod tests {
         let state = State { bump: 7, peers: vec!["198.18.0.2:7950".parse()?], left: false };
         dir.save_state(&state)?;
         assert_eq!(DataDir::open(tmp.path())?.state()?, state);
+        Ok(())
+    }
+
+    #[test]
+    fn the_wireguard_key_is_made_once_and_kept_owner_only() -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir()?;
+        let key = DataDir::open(tmp.path())?.wireguard_key()?;
+        assert_eq!(DataDir::open(tmp.path())?.wireguard_key()?, key, "the key is kept");
+        let mode = fs::metadata(tmp.path().join("wireguard.key"))?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(tmp.path().join("wireguard.key"), "damaged")?;
+        let error = DataDir::open(tmp.path())?.wireguard_key().expect_err("a damaged key is refused");
+        assert!(format!("{error:#}").contains("wireguard.key is damaged"), "{error:#}");
         Ok(())
     }
 

@@ -18,28 +18,31 @@
 //! then are withdrawn; endpoints in conflict are never programmed.
 //! Published ports are held by sockets ([`holds`]).
 
+mod encryption;
 mod holds;
-// The userspace WireGuard device; the daemon's start-up choice of path
-// (DESIGN.md, "Chosen at start-up") wires it next.
-#[allow(dead_code)]
-pub(crate) mod userspace;
+mod userspace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mesh_membership::records::view::{EndpointState, View};
 use mesh_membership::records::Driver;
+use mesh_membership::records::MemberSpec;
 use mesh_membership::{MemberInfo, Membership, NodeId, Status};
-use mesh_netdev::firewall::{self, Firewall, FirewallPlan, PortMapping, RoutedNetwork};
+use mesh_netdev::firewall::{self, Firewall, FirewallPlan, PortMapping, RoutedNetwork, TunnelGuard};
 use mesh_netdev::netns;
 use mesh_netdev::reconcile::{self, Handoff, LocalPlan, Mode, NetworkPlan, Reconciler, Remote, Underlay};
+use mesh_netdev::wireguard;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use self::encryption::Encryption;
 use self::holds::PortHolds;
+use crate::api::EncryptionBody;
 use crate::clock::unix_ms;
 use crate::config::HOST_DNS;
 use crate::datadir::{Attachment, DataDir, PublishedPort};
@@ -75,17 +78,24 @@ pub(crate) struct Dataplane {
     metrics: Arc<Metrics>,
     /// The sockets holding the sandboxes' published ports.
     ports: Mutex<PortHolds>,
+    /// The encrypted path between hosts.
+    encryption: Encryption,
+    /// The underlay interface's MTU as the last pass found it (0: no pass yet).
+    underlay_mtu: AtomicU32,
 }
 
 impl Dataplane {
-    /// The data plane of a host whose VTEP is `local`, counting its
-    /// passes in `metrics`.
+    /// The data plane of a host on `underlay`, with its encrypted path
+    /// `encryption` (whose tunnel address it takes), counting its passes
+    /// in `metrics`.
     pub(crate) fn open(
         datadir: DataDir,
         prefix: String,
         underlay: Underlay,
+        encryption: Encryption,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let underlay = Underlay { tunnel: encryption.tunnel(), ..underlay };
         let attachments = datadir.attachments()?;
         let mut ports = PortHolds::default();
         for (name, attachment) in &attachments {
@@ -106,17 +116,37 @@ impl Dataplane {
             handed,
             metrics,
             ports: Mutex::new(ports),
+            encryption,
+            underlay_mtu: AtomicU32::new(0),
         })
     }
 
-    /// Checks that the networks `vnis` can be built on this host.
-    pub(crate) async fn preflight(&self, vnis: &[u32]) -> Result<(), String> {
-        if vnis.is_empty() {
+    /// What this host announces in its member record.
+    pub(crate) fn member_spec(&self) -> MemberSpec {
+        self.encryption.member_spec()
+    }
+
+    /// What `mesh status` says of the encrypted path.
+    pub(crate) async fn encryption_body(&self) -> EncryptionBody {
+        self.encryption.body().await
+    }
+
+    /// The MTU a network's interfaces get on this host when none is given,
+    /// and the sum that makes it, once a pass has found the underlay's.
+    pub(crate) fn default_mtu(&self, vxlan: bool, encrypted: bool) -> Option<(u32, String)> {
+        let underlay_mtu = self.underlay_mtu.load(AtomicOrdering::Relaxed);
+        (underlay_mtu > 0).then(|| reconcile::default_mtu(underlay_mtu, self.underlay.local, vxlan, encrypted))
+    }
+
+    /// Checks that the networks `networks` (VNI, and whether encrypted)
+    /// can be built on this host.
+    pub(crate) async fn preflight(&self, networks: &[(u32, bool)]) -> Result<(), String> {
+        if networks.is_empty() {
             return Ok(());
         }
         let kernel = Reconciler::open().map_err(|e| e.to_string())?;
-        for vni in vnis {
-            kernel.preflight(self.underlay, *vni).await.map_err(|e| e.to_string())?;
+        for (vni, encrypted) in networks {
+            kernel.preflight(self.underlay, *vni, *encrypted).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -292,6 +322,8 @@ impl Dataplane {
         };
         let mut views = membership.watch_view();
         let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+        let mut members_down: HashMap<NodeId, Instant> = HashMap::new();
+        let mut last_peers = Vec::new();
         let started = Instant::now();
         let started_ms = unix_ms();
         let mut first_peer: Option<Instant> = None;
@@ -305,17 +337,33 @@ impl Dataplane {
                 break;
             };
             track_down(view, &mut down_since);
+            track_members_down(&members, &mut members_down);
             if members.iter().skip(1).any(|m| matches!(m.status, Status::Alive | Status::Suspect)) {
                 first_peer.get_or_insert_with(Instant::now);
             }
             let warm = first_peer.is_some_and(|at| at.elapsed() >= WARM_AFTER_PEER) || started.elapsed() >= WARM_ALONE;
             let mode = if warm { Mode::Full } else { Mode::AddOnly };
+            // Peers before the networks: an encrypted network's FDB
+            // entries point at tunnel addresses only its peers hold.
+            let peers = encryption::desired_peers(view, &members, me, &members_down);
+            match self.encryption.reconcile(&peers, mode).await {
+                Ok((set, removed)) if set + removed > 0 => {
+                    tracing::debug!(set, removed, peers = peers.len(), "WireGuard peers reconciled");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "WireGuard peers"),
+            }
+            if peers != last_peers {
+                tracing::info!(peers = peers.len(), "WireGuard peers changed");
+                last_peers = peers;
+            }
             let (plans, firewall_plan) = self.plans(view, &members, me, &down_since);
             let planned = Programmed::of(&plans);
             let result = kernel.reconcile(self.underlay, &plans, mode).await;
             self.metrics.dataplane.pass(result.as_ref().ok(), planned.remotes.len());
             match result {
                 Ok(mut report) => {
+                    self.underlay_mtu.store(report.underlay_mtu, AtomicOrdering::Relaxed);
                     if report.errors.is_empty() {
                         self.count_convergence(view, &programmed, &planned, started_ms);
                         programmed = planned;
@@ -386,7 +434,14 @@ impl Dataplane {
         let attachments = self.attachments.lock().unwrap_or_else(PoisonError::into_inner);
         let handoffs = self.handoffs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut plans = Vec::new();
-        let mut firewall = FirewallPlan::default();
+        let mut firewall = FirewallPlan {
+            tunnel: self.underlay.tunnel.map(|_| TunnelGuard {
+                network: wireguard::tunnel_network(),
+                interface: wireguard::INTERFACE.into(),
+                vxlan_port: self.underlay.port,
+            }),
+            ..FirewallPlan::default()
+        };
         for network in view.networks.values().filter(|n| n.spec.driver.is_bridged()) {
             let prefix = network.spec.subnet.map(|s| s.prefix_len());
             let own = network.endpoints.iter().filter(|e| e.owner == me && e.state == EndpointState::Active);
@@ -423,6 +478,13 @@ impl Dataplane {
             }
             let in_grace = |owner: &NodeId| down_since.get(owner).is_some_and(|at| at.elapsed() < DOWN_GRACE);
             let vxlan = network.spec.driver == Driver::Overlay;
+            let encrypted = network.spec.encrypted;
+            // An encrypted network's remote VTEP is its host's tunnel
+            // address, for hosts that announce a key (a WireGuard peer).
+            let vtep_of = |owner: &NodeId| match encrypted {
+                true => view.members().contains_key(owner).then(|| IpAddr::V6(wireguard::tunnel_address(&owner.0))),
+                false => vteps.get(owner).copied(),
+            };
             let remotes = network
                 .endpoints
                 .iter()
@@ -430,7 +492,7 @@ impl Dataplane {
                 .filter(|e| {
                     e.state == EndpointState::Active || (e.state == EndpointState::OwnerDown && in_grace(&e.owner))
                 })
-                .filter_map(|e| Some(Remote { mac: e.spec.mac, ip: e.spec.ip?, vtep: *vteps.get(&e.owner)? }))
+                .filter_map(|e| Some(Remote { mac: e.spec.mac, ip: e.spec.ip?, vtep: vtep_of(&e.owner)? }))
                 .collect();
             let mtu = network.spec.mtu.map(u32::from);
             let gateway = network.spec.gateway.zip(prefix);
@@ -444,7 +506,7 @@ impl Dataplane {
                     internal,
                 });
             }
-            plans.push(NetworkPlan { vni, vxlan, mtu, bridge_addresses, locals, handoffs, remotes });
+            plans.push(NetworkPlan { vni, vxlan, encrypted, mtu, bridge_addresses, locals, handoffs, remotes });
         }
         (plans, firewall)
     }
@@ -458,9 +520,11 @@ async fn reconcile_firewall(
     mut plan: FirewallPlan,
 ) -> Result<(), String> {
     plan.uplink = kernel.uplink().await.map_err(|e| format!("the default route: {e}"))?;
-    match firewall.reconcile(&plan).await.map_err(|e| format!("nftables: {e}"))? {
-        firewall::Change::None => {}
-        change => tracing::debug!(?change, "nftables table {} reconciled", firewall::TABLE),
+    let (ip, ip6) = firewall.reconcile(&plan).await.map_err(|e| format!("nftables: {e}"))?;
+    for (family, change) in [("ip", ip), ("ip6", ip6)] {
+        if change != firewall::Change::None {
+            tracing::debug!(?change, "nftables table {family} {} reconciled", firewall::TABLE);
+        }
     }
     Ok(())
 }
@@ -488,6 +552,16 @@ impl Programmed {
             networks: plans.iter().map(|p| p.vni).collect(),
             remotes: plans.iter().flat_map(|p| p.remotes.iter().map(|r| r.mac)).collect(),
         }
+    }
+}
+
+/// Notes when each member was first seen down, and forgets members that
+/// are back (or gone).
+fn track_members_down(members: &[MemberInfo], down_since: &mut HashMap<NodeId, Instant>) {
+    let down: Vec<NodeId> = members.iter().filter(|m| m.status == Status::Down).map(|m| m.identity.id).collect();
+    down_since.retain(|id, _| down.contains(id));
+    for id in down {
+        down_since.entry(id).or_insert_with(Instant::now);
     }
 }
 

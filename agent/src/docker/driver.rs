@@ -242,9 +242,10 @@ impl Driver {
     /// `CreateNetwork`: remembers the network and learns its name.
     pub(crate) fn create_network(self: &Arc<Self>, request: proto::NetworkCreate) -> Result<Empty, CallError> {
         check_id("network", &request.network_id)?;
-        if request.ipv6_data.is_some_and(|d| !d.is_empty()) {
+        if request.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
             return fail("mesh networks are IPv4 only: create the network without --ipv6");
         }
+        let encrypted = request.encrypted().or_else(fail)?;
         let pools = request.ipv4_data.unwrap_or_default();
         let [pool] = pools.as_slice() else {
             return fail("a mesh network has exactly one subnet: create it with --ipam-driver mesh");
@@ -255,7 +256,7 @@ impl Driver {
             if bindings.networks.contains_key(&id) {
                 return fail(format!("network {id} exists already"));
             }
-            bindings.networks.insert(id.clone(), BoundNetwork { subnet, mesh: None });
+            bindings.networks.insert(id.clone(), BoundNetwork { subnet, mesh: None, encrypted });
             Ok(())
         })?;
         self.with(|working| working.pools.retain(|p| *p != subnet));
@@ -330,6 +331,7 @@ impl Driver {
                     mtu: None,
                     driver: None,
                     internal: false,
+                    encrypted: bound.encrypted,
                 };
                 match self.agent.network_create(body).await {
                     Ok(_) => {}
@@ -402,10 +404,14 @@ impl Driver {
         };
         let ip: Ipv4Addr = ip.parse().map_err(|_| CallError(format!("malformed address {:?}", interface.address)))?;
         let current = self.view()?;
-        let subnet = current.view.network(&mesh).and_then(|n| n.spec.subnet);
+        let network = current.view.network(&mesh).map(|n| (n.spec.vni, n.spec.encrypted, n.spec.subnet));
+        let Some((vni, encrypted, subnet)) = network else {
+            return fail(format!("mesh network {mesh} is gone"));
+        };
         if !subnet.is_some_and(|s| s.contains(&ip) && prefix == s.prefix_len().to_string()) {
             return fail(format!("{} is not an address of mesh network {mesh}", interface.address));
         }
+        self.dataplane.preflight(&[(vni, encrypted)]).await.or_else(fail)?;
         let (mac, tell_mac) = match interface.mac_address.as_str() {
             "" => (mac_for(ip), true),
             text => (parse_mac(text)?, false),

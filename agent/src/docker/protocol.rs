@@ -132,6 +132,28 @@ pub(crate) struct NetworkCreate {
     pub(crate) ipv4_data: Option<Vec<IpamData>>,
     #[serde(default, rename = "IPv6Data")]
     pub(crate) ipv6_data: Option<Vec<IpamData>>,
+    /// The network's options: `docker network create --opt K=V` arrive
+    /// under `com.docker.network.generic`.
+    #[serde(default, rename = "Options")]
+    pub(crate) options: Option<serde_json::Value>,
+}
+
+impl NetworkCreate {
+    /// What `--opt encrypted` asks: `Some(true)` for `--opt encrypted`
+    /// (Docker's overlay spelling, with no value) or `encrypted=true`,
+    /// `Some(false)` for `encrypted=false`, `None` when absent; an
+    /// error for any other value.
+    pub(crate) fn encrypted(&self) -> Result<Option<bool>, String> {
+        let generic = self.options.as_ref().and_then(|o| o.get("com.docker.network.generic"));
+        match generic.and_then(|g| g.get("encrypted")) {
+            None => Ok(None),
+            Some(value) => match value.as_str() {
+                Some("" | "true") => Ok(Some(true)),
+                Some("false") => Ok(Some(false)),
+                _ => Err(format!("--opt encrypted takes no value, true or false, not {value}")),
+            },
+        }
+    }
 }
 
 /// `/NetworkDriver.DeleteNetwork`.

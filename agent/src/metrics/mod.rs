@@ -8,7 +8,7 @@ mod histogram;
 mod report;
 
 pub(crate) use exposition::CONTENT_TYPE;
-pub(crate) use report::render;
+pub(crate) use report::{render, EncryptionFigures};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

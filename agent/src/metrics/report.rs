@@ -11,8 +11,25 @@ use mesh_membership::{Membership, Status};
 use super::exposition::{count_value, Exposition, Kind};
 use super::{as_count, Metrics, DNS_RESULTS, DNS_SOURCES};
 
+/// The encrypted path at the time of a scrape.
+#[derive(Debug, Default)]
+pub(crate) struct EncryptionFigures {
+    /// `kernel`, `userspace` or `none`.
+    pub(crate) path: String,
+    /// Its WireGuard's peers.
+    pub(crate) peers: usize,
+    /// Packets its WireGuard dropped, by reason.
+    pub(crate) dropped: BTreeMap<String, u64>,
+    /// Packets the tunnel guard (`ip6 mesh`) dropped, by rule.
+    pub(crate) guard_dropped: Vec<(String, u64)>,
+}
+
 /// The text of a scrape.
-pub(crate) async fn render(metrics: &Metrics, membership: Option<Membership>) -> String {
+pub(crate) async fn render(
+    metrics: &Metrics,
+    membership: Option<Membership>,
+    encryption: &EncryptionFigures,
+) -> String {
     let mut out = Exposition::default();
     out.family("mesh_build_info", Kind::Gauge, "The running mesh agent's version (always 1).")
         .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
@@ -22,8 +39,28 @@ pub(crate) async fn render(metrics: &Metrics, membership: Option<Membership>) ->
         cluster(&mut out, &membership).await;
     }
     dataplane(&mut out, metrics);
+    wireguard(&mut out, encryption);
     dns(&mut out, metrics);
     out.finish()
+}
+
+fn wireguard(out: &mut Exposition, encryption: &EncryptionFigures) {
+    out.family("mesh_wireguard_path", Kind::Gauge, "Which WireGuard carries encrypted networks here (always 1).")
+        .sample(&[("path", &encryption.path)], 1.0);
+    out.family("mesh_wireguard_peers", Kind::Gauge, "Peers of this host's WireGuard.")
+        .sample(&[], count_value(as_count(encryption.peers)));
+    out.family("mesh_wireguard_dropped_total", Kind::Counter, "Packets this host's WireGuard dropped, by reason.");
+    for (reason, n) in &encryption.dropped {
+        out.sample(&[("reason", reason)], count_value(*n));
+    }
+    out.family(
+        "mesh_nft_dropped_total",
+        Kind::Counter,
+        "Packets the tunnel guard dropped (forged tunnel traffic from the underlay), by rule.",
+    );
+    for (rule, n) in &encryption.guard_dropped {
+        out.sample(&[("rule", rule)], count_value(*n));
+    }
 }
 
 async fn cluster(out: &mut Exposition, membership: &Membership) {

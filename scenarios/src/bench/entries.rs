@@ -78,10 +78,11 @@ async fn measure(sandbox: String, remotes: Vec<Remote>) -> Result<(Duration, Dur
     let local = netns::create(&sandbox)?;
     mesh_netdev::reconcile::prepare_sandbox(&local)?;
     let kernel = Reconciler::open()?;
-    let underlay = Underlay { local: host_ip(1).into(), port: 4789 };
+    let underlay = Underlay { local: host_ip(1).into(), port: 4789, tunnel: None };
     let plan = |remotes: Vec<Remote>| NetworkPlan {
         vni: VNI,
         vxlan: true,
+        encrypted: false,
         mtu: None,
         bridge_addresses: Vec::new(),
         locals: vec![LocalPlan {

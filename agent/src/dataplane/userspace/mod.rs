@@ -235,12 +235,6 @@ impl UserspaceWireguard {
         self.counters.snapshot(peers, handshakes)
     }
 
-    /// Stops the device and waits for its threads; the TUN stays
-    /// (persistent) with its address, so a restarted agent adopts it.
-    pub(crate) fn stop(self) {
-        drop(self);
-    }
-
     fn send(&self, command: Command) -> Result<(), UserspaceError> {
         self.commands.as_ref().and_then(|commands| commands.send(command).ok()).ok_or(UserspaceError::Stopped)
     }

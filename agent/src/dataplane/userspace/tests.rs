@@ -228,8 +228,8 @@ fn two_hosts_ping_over_the_tunnel_and_a_removed_peer_is_dropped() {
         after.unknown_session > before.unknown_session,
         "b did not count a's packets as for no session: before {before:?}, after {after:?}"
     );
-    a.stop();
-    b.stop();
+    drop(a);
+    drop(b);
 }
 
 #[test]
@@ -248,7 +248,7 @@ fn a_restarted_device_adopts_its_tun_and_pings_resume() {
     std::thread::sleep(Duration::from_secs(1));
 
     let stopped = Instant::now();
-    a.stop();
+    drop(a);
     let kept = pair.a.exec("ip", &["-6", "addr", "show", "dev", INTERFACE]);
     let kept = String::from_utf8_lossy(&kept.stdout).into_owned();
     assert!(kept.contains(&pair.a.tunnel.to_string()), "the stopped device's TUN lost its address: {kept}");
@@ -274,8 +274,8 @@ fn a_restarted_device_adopts_its_tun_and_pings_resume() {
     assert!(sequences.len() > 40, "b's pings were answered {} times", sequences.len());
     assert!(sequences.last().is_some_and(|last| last + 10 > sequences.len() as u32), "pings did not resume: {replies}");
     assert!(gap < Duration::from_secs(3), "pings stopped for {gap:?} across the restart");
-    a.stop();
-    b.stop();
+    drop(a);
+    drop(b);
 }
 
 /// Stops a background ping gently (so it writes what it has) and reaps it.
@@ -334,6 +334,6 @@ fn throughput_over_the_tunnel() {
     println!("userspace WireGuard, one TCP stream: {:.2} Gbit/s", bits / 1e9);
     println!("a: {:?}", a.stats());
     println!("b: {:?}", b.stats());
-    a.stop();
-    b.stop();
+    drop(a);
+    drop(b);
 }
