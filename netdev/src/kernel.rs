@@ -277,7 +277,7 @@ pub async fn add_veth(handle: &Handle, host: &str, peer: &str, bridge: u32, mtu:
 }
 
 /// Creates a veth pair whose end `host` is up on the bridge `bridge` and
-/// whose end `peer` (MAC `mac`, down) waits to be moved into a sandbox by
+/// whose end `peer` (MAC `mac`, both ends MTU `mtu`, down) waits to be moved into a sandbox by
 /// someone else; removes the pair if the second step fails.
 pub async fn add_handoff_veth(
     handle: &Handle,
@@ -288,7 +288,9 @@ pub async fn add_handoff_veth(
     mtu: u32,
 ) -> Result<(), NetdevError> {
     add_veth(handle, host, peer, bridge, mtu).await?;
-    let message = LinkUnspec::new_with_name(peer).address(mac.to_vec()).build();
+    // The peer end takes no MTU from the pair's creation: it would keep
+    // 1500 and send frames the overlay cannot carry.
+    let message = LinkUnspec::new_with_name(peer).address(mac.to_vec()).mtu(mtu).build();
     if let Err(error) = handle.link().set(message).execute().await {
         if let Some(link) = links(handle).await?.get(host) {
             remove_link(handle, link.index).await?;

@@ -200,6 +200,38 @@ fn restarting_dockerd_or_the_agent_keeps_containers_connected() -> anyhow::Resul
     Ok(())
 }
 
+#[test]
+fn docker_opt_encrypted_makes_an_encrypted_network_its_containers_reach_each_other_over() -> anyhow::Result<()> {
+    let mut lab = DockerLab::new(Lab::new(2)?)?;
+    lab.form_cluster()?;
+    for i in 1..=2 {
+        lab.start_dockerd(i, &[DNS])?;
+    }
+    let create = ["network", "create", "-d", "mesh", "--ipam-driver", "mesh", "--opt", "encrypted", "sec"];
+    lab.docker_ok(1, &create)?;
+    lab.wait_for("sec in h2's engine and mesh", CONVERGE, |lab| {
+        Ok(lab.docker(2, &["network", "inspect", "sec"])?.success
+            && lab.mesh(2, &["network", "inspect", "sec"])?.success)
+    })?;
+    let sec: Value = serde_json::from_str(&lab.mesh_ok(2, &["network", "inspect", "sec", "--format", "json"])?)?;
+    ensure!(sec["encrypted"] == true, "--opt encrypted made a plaintext network: {sec}");
+    for (i, name) in [(1, "enc1"), (2, "enc2")] {
+        let args = ["run", "-d", "--name", name, "--network", "sec", IMAGE, "sleep", CONTAINER_LIFETIME];
+        lab.docker_ok(i, &args)?;
+    }
+    lab.wait_for("enc2 pings enc1 by name", CONVERGE, |lab| {
+        Ok(lab.docker(2, &["exec", "enc2", "ping", "-c", "1", "-W", "2", "enc1"])?.success)
+    })?;
+    let fdb = lab.exec(2, "bridge", &["fdb", "show", "dev", &format!("mvx{}", sec["vni"])])?.stdout;
+    ensure!(fdb.contains("dst fd6d:6573:6800:1:"), "h2's FDB points enc1 at h1's tunnel address: {fdb}");
+    let mtu = lab.docker_ok(2, &["exec", "enc2", "cat", "/sys/class/net/eth0/mtu"])?;
+    ensure!(mtu.trim() == "1370", "a container on an encrypted network gets MTU 1370, not {mtu}");
+    let bad = lab
+        .docker(1, &["network", "create", "-d", "mesh", "--ipam-driver", "mesh", "--opt", "encrypted=maybe", "odd"])?;
+    ensure!(!bad.success || !lab.mesh(1, &["network", "inspect", "odd"])?.success, "encrypted=maybe made a network");
+    Ok(())
+}
+
 /// One raw plugin call on host `i`: status line and body.
 fn plugin_call(lab: &Lab, i: usize, call: &str, body: &[u8]) -> anyhow::Result<(String, String)> {
     let mut stream = UnixStream::connect(lab.docker_plugin_dir(i).join("mesh.sock"))?;
