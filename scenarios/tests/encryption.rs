@@ -368,3 +368,30 @@ print("sent")
     ensure!(pings(&lab, 1, "s1", &s2)?, "s1 no longer pings s2");
     Ok(())
 }
+
+#[test]
+fn a_host_that_leaves_is_no_peer_at_once_and_one_cut_off_only_after_the_grace() -> anyhow::Result<()> {
+    let lab = cluster(3)?;
+    lab.wait_for("h1 peers with h2 and h3", CONVERGE, |lab| Ok(encryption(lab, 1)?["peers"] == 2))?;
+    // Cut off: h3 stays a peer through the grace period (a host briefly
+    // unreachable loses nothing), then goes; back when reconnected.
+    lab.cut(3, true)?;
+    lab.wait_for("h3 down on h1", Duration::from_secs(60), |lab| {
+        Ok(lab.status_of(1, "h3")?.as_deref() == Some("down"))
+    })?;
+    let down_at = std::time::Instant::now();
+    ensure!(encryption(&lab, 1)?["peers"] == 2, "h3's peer went as soon as it was down");
+    lab.wait_for("h3's peer gone from h1", Duration::from_secs(40), |lab| Ok(encryption(lab, 1)?["peers"] == 1))?;
+    let kept = down_at.elapsed();
+    println!("a down host stayed a WireGuard peer {kept:?} after it was seen down");
+    ensure!(kept >= Duration::from_secs(10), "h3's peer went {kept:?} after it was seen down, before the grace period");
+    lab.cut(3, false)?;
+    lab.wait_for("h3 a peer again", Duration::from_secs(60), |lab| Ok(encryption(lab, 1)?["peers"] == 2))?;
+    let s3 = ip_of(&lab, "sec", "s3")?;
+    lab.wait_for("s1 pings s3 again", CONVERGE, |lab| pings(lab, 1, "s1", &s3))?;
+    // A host that leaves is no peer at once.
+    lab.mesh_ok(2, &["leave"])?;
+    let took = lab.wait_for("h2's peer gone from h1", CONVERGE, |lab| Ok(encryption(lab, 1)?["peers"] == 1))?;
+    println!("a host that left stopped being a WireGuard peer after {took:?}");
+    Ok(())
+}
