@@ -395,3 +395,30 @@ fn a_host_that_leaves_is_no_peer_at_once_and_one_cut_off_only_after_the_grace() 
     println!("a host that left stopped being a WireGuard peer after {took:?}");
     Ok(())
 }
+
+#[test]
+fn a_cluster_made_with_encrypt_networks_encrypts_every_network_and_refuses_plaintext() -> anyhow::Result<()> {
+    let mut lab = Lab::new(2)?;
+    for i in 1..=2 {
+        lab.start_agent(i, &[])?;
+    }
+    let token = lab.mesh_ok(1, &["init", "--encrypt-networks"])?.trim().to_owned();
+    lab.mesh_ok(2, &["join", &lab.agent_addr(1), "--token", &token])?;
+    lab.wait_for("dev created", CONVERGE, |lab| Ok(lab.mesh(2, &["network", "create", "dev"])?.success))?;
+    let dev: Value = serde_json::from_str(&lab.mesh_ok(1, &["network", "inspect", "dev", "--format", "json"])?)?;
+    ensure!(dev["encrypted"] == true, "a network of an --encrypt-networks cluster is plaintext: {dev}");
+    let refused = lab.mesh(2, &["network", "create", "open", "--encrypted=false"])?;
+    ensure!(!refused.success, "--encrypted=false was taken in an --encrypt-networks cluster");
+    ensure!(refused.stderr.contains("encrypts every network"), "unclear refusal: {}", refused.stderr);
+    ensure!(!lab.mesh(1, &["network", "inspect", "open"])?.success, "the refused network exists");
+    let bridge = lab.mesh(1, &["network", "create", "local", "--driver", "bridge", "--encrypted"])?;
+    ensure!(
+        !bridge.success && bridge.stderr.contains("only an overlay network"),
+        "bridge --encrypted: {}",
+        bridge.stderr
+    );
+    lab.mesh_ok(1, &["sandbox", "create", "a", "--network", "dev"])?;
+    lab.mesh_ok(2, &["sandbox", "create", "b", "--network", "dev"])?;
+    lab.wait_for("a pings b by name", CONVERGE, |lab| pings(lab, 1, "a", "b"))?;
+    Ok(())
+}

@@ -113,6 +113,11 @@ fn a_scrape_reports_members_records_gossip_dns_and_kernel_work() -> anyhow::Resu
     expect(r#"mesh_endpoints{state="active"}"#, 3.0)?;
     expect(r#"mesh_networks{}"#, 1.0)?;
     expect(r#"mesh_kernel_remote_endpoints{}"#, 2.0)?;
+    // This kernel has no WireGuard: the agent's own carries encrypted
+    // networks, with the other host as its peer.
+    expect(r#"mesh_wireguard_path{path="userspace"}"#, 1.0)?;
+    expect(r#"mesh_wireguard_peers{}"#, 1.0)?;
+    expect(r#"mesh_records{kind="member",state="live"}"#, 2.0)?;
     let grew = |sample: &str, by: f64| -> anyhow::Result<()> {
         let (was, is) = (value(&before, sample), value(&after, sample));
         ensure!(is >= was + by, "{sample} went from {was} to {is}, expected at least +{by}");
