@@ -1,30 +1,34 @@
-//! Encrypted networks (DESIGN.md, "Encrypted data plane"): the scenarios
-//! of `mesh_scenarios::encrypted`, on the path `MESH_TEST_WIREGUARD`
-//! names (`kernel` or `userspace`; by default `userspace`, since this
-//! machine's kernel has no WireGuard and every agent falls back to its own
-//! over a TUN device). On the kernel path they run inside the kernel VM:
-//! `tests/stock_kernel.rs`. Needs root.
+//! Encrypted networks (DESIGN.md, "Encrypted data plane"): the stories of
+//! `mesh_scenarios::encrypted`, each on a cluster of its own, on the path
+//! `MESH_TEST_WIREGUARD` names (`kernel` or `userspace`; by default
+//! `userspace`, since this machine's kernel has no WireGuard and every
+//! agent falls back to its own over a TUN device). On the kernel path
+//! they run inside the kernel VM: `tests/stock_kernel.rs`. Needs root.
 
-use mesh_scenarios::encrypted::{self, WireguardPath};
+use mesh_scenarios::encrypted::{self, cluster, WireguardPath};
 
 #[test]
 fn an_encrypted_network_shows_the_underlay_only_wireguard_and_a_plaintext_one_its_bytes() -> anyhow::Result<()> {
-    encrypted::the_underlay_shows_only_wireguard(WireguardPath::from_env()?)
+    let path = WireguardPath::from_env()?;
+    encrypted::the_underlay_shows_only_wireguard(&mut cluster(3, path)?, path)
 }
 
 #[test]
 fn a_removed_host_is_no_peer_within_a_second_and_its_packets_reach_no_sandbox() -> anyhow::Result<()> {
-    encrypted::a_removed_host_is_no_peer_within_a_second(WireguardPath::from_env()?)
+    let path = WireguardPath::from_env()?;
+    encrypted::a_removed_host_is_no_peer_within_a_second(&mut cluster(3, path)?, path)
 }
 
 #[test]
 fn an_agent_restart_interrupts_an_encrypted_ping_for_under_a_second() -> anyhow::Result<()> {
-    encrypted::an_agent_restart_keeps_an_encrypted_ping(WireguardPath::from_env()?)
+    let path = WireguardPath::from_env()?;
+    encrypted::an_agent_restart_keeps_an_encrypted_ping(&mut cluster(2, path)?, path)
 }
 
 #[test]
 fn garbage_replays_and_forgeries_at_the_wireguard_port_are_dropped_and_counted() -> anyhow::Result<()> {
-    encrypted::garbage_replays_and_forgeries_are_dropped(WireguardPath::from_env()?)
+    let path = WireguardPath::from_env()?;
+    encrypted::garbage_replays_and_forgeries_are_dropped(&mut cluster(2, path)?, path)
 }
 
 #[test]

@@ -5,15 +5,17 @@ use std::time::Duration;
 use anyhow::ensure;
 use serde_json::Value;
 
-use super::{cluster, create_networks, expect_path, ip_of, pings, WireguardPath, CONVERGE, WIREGUARD_PORT};
-use crate::lab::Lab;
+use super::{create_sec, everywhere, expect_path, ip_of, pings, WireguardPath, CONVERGE, WIREGUARD_PORT};
+use crate::lab::{Lab, AGENT_PORT};
 
-/// What h1's underlay carries while sandbox `from` on h2 sends `marker`
-/// over TCP to sandbox `to` on h1 (at `to_ip`): tcpdump's text, with
-/// payloads in ASCII. Checks that the marker arrived.
-fn capture_marker(lab: &mut Lab, from: &str, to: &str, to_ip: &str, marker: &str) -> anyhow::Result<String> {
+/// What h1's underlay carries, gossip aside, while sandbox `from` on h2
+/// sends `marker` over TCP to sandbox `to` on h1 (at `to_ip`): tcpdump's
+/// text, with payloads in ASCII, once it shows `carrier` (the text of the
+/// packets that carry the marker). Checks that the marker arrived.
+fn capture_marker(lab: &mut Lab, [from, to, to_ip]: [&str; 3], marker: &str, carrier: &str) -> anyhow::Result<String> {
     let capture = format!("capture-{to}");
-    lab.spawn(1, &capture, "tcpdump", &["-l", "-n", "-A", "-i", "eth0", "udp"])?;
+    let filter = format!("udp and not port {AGENT_PORT}");
+    lab.spawn(1, &capture, "tcpdump", &["-l", "-n", "-A", "-i", "eth0", &filter])?;
     let listener = format!("nc-{to}");
     let netns = lab.sandbox_netns(1, to);
     lab.spawn_in(1, &netns, &listener, "busybox", &["nc", "-l", "-p", "7777"])?;
@@ -27,18 +29,29 @@ fn capture_marker(lab: &mut Lab, from: &str, to: &str, to_ip: &str, marker: &str
     ensure!(sent.success, "{from} could not send to {to}: {}", sent.stderr);
     let received = lab.spawn_log(1, &listener);
     lab.wait_for("the marker to arrive", CONVERGE, |_| Ok(std::fs::read_to_string(&received)?.contains(marker)))?;
-    std::thread::sleep(Duration::from_millis(300));
+    // tcpdump prints late under emulation.
+    let log = lab.spawn_log(1, &capture);
+    lab.wait_for(&format!("tcpdump to show {carrier}"), CONVERGE, |_| {
+        Ok(std::fs::read_to_string(&log)?.contains(carrier))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
     lab.kill_spawned();
     Ok(std::fs::read_to_string(lab.spawn_log(1, &capture))?)
 }
 
-/// Three hosts on `path`: sandboxes on the encrypted network ping each
-/// other by name, the network's MTU is 1370 and shown with its sum; the
-/// underlay carries only WireGuard for it (no VXLAN, never the marker
-/// sent inside), while the plaintext network beside it shows VXLAN and
-/// its marker; the two networks do not reach each other.
-pub fn the_underlay_shows_only_wireguard(path: WireguardPath) -> anyhow::Result<()> {
-    let mut lab = cluster(3, path)?;
+/// On a [`super::cluster`] of three hosts on `path`: sandboxes on the
+/// encrypted network ping each other by name, the network's MTU is 1370
+/// and shown with its sum; the underlay carries only WireGuard for it (no
+/// VXLAN, never the marker sent inside), while a plaintext network beside
+/// it (`plain`, 10.31.0.0/24, sandboxes `p1` and `p2`) shows VXLAN and its
+/// marker; the two networks do not reach each other.
+pub fn the_underlay_shows_only_wireguard(lab: &mut Lab, path: WireguardPath) -> anyhow::Result<()> {
+    ensure!(lab.len() >= 3, "the story needs three hosts");
+    lab.mesh_ok(1, &["network", "create", "plain", "--subnet", "10.31.0.0/24"])?;
+    everywhere(lab, "plain")?;
+    for i in 1..=2 {
+        lab.mesh_ok(i, &["sandbox", "create", &format!("p{i}"), "--network", "plain"])?;
+    }
     let took = lab.wait_for("s2 pings s1 by name", CONVERGE, |lab| pings(lab, 2, "s2", "s1"))?;
     println!("{} path: s2 pings s1 by name over the encrypted network after {took:?}", path.as_str());
     for (i, j) in [(1, 3), (3, 2)] {
@@ -57,8 +70,9 @@ pub fn the_underlay_shows_only_wireguard(path: WireguardPath) -> anyhow::Result<
     ensure!(details.contains("mtu 1370") && details.contains("local fd6d:6573:6800:1:"), "h2's device: {details}");
 
     let marker = format!("mesh-marker-{:08x}", std::process::id());
-    let s1 = ip_of(&lab, "sec", "s1")?;
-    let encrypted = capture_marker(&mut lab, "s2", "s1", &s1, &marker)?;
+    let s1 = ip_of(lab, "sec", "s1")?;
+    let wireguard = format!(".{WIREGUARD_PORT}: UDP");
+    let encrypted = capture_marker(lab, ["s2", "s1", &s1], &marker, &wireguard)?;
     ensure!(encrypted.contains(&format!(".{WIREGUARD_PORT}: UDP")), "no WireGuard on the underlay:\n{encrypted}");
     ensure!(!encrypted.contains(".4789: "), "VXLAN on the underlay of an encrypted network:\n{encrypted}");
     ensure!(!encrypted.contains(&marker), "the marker crossed the underlay in the clear:\n{encrypted}");
@@ -66,17 +80,17 @@ pub fn the_underlay_shows_only_wireguard(path: WireguardPath) -> anyhow::Result<
     println!("encrypted: {datagrams} WireGuard datagrams on the underlay, no VXLAN, no marker");
 
     // The same check on the plaintext network finds what it looks for.
-    let p1 = ip_of(&lab, "plain", "p1")?;
+    let p1 = ip_of(lab, "plain", "p1")?;
     lab.wait_for("p2 pings p1", CONVERGE, |lab| pings(lab, 2, "p2", &p1))?;
     let plain_marker = format!("{marker}-plain");
-    let plaintext = capture_marker(&mut lab, "p2", "p1", &p1, &plain_marker)?;
+    let plaintext = capture_marker(lab, ["p2", "p1", &p1], &plain_marker, &plain_marker)?;
     ensure!(plaintext.contains(".4789: VXLAN"), "no VXLAN on the plaintext network's underlay:\n{plaintext}");
     ensure!(plaintext.contains(&plain_marker), "the plaintext marker was not seen:\n{plaintext}");
     println!("plaintext: VXLAN on the underlay and the marker in it");
 
     // Side by side, the two networks do not reach each other.
-    ensure!(!pings(&lab, 2, "s2", &p1)?, "s2 on sec reached p1 on plain");
-    ensure!(!pings(&lab, 2, "p2", &s1)?, "p2 on plain reached s1 on sec");
+    ensure!(!pings(lab, 2, "s2", &p1)?, "s2 on sec reached p1 on plain");
+    ensure!(!pings(lab, 2, "p2", &s1)?, "p2 on plain reached s1 on sec");
     Ok(())
 }
 
@@ -92,7 +106,7 @@ pub fn a_kernel_host_and_a_userspace_host_share_an_encrypted_network() -> anyhow
     let token = lab.mesh_ok(1, &["init"])?.trim().to_owned();
     lab.mesh_ok(2, &["join", &lab.agent_addr(1), "--token", &token])?;
     lab.wait_for("all alive", CONVERGE, Lab::all_alive)?;
-    create_networks(&lab)?;
+    create_sec(&lab)?;
     for i in 1..=2 {
         lab.mesh_ok(i, &["sandbox", "create", &format!("s{i}"), "--network", "sec"])?;
     }
