@@ -88,6 +88,8 @@ mount -t tmpfs upper /upper; mkdir -p /upper/u /upper/w
 mount -t overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w root /newroot || { echo "KERNEL_VM_EXIT=125"; poweroff -f; }
 mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm; mount -t devpts pts /newroot/dev/pts; mount -t tmpfs shm /newroot/dev/shm
+# /dev/net/tun before its module, as Debian's kmod-static-nodes makes it: opening it loads tun
+mkdir -p /newroot/dev/net; mknod /newroot/dev/net/tun c 10 200
 mount -t tmpfs tmp /newroot/tmp; mount -t tmpfs run /newroot/run; mkdir -p /newroot/run/netns /newroot/run/lock
 mkdir -p /newroot/lib/modules/$version
 mount -t 9p -o trans=virtio,version=9p2000.L,ro modules /newroot/lib/modules/$version

@@ -160,7 +160,8 @@ impl KernelWireguard {
     /// it is missing (down, with no address, until [`Self::reconcile`]):
     /// a kernel without WireGuard is [`NetdevError::NoKernelWireguard`],
     /// and an `mwg0` of another kind (a TUN left by the userspace path) is
-    /// [`NetdevError::Conflict`]. An existing `mwg0` is adopted as it is.
+    /// [`NetdevError::Conflict`] ([`remove_other_kind`] clears the way).
+    /// An existing `mwg0` is adopted as it is.
     pub async fn open() -> Result<Self, NetdevError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         let connection = tokio::spawn(connection);
@@ -247,6 +248,39 @@ impl KernelWireguard {
         }
         Ok(set)
     }
+}
+
+/// The name of the link [`remove_other_kind`] makes to learn whether the
+/// kernel has WireGuard.
+const PROBE: &str = "mwg0probe";
+
+/// Deletes an `mwg0` of another kind than `wireguard` (the TUN a
+/// userspace run left), once the kernel has shown that it has WireGuard
+/// by making a link of that kind ([`PROBE`], deleted at once), so that
+/// [`KernelWireguard::open`] can make a kernel one. Answers the kind
+/// deleted; `None` when there was nothing to delete (no `mwg0`, or one of
+/// kind `wireguard`). A kernel without WireGuard is
+/// [`NetdevError::NoKernelWireguard`], and `mwg0` stays as it was.
+pub async fn remove_other_kind() -> Result<Option<String>, NetdevError> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let connection = tokio::spawn(connection);
+    let removed = async {
+        let links = kernel::links(&handle).await?;
+        let Some(link) = links.get(INTERFACE).filter(|l| l.kind.as_deref() != Some("wireguard")) else {
+            return Ok(None);
+        };
+        if !links.contains_key(PROBE) {
+            kernel::add_wireguard(&handle, PROBE).await?;
+        }
+        if let Some(probe) = kernel::links(&handle).await?.get(PROBE) {
+            kernel::remove_link(&handle, probe.index).await?;
+        }
+        kernel::remove_link(&handle, link.index).await?;
+        Ok(Some(link.kind.clone().unwrap_or_else(|| "none".into())))
+    }
+    .await;
+    connection.abort();
+    removed
 }
 
 impl Drop for KernelWireguard {

@@ -278,13 +278,15 @@ impl Lab {
             .spawn()
             .context("cannot start the agent")?;
         self.host_mut(i).agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: in the kernel VM (emulated) the namespaces a previous
+        // lab left are torn down holding the kernel's rtnl lock for seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Some(status) = self.host_mut(i).agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("agent h{i} exited at start ({status}): {}", self.log_tail(i, 20));
             }
             if Instant::now() > deadline {
-                bail!("agent h{i} did not open its control socket in 10 s");
+                bail!("agent h{i} did not open its control socket in 30 s");
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -15,6 +15,7 @@ pub mod chaos;
 pub mod cpu_quota;
 pub mod demo;
 pub mod docker;
+pub mod encrypted;
 pub mod hostile;
 mod image;
 mod lab;

@@ -13,8 +13,9 @@ use std::time::Instant;
 use mesh_membership::records::view::View;
 use mesh_membership::records::{EncryptionPath, MemberSpec};
 use mesh_membership::{MemberInfo, NodeId, Status};
-use mesh_netdev::wg_kernel::{KernelWireguard, WireguardDevice};
+use mesh_netdev::wg_kernel::{self, KernelWireguard, WireguardDevice};
 use mesh_netdev::wireguard::{self, Mode, Peer};
+use mesh_netdev::NetdevError;
 
 use super::userspace::{UserspaceConfig, UserspaceWireguard};
 use super::DOWN_GRACE;
@@ -70,7 +71,7 @@ impl Encryption {
                 break 'found Path::None("encryption is off on this host (wireguard = \"off\")".into());
             }
             if matches!(settings.mode, WireguardMode::Auto | WireguardMode::Kernel) {
-                match KernelWireguard::open().await {
+                match open_kernel().await {
                     Ok(kernel) => break 'found Path::Kernel(kernel),
                     Err(error) => reasons.push(format!("kernel WireGuard: {error}")),
                 }
@@ -221,6 +222,22 @@ impl Encryption {
             },
         }
         body
+    }
+}
+
+/// The kernel's WireGuard on `mwg0`, made or adopted; an `mwg0` of
+/// another kind (the TUN a userspace run left) is replaced once the kernel
+/// has shown it has WireGuard, and stays if it has not.
+async fn open_kernel() -> Result<KernelWireguard, NetdevError> {
+    match KernelWireguard::open().await {
+        Err(NetdevError::Conflict(conflict)) => {
+            let Some(kind) = wg_kernel::remove_other_kind().await? else {
+                return Err(NetdevError::Conflict(conflict));
+            };
+            tracing::info!(kind, "replaced the {kind} mwg0 a userspace run left with a kernel WireGuard one");
+            KernelWireguard::open().await
+        }
+        opened => opened,
     }
 }
 

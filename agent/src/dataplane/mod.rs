@@ -347,7 +347,12 @@ impl Dataplane {
             // entries point at tunnel addresses only its peers hold.
             let peers = encryption::desired_peers(view, &members, me, &members_down);
             match self.encryption.reconcile(&peers, mode).await {
-                Ok((set, removed)) if set + removed > 0 => {
+                // When a removed host stopped being a peer, for operators
+                // (and the kernel-path removal test).
+                Ok((set, removed)) if removed > 0 => {
+                    tracing::info!(set, removed, peers = peers.len(), "WireGuard peers removed");
+                }
+                Ok((set, removed)) if set > 0 => {
                     tracing::debug!(set, removed, peers = peers.len(), "WireGuard peers reconciled");
                 }
                 Ok(_) => {}
