@@ -13,6 +13,7 @@ use std::time::Instant;
 use mesh_membership::records::view::View;
 use mesh_membership::records::{EncryptionPath, MemberSpec};
 use mesh_membership::{MemberInfo, NodeId, Status};
+use mesh_netdev::wg_genl::PeerState;
 use mesh_netdev::wg_kernel::{self, KernelWireguard, WireguardDevice};
 use mesh_netdev::wireguard::{self, Mode, Peer};
 use mesh_netdev::NetdevError;
@@ -125,9 +126,14 @@ impl Encryption {
     }
 
     /// Makes the WireGuard's peers `peers`; with `mode` [`Mode::AddOnly`]
-    /// none is removed that this run did not see go. Answers how many were
-    /// set and removed.
-    pub(crate) async fn reconcile(&self, peers: &[Peer], mode: Mode) -> Result<(usize, usize), String> {
+    /// none is removed that this run did not see go or that is not of a
+    /// member in `removed`. Answers how many were set and removed.
+    pub(crate) async fn reconcile(
+        &self,
+        peers: &[Peer],
+        removed: &BTreeSet<NodeId>,
+        mode: Mode,
+    ) -> Result<(usize, usize), String> {
         let known: BTreeSet<[u8; 32]> = {
             let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
             known.extend(peers.iter().map(|p| p.public_key));
@@ -139,8 +145,16 @@ impl Encryption {
                     Mode::Full => Mode::Full,
                     Mode::AddOnly => {
                         let held = kernel.device().await.map_err(|e| e.to_string())?;
-                        let mut unwanted = held.peers.keys().filter(|k| !peers.iter().any(|p| p.public_key == **k));
-                        match unwanted.all(|k| known.contains(k)) {
+                        // A removed member's tunnel address names its
+                        // peer, whose key the view no longer holds.
+                        let gone: BTreeSet<IpAddr> =
+                            removed.iter().map(|id| IpAddr::V6(wireguard::tunnel_address(&id.0))).collect();
+                        let mut unwanted =
+                            held.peers.iter().filter(|(k, _)| !peers.iter().any(|p| p.public_key == **k));
+                        let seen_go = |(key, state): (&[u8; 32], &PeerState)| {
+                            known.contains(key) || state.allowed_ips.iter().any(|(ip, _)| gone.contains(ip))
+                        };
+                        match unwanted.all(seen_go) {
                             true => Mode::Full,
                             false => Mode::AddOnly,
                         }

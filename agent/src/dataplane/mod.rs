@@ -346,7 +346,7 @@ impl Dataplane {
             // Peers before the networks: an encrypted network's FDB
             // entries point at tunnel addresses only its peers hold.
             let peers = encryption::desired_peers(view, &members, me, &members_down);
-            match self.encryption.reconcile(&peers, mode).await {
+            match self.encryption.reconcile(&peers, view.removed(), mode).await {
                 // When a removed host stopped being a peer, for operators
                 // (and the kernel-path removal test).
                 Ok((set, removed)) if removed > 0 => {

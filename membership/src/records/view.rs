@@ -5,7 +5,7 @@
 //! liveness, so every host that holds the same records and sees the same
 //! members derives the same view.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -84,6 +84,9 @@ pub struct View {
     /// The encryption policy, if a member ever set one.
     #[serde(default)]
     policy: Option<PolicySpec>,
+    /// The members removed from the cluster.
+    #[serde(default)]
+    removed: BTreeSet<NodeId>,
 }
 
 impl View {
@@ -101,6 +104,9 @@ impl View {
                     view.members.insert(*id, *spec);
                 }
                 (RecordKey::Policy, Value::Policy(spec)) => view.policy = Some(*spec),
+                (RecordKey::Removed(id), _) => {
+                    view.removed.insert(*id);
+                }
                 // A removed member's endpoints are withdrawn at once.
                 (RecordKey::Endpoint { owner, .. }, _) if store.is_removed(*owner) => {}
                 (RecordKey::Endpoint { owner, name, .. }, Value::Endpoint(spec)) => {
@@ -138,6 +144,12 @@ impl View {
     /// data plane) of the members not removed, whatever their liveness.
     pub fn members(&self) -> &BTreeMap<NodeId, MemberSpec> {
         &self.members
+    }
+
+    /// The members removed from the cluster (for good: nothing they sign
+    /// is taken).
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
     }
 
     /// The encryption policy, if a member ever set one (none: networks are

@@ -22,11 +22,17 @@ use mesh_netdev::{netns, NetdevError};
 use crate::lab::Lab;
 
 mod faults;
+mod lifecycle;
 mod traffic;
 
 pub use faults::{
     a_host_with_no_way_to_encrypt_refuses_sandboxes, a_removed_host_is_no_peer_within_a_second,
     an_agent_restart_keeps_an_encrypted_ping, garbage_replays_and_forgeries_are_dropped,
+};
+pub use lifecycle::{
+    a_cluster_made_with_encrypt_networks_refuses_plaintext,
+    a_host_that_leaves_is_no_peer_at_once_and_one_cut_off_only_after_the_grace,
+    vxlan_forged_to_a_tunnel_address_reaches_no_sandbox,
 };
 pub use traffic::{a_kernel_host_and_a_userspace_host_share_an_encrypted_network, the_underlay_shows_only_wireguard};
 
