@@ -49,11 +49,12 @@ DEMO_PACKAGES=(iproute2 util-linux iputils-ping tcpdump bind9-dnsutils nftables)
 VM_PACKAGES=(qemu-system-x86 busybox-static cpio kmod wireguard-tools)
 
 # What the tests use beside the demo's: serf for the membership baseline,
-# iperf3 for the overlay benchmark, dnsperf and dnsmasq for DNS, dockerd and
+# iperf3 for the overlay benchmarks, Nebula, wireguard-go and wg for the
+# encrypted one's baselines, dnsperf and dnsmasq for DNS, dockerd and
 # a static busybox (the lab's only image) for the Docker plugin, podman (with
 # its CNI plugins) for mesh-cni, DejaVu for the benchmark plots, curl and the
 # Prometheus client for the metrics, and the VM's.
-LAB_PACKAGES=("${DEMO_PACKAGES[@]}" bash serf iperf3 dnsperf dnsmasq-base
+LAB_PACKAGES=("${DEMO_PACKAGES[@]}" bash serf iperf3 nebula wireguard-go wireguard-tools dnsperf dnsmasq-base
   docker.io busybox-static podman fonts-dejavu-core curl python3-prometheus-client "${VM_PACKAGES[@]}")
 
 # Starts a named phase of a script, printing how long the one before took

@@ -9,7 +9,8 @@ use anyhow::{ensure, Context};
 use serde_json::Value;
 
 /// Every benchmark the suite runs.
-const BENCHES: [&str; 8] = ["membership", "verdicts", "records", "docker", "sim", "dns", "entries", "overlay"];
+const BENCHES: [&str; 9] =
+    ["membership", "verdicts", "records", "docker", "sim", "dns", "entries", "overlay", "encrypted"];
 
 #[test]
 fn the_quick_suite_produces_every_figure_and_the_report() -> anyhow::Result<()> {

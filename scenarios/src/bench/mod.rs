@@ -18,6 +18,10 @@
 //!   overlay on the same lab.
 //! - [`overlay`]: iperf3 across the overlay, beside a hand-built VXLAN
 //!   pair and the raw underlay.
+//! - [`encrypted`]: iperf3 and ping across an encrypted network, beside
+//!   Nebula, wireguard-go, the plaintext overlay and the raw underlay; the
+//!   agent's CPU per Gbit carried and its memory ([`iperf`] runs the
+//!   traffic of both).
 //! - [`suite`]: all of them in turn (`mesh-bench`), into one report
 //!   ([`report`]): JSON, Markdown and a plot.
 //! - [`sim`]: dissemination of a change to 1,000-10,000 simulated nodes,
@@ -25,8 +29,10 @@
 
 pub mod dns;
 pub mod docker;
+pub mod encrypted;
 pub mod entries;
 mod injected;
+mod iperf;
 pub mod membership;
 pub mod overlay;
 mod plot;

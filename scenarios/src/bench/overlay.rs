@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-
+use super::iperf::{self, checked, on_machine, Path};
 use super::median;
 use super::report::{Better, Figure};
 use crate::lab::Lab;
@@ -32,7 +31,7 @@ pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
     for (i, local, remote) in [(1, "198.18.0.1", "198.18.0.2"), (2, "198.18.0.2", "198.18.0.1")] {
         let hand = lab.sandbox_netns(i, "hand");
         let address = format!("10.88.0.{i}/24");
-        run_all(&["netns", "add", &hand], |args| crate::process::run("ip", args))?;
+        checked("ip", &["netns", "add", &hand], on_machine)?;
         let in_host: [&[&str]; 6] = [
             &["link", "add", "hbr", "type", "bridge"],
             &["link", "set", "hbr", "up"],
@@ -45,7 +44,7 @@ pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
             &["link", "set", "hve", "master", "hbr", "up"],
         ];
         for args in in_host {
-            run_all(args, |args| lab.exec(i, "ip", args))?;
+            checked("ip", args, |program, args| lab.exec(i, program, args))?;
         }
         let in_sandbox: [&[&str]; 3] = [
             &["link", "set", "lo", "up"],
@@ -53,17 +52,22 @@ pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
             &["addr", "add", &address, "dev", "eth0"],
         ];
         for args in in_sandbox {
-            run_all(args, |args| lab.sandbox_exec(i, "hand", "ip", args))?;
+            checked("ip", args, |program, args| lab.sandbox_exec(i, "hand", program, args))?;
         }
     }
 
+    let mesh_path = Path::sandboxes(&lab, "client", "server", "10.77.0.20");
+    let hand_path = Path::sandboxes(&lab, "hand", "hand", "10.88.0.2");
+    let raw_path = Path::hosts(&lab, "198.18.0.2");
+    iperf::serve(&mut lab, &[&mesh_path, &hand_path, &raw_path])?;
     // Alternate the three, three times, and keep each one's median.
     let (mut mesh, mut hand, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
-        mesh.push(measure(&mut lab, seconds, Some("server"), "10.77.0.20", Some("client"))?);
-        hand.push(measure(&mut lab, seconds, Some("hand"), "10.88.0.2", Some("hand"))?);
-        raw.push(measure(&mut lab, seconds, None, "198.18.0.2", None)?);
+        mesh.push(iperf::throughput(&lab, &mesh_path, seconds, 1)?);
+        hand.push(iperf::throughput(&lab, &hand_path, seconds, 1)?);
+        raw.push(iperf::throughput(&lab, &raw_path, seconds, 1)?);
     }
+    lab.kill_spawned();
     let (mesh, hand, raw) = (median(&mut mesh), median(&mut hand), median(&mut raw));
     let throughput = |name: &str, value: f64| {
         Figure::new(
@@ -80,44 +84,4 @@ pub fn run(seconds: u32) -> anyhow::Result<Vec<Figure>> {
             .aiming("at least 0.97 of hand-built"),
         throughput("mesh overlay, sandbox to sandbox", mesh).against("raw underlay, host to host", Some(raw)),
     ])
-}
-
-/// Runs one `ip` command through `run`, failing with its error.
-fn run_all(args: &[&str], run: impl Fn(&[&str]) -> anyhow::Result<crate::process::Output>) -> anyhow::Result<()> {
-    let out = run(args)?;
-    if !out.success {
-        bail!("ip {}: {}", args.join(" "), out.stderr.trim());
-    }
-    Ok(())
-}
-
-/// Runs an iperf3 server in `server_sandbox` on h2 (or h2 itself) and a
-/// client in `client_sandbox` on h1 (or h1 itself) against `address`;
-/// returns the received throughput in Gbit/s.
-fn measure(
-    lab: &mut Lab,
-    seconds: u32,
-    server_sandbox: Option<&str>,
-    address: &str,
-    client_sandbox: Option<&str>,
-) -> anyhow::Result<f64> {
-    let server_netns = match server_sandbox {
-        Some(name) => lab.sandbox_netns(2, name),
-        None => lab.netns(2).to_owned(),
-    };
-    lab.spawn(2, "iperf3-server", "nsenter", &[&format!("--net=/run/netns/{server_netns}"), "iperf3", "-s", "-1"])?;
-    std::thread::sleep(Duration::from_millis(500));
-    let time = seconds.to_string();
-    let args = ["-c", address, "-t", &time, "-J"];
-    let out = match client_sandbox {
-        Some(name) => lab.sandbox_exec(1, name, "iperf3", &args)?,
-        None => lab.exec(1, "iperf3", &args)?,
-    };
-    lab.kill_spawned();
-    if !out.success {
-        bail!("iperf3 to {address}: {}", out.stderr.trim());
-    }
-    let report: serde_json::Value = serde_json::from_str(&out.stdout).context("iperf3 JSON")?;
-    let bits = report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 reported no throughput")?;
-    Ok(bits / 1e9)
 }

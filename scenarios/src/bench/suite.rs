@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::encrypted::EncryptedBench;
 use super::membership::Idle;
 use super::report::{Figure, Machine, Report};
-use super::{dns, docker, entries, membership, overlay, plot, records, sim, verdicts};
+use super::{dns, docker, encrypted, entries, membership, overlay, plot, records, sim, verdicts};
 
 /// The simulator's seed (written in the report).
 const SEED: u64 = 1;
@@ -48,6 +49,9 @@ fn steps(quick: bool) -> Vec<Step> {
             step("dns", "200 names, 1 s, 5 creates, beside dnsmasq".into(), || dns::run(200, 1, 5)),
             step("entries", "1,000 remote endpoints, beside iproute2's batch".into(), || entries::run(1000)),
             step("overlay", "1 s per iperf3 run, beside a hand-built pair".into(), || overlay::run(1)),
+            step("encrypted", "1 s per iperf3 run, 1 round, beside Nebula and wireguard-go".into(), || {
+                encrypted::run(&EncryptedBench { seconds: 1, rounds: 1 })
+            }),
         ];
     }
     vec![
@@ -65,6 +69,9 @@ fn steps(quick: bool) -> Vec<Step> {
         step("dns", "1,000 names, 10 s, 50 creates, beside dnsmasq".into(), || dns::run(1000, 10, 50)),
         step("entries", "10,000 remote endpoints, beside iproute2's batch".into(), || entries::run(10_000)),
         step("overlay", "5 s per iperf3 run, beside a hand-built pair".into(), || overlay::run(5)),
+        step("encrypted", "10 s per iperf3 run, 3 rounds, beside Nebula and wireguard-go".into(), || {
+            encrypted::run(&EncryptedBench { seconds: 10, rounds: 3 })
+        }),
     ]
 }
 
@@ -137,7 +144,9 @@ fn write(report: &Report, out: &Path) -> anyhow::Result<()> {
 /// The version of mesh and of each peer's Debian package.
 fn versions() -> Vec<(String, String)> {
     let mut versions = vec![("mesh".to_owned(), env!("CARGO_PKG_VERSION").to_owned())];
-    for package in ["serf", "docker.io", "dnsmasq-base", "dnsperf", "iperf3"] {
+    for package in
+        ["serf", "docker.io", "dnsmasq-base", "dnsperf", "iperf3", "nebula", "wireguard-go", "wireguard-tools"]
+    {
         let version = crate::process::run("dpkg-query", ["-W", "-f", "${Version}", package])
             .ok()
             .filter(|out| out.success)

@@ -80,6 +80,17 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// Measure iperf3 and ping across an encrypted network between two
+    /// hosts, beside Nebula, wireguard-go, the plaintext overlay and the
+    /// raw underlay; the agent's CPU per Gbit carried and its memory.
+    BenchEncrypted {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Rounds of every system in turn (figures are their medians).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Measure programming N remote endpoints into one host, beside
     /// iproute2's batch mode.
     BenchEntries {
@@ -135,6 +146,9 @@ fn main() -> ExitCode {
         }
         Command::BenchRecords { hosts, changes, no_serf } => printed(bench::records::run(hosts, changes, !no_serf)),
         Command::BenchOverlay { seconds } => printed(bench::overlay::run(seconds)),
+        Command::BenchEncrypted { seconds, rounds } => {
+            printed(bench::encrypted::run(&bench::encrypted::EncryptedBench { seconds, rounds }))
+        }
         Command::BenchEntries { count } => printed(bench::entries::run(count)),
         Command::BenchDns { names, seconds, creates } => printed(bench::dns::run(names, seconds, creates)),
         Command::BenchDocker { runs } => printed(bench::docker::run(runs)),
