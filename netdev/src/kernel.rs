@@ -166,18 +166,27 @@ pub async fn default_route_interface(handle: &Handle) -> Result<Option<u32>, Net
     Ok(oif)
 }
 
-/// The IPv4 addresses (with prefix lengths) of the interface `index`.
-pub async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetdevError> {
+/// The addresses of either family (with prefix lengths) of the interface `index`.
+async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>, NetdevError> {
     let mut dump = handle.address().get().set_link_index_filter(index).execute();
     let mut found = Vec::new();
     while let Some(message) = dump.try_next().await.map_err(netlink("address dump"))? {
         for attribute in &message.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = attribute {
+            if let AddressAttribute::Address(ip) = attribute {
                 found.push((*ip, message.header.prefix_len));
             }
         }
     }
     Ok(found)
+}
+
+/// The IPv4 addresses (with prefix lengths) of the interface `index`.
+pub async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetdevError> {
+    let all = addresses(handle, index).await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(ip, prefix)| if let IpAddr::V4(ip) = ip { Some((ip, prefix)) } else { None })
+        .collect())
 }
 
 /// Adds `ip/prefix` to the interface `index`.
@@ -237,16 +246,11 @@ pub async fn set_mtu_up(handle: &Handle, index: u32, mtu: u32) -> Result<(), Net
 
 /// The IPv6 addresses (with prefix lengths) of the interface `index`.
 pub async fn addresses6_of(handle: &Handle, index: u32) -> Result<Vec<(Ipv6Addr, u8)>, NetdevError> {
-    let mut dump = handle.address().get().set_link_index_filter(index).execute();
-    let mut found = Vec::new();
-    while let Some(message) = dump.try_next().await.map_err(netlink("address dump"))? {
-        for attribute in &message.attributes {
-            if let AddressAttribute::Address(IpAddr::V6(ip)) = attribute {
-                found.push((*ip, message.header.prefix_len));
-            }
-        }
-    }
-    Ok(found)
+    let all = addresses(handle, index).await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(ip, prefix)| if let IpAddr::V6(ip) = ip { Some((ip, prefix)) } else { None })
+        .collect())
 }
 
 /// What the link `index` dropped on receipt: its `rx_errors` and

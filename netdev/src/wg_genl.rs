@@ -340,13 +340,7 @@ mod tests {
 
     use super::*;
 
-    fn peer(d: u8) -> Peer {
-        Peer {
-            public_key: [d; 32],
-            endpoint: SocketAddr::from(([198, 18, 0, d], 51820)),
-            tunnel: Ipv6Addr::new(0xfd6d, 0x6573, 0x6800, 1, 0, 0, 0, u16::from(d)),
-        }
-    }
+    use crate::wireguard::test_peer as peer;
 
     fn allowed(ip: Ipv6Addr, prefix: u8) -> WireguardAllowedIp {
         WireguardAllowedIp(vec![

@@ -319,13 +319,7 @@ async fn ensure_link(handle: &Handle) -> Result<EnsuredLink, NetdevError> {
 mod tests {
     use super::*;
 
-    fn peer(d: u8) -> Peer {
-        Peer {
-            public_key: [d; 32],
-            endpoint: SocketAddr::from(([198, 18, 0, d], 51820)),
-            tunnel: Ipv6Addr::new(0xfd6d, 0x6573, 0x6800, 1, 0, 0, 0, u16::from(d)),
-        }
-    }
+    use crate::wireguard::test_peer as peer;
 
     /// What the kernel holds once it has `peer`, with a handshake.
     fn state(peer: &Peer) -> PeerState {

@@ -91,6 +91,17 @@ pub struct Peer {
     pub tunnel: Ipv6Addr,
 }
 
+/// Test host `d`'s peer: key `[d; 32]`, endpoint `198.18.0.d:51820`,
+/// tunnel address `fd6d:6573:6800:1::d`.
+#[cfg(test)]
+pub(crate) fn test_peer(d: u8) -> Peer {
+    Peer {
+        public_key: [d; 32],
+        endpoint: SocketAddr::from(([198, 18, 0, d], DEFAULT_PORT)),
+        tunnel: Ipv6Addr::new(0xfd6d, 0x6573, 0x6800, 1, 0, 0, 0, u16::from(d)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
