@@ -37,8 +37,6 @@ pub(crate) struct Encryption {
     /// in [`Mode::AddOnly`] removes it. (Add-only guards what a restarted
     /// agent does not know yet, not what it saw go.)
     known: Mutex<BTreeSet<[u8; 32]>>,
-    /// The userspace device's peers as last set.
-    userspace_peers: Mutex<Vec<Peer>>,
 }
 
 /// Which WireGuard runs here.
@@ -103,8 +101,7 @@ impl Encryption {
         if !matches!(path, Path::None(_)) {
             enable_ipv6(wireguard::INTERFACE);
         }
-        let (known, userspace_peers) = (Mutex::default(), Mutex::default());
-        Self { key, port: settings.port, tunnel, mtu, path, known, userspace_peers }
+        Self { key, port: settings.port, tunnel, mtu, path, known: Mutex::default() }
     }
 
     /// This host's tunnel address, if it has an encrypted path.
@@ -176,17 +173,9 @@ impl Encryption {
             // Its device starts empty with each run: every peer it holds
             // was set by this run, knowingly, so it never needs add-only.
             Path::Userspace(device) => {
-                let mut last = self.userspace_peers.lock().unwrap_or_else(PoisonError::into_inner);
-                let wanted = peers.to_vec();
-                if wanted == *last {
-                    return Ok((0, 0));
-                }
-                let set = wanted.iter().filter(|p| !last.contains(p)).count();
-                let removed = last.iter().filter(|old| !wanted.iter().any(|p| p.public_key == old.public_key)).count();
                 // The device answers from its own thread within microseconds.
-                tokio::task::block_in_place(|| device.set_peers(&wanted)).map_err(|e| e.to_string())?;
-                *last = wanted;
-                Ok((set, removed))
+                let changes = tokio::task::block_in_place(|| device.set_peers(peers)).map_err(|e| e.to_string())?;
+                Ok((changes.set, changes.removed))
             }
             Path::None(_) => Ok((0, 0)),
         }

@@ -159,13 +159,22 @@ pub(crate) enum UserspaceError {
 /// A command for the device's runtime, with where to answer.
 enum Command {
     /// Make the peers exactly these.
-    SetPeers(Vec<Peer>, std_mpsc::SyncSender<Result<(), UserspaceError>>),
+    SetPeers(Vec<Peer>, std_mpsc::SyncSender<Result<PeerChanges, UserspaceError>>),
     /// Count peers and handshakes.
     Stats(std_mpsc::SyncSender<(usize, u64)>),
 }
 
 /// The device as gotatun types it.
 type WgDevice = Device<(CountingUdp, TunWriter, TunReader)>;
+
+/// What a [`UserspaceWireguard::set_peers`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PeerChanges {
+    /// Peers added or updated.
+    pub(crate) set: usize,
+    /// Peers removed.
+    pub(crate) removed: usize,
+}
 
 /// A running userspace WireGuard device.
 pub(crate) struct UserspaceWireguard {
@@ -216,8 +225,8 @@ impl UserspaceWireguard {
     /// ones, updates changed endpoints (keeping sessions), removes
     /// unwanted ones (first; their sessions die at once). Each peer's only
     /// allowed IP is `tunnel/128`. Newly added peers get a handshake
-    /// initiated at once. Blocks until applied.
-    pub(crate) fn set_peers(&self, peers: &[Peer]) -> Result<(), UserspaceError> {
+    /// initiated at once. Blocks until applied; answers what changed.
+    pub(crate) fn set_peers(&self, peers: &[Peer]) -> Result<PeerChanges, UserspaceError> {
         let (reply, answer) = std_mpsc::sync_channel(1);
         self.send(Command::SetPeers(peers.to_vec(), reply))?;
         answer.recv().map_err(|_| UserspaceError::Stopped)?
@@ -373,12 +382,12 @@ async fn drive(device: WgDevice, mut commands: mpsc::UnboundedReceiver<Command>)
                 None => break,
                 Some(Command::SetPeers(peers, reply)) => {
                     let result = set_peers(&device, &peers).await;
-                    if let Ok(added) = &result {
+                    if let Ok((added, _)) = &result {
                         for key in added {
                             initiations.push(initiate(&device, *key));
                         }
                     }
-                    let _ = reply.send(result.map(drop));
+                    let _ = reply.send(result.map(|(_, changes)| changes));
                 }
                 Some(Command::Stats(reply)) => {
                     let peers = handshakes.update(&device).await;
@@ -393,7 +402,7 @@ async fn drive(device: WgDevice, mut commands: mpsc::UnboundedReceiver<Command>)
 }
 
 /// Applies the diff from the device's peers to `desired`; the keys added.
-async fn set_peers(device: &WgDevice, desired: &[Peer]) -> Result<Vec<[u8; 32]>, UserspaceError> {
+async fn set_peers(device: &WgDevice, desired: &[Peer]) -> Result<(Vec<[u8; 32]>, PeerChanges), UserspaceError> {
     let held: Vec<Held> = device
         .peers()
         .await
@@ -406,9 +415,10 @@ async fn set_peers(device: &WgDevice, desired: &[Peer]) -> Result<Vec<[u8; 32]>,
         .collect();
     let diff = diff(&held, desired)?;
     if diff.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), PeerChanges::default()));
     }
     let added = diff.add.iter().map(|peer| peer.public_key).collect();
+    let changes = PeerChanges { set: diff.add.len() + diff.update.len(), removed: diff.remove.len() };
     device
         .write(async |device| {
             for key in &diff.remove {
@@ -432,7 +442,7 @@ async fn set_peers(device: &WgDevice, desired: &[Peer]) -> Result<Vec<[u8; 32]>,
         })
         .await
         .map_err(UserspaceError::Device)?;
-    Ok(added)
+    Ok((added, changes))
 }
 
 /// Sends a handshake initiation to the peer `key` now, and waits a while
